@@ -1,0 +1,37 @@
+"""Who a proxy is: the identity and local ports the compiler needs to build its config.
+
+The supervisor (standalone) or the injector (Kubernetes) creates a `Proxy` per Envoy; the xDS
+node ID Envoy presents maps to exactly one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Role(str, Enum):
+    SIDECAR = "sidecar"
+    INGRESS = "ingress"
+
+
+@dataclass(frozen=True)
+class Proxy:
+    node_id: str
+    role: Role
+    service: str = ""  # the workload a side-car serves; "" for the ingress
+    replica: int = 0
+    address: str = "127.0.0.1"
+    inbound_port: int = 0  # side-car: where other side-cars reach this replica
+    outbound_port: int = 0  # side-car: the app's HTTP proxy for calls into the mesh
+    app_port: int = 0  # side-car: where the app itself listens (127.0.0.1 only)
+    ingress_port: int = 0  # ingress: where clients of the mesh connect
+
+    @classmethod
+    def sidecar(cls, service: str, replica: int, **ports: int) -> Proxy:
+        return cls(node_id=f"sidecar~{service}-{replica}", role=Role.SIDECAR, service=service,
+                   replica=replica, **ports)  # type: ignore[arg-type]
+
+    @classmethod
+    def ingress(cls, port: int, name: str = "ingress") -> Proxy:
+        return cls(node_id=f"ingress~{name}", role=Role.INGRESS, ingress_port=port)

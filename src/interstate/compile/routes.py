@@ -1,0 +1,157 @@
+"""RDS: how a proxy picks a cluster for a request, and the policy header it guarantees.
+
+- side-car outbound: one virtual host per service the workload calls, matched on the Host
+  header (`stats`, `stats:8080`), so apps keep calling `http://stats:8080/...` through their
+  HTTP proxy. Anything else gets a 404 that says why.
+- side-car inbound: everything to the local app.
+- ingress: the Gateway's path prefixes, longest first.
+
+Every request leaving a side-car or the ingress carries the mesh's policy header: when the
+app did not set it, the workload's `mesh.codifyhq.io/policy` (else the mesh default) is added
+with ADD_IF_ABSENT — a native Envoy header option, cheaper than Lua.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+
+from interstate.compile import clusters, names
+from interstate.compile.common import duration
+from interstate.compile.proxy import Proxy, Role
+from interstate.model.index import MeshIndex
+
+ROUTE_TIMEOUT_S = 15.0
+# Safe by default: only failures where the request never reached an app are retried, so a
+# POST is never replayed after the app saw it.
+SAFE_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
+SAFE_RETRIES = 2
+
+
+def build(index: MeshIndex, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
+    if proxy.role is Role.INGRESS:
+        return [ingress(index)]
+    return [outbound(index, proxy), inbound(proxy)]
+
+
+def policy_header(index: MeshIndex, policy: str | None) -> list[base_pb2.HeaderValueOption]:
+    if not policy:
+        return []
+    return [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=index.mesh.policy_header, value=policy),
+            append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
+        )
+    ]
+
+
+def to_cluster(cluster: str, *, retries: bool = True) -> rc.RouteAction:
+    action = rc.RouteAction(cluster=cluster, timeout=duration(ROUTE_TIMEOUT_S))
+    if retries:
+        action.retry_policy.CopyFrom(
+            rc.RetryPolicy(
+                retry_on=SAFE_RETRY_ON,
+                num_retries={"value": SAFE_RETRIES},
+                retry_back_off=rc.RetryPolicy.RetryBackOff(
+                    base_interval=duration(0.025), max_interval=duration(0.25)
+                ),
+            )
+        )
+    return action
+
+
+def not_found(message: str) -> rc.Route:
+    return rc.Route(
+        name="not-found",
+        match=rc.RouteMatch(prefix="/"),
+        direct_response=rc.DirectResponseAction(
+            status=404, body={"inline_string": f"interstate: {message}\n"}
+        ),
+    )
+
+
+def prefix_match(prefix: str) -> rc.RouteMatch:
+    """`/results` matches `/results` and `/results/...` but not `/resultsx`."""
+    if prefix.endswith("/"):
+        return rc.RouteMatch(prefix=prefix)
+    return rc.RouteMatch(path_separated_prefix=prefix)
+
+
+def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
+    workload = index.workloads.get(proxy.service)
+    headers = policy_header(index, index.policy_for(workload))
+    vhosts = []
+    for service in clusters.callees(index, proxy):
+        port = index.workloads[service].spec.port
+        vhosts.append(
+            rc.VirtualHost(
+                name=service,
+                domains=[service, f"{service}:{port}"],
+                routes=[
+                    rc.Route(
+                        name=service,
+                        match=rc.RouteMatch(prefix="/"),
+                        route=to_cluster(names.outbound_cluster(service)),
+                    )
+                ],
+                request_headers_to_add=headers,
+            )
+        )
+    declared = ", ".join(clusters.callees(index, proxy)) or "none"
+    vhosts.append(
+        rc.VirtualHost(
+            name="undeclared",
+            domains=["*"],
+            routes=[
+                not_found(f"{proxy.service} may only call the services in its spec.calls ({declared})")
+            ],
+        )
+    )
+    return route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=vhosts)
+
+
+def inbound(proxy: Proxy) -> route_pb2.RouteConfiguration:
+    return route_pb2.RouteConfiguration(
+        name=names.INBOUND_ROUTE,
+        virtual_hosts=[
+            rc.VirtualHost(
+                name="app",
+                domains=["*"],
+                routes=[
+                    rc.Route(
+                        name="app",
+                        match=rc.RouteMatch(prefix="/"),
+                        route=to_cluster(names.inbound_cluster(proxy.service), retries=False),
+                    )
+                ],
+            )
+        ],
+    )
+
+
+def ingress(index: MeshIndex) -> route_pb2.RouteConfiguration:
+    routes = []
+    gateway = index.gateway
+    if gateway is not None:
+        ordered = sorted(gateway.spec.routes, key=lambda r: (-len(r.path_prefix), r.path_prefix))
+        for route in ordered:
+            routes.append(
+                rc.Route(
+                    name=f"{route.path_prefix}->{route.service}",
+                    match=prefix_match(route.path_prefix),
+                    route=to_cluster(names.outbound_cluster(route.service)),
+                )
+            )
+    routes.append(not_found("no Gateway route matches this path"))
+    return route_pb2.RouteConfiguration(
+        name=names.INGRESS_ROUTE,
+        virtual_hosts=[
+            rc.VirtualHost(
+                name="ingress",
+                domains=["*"],
+                routes=routes,
+                request_headers_to_add=policy_header(index, index.mesh.default_policy),
+            )
+        ],
+    )

@@ -1,0 +1,153 @@
+"""Mesh files -> decoded resources, with every problem reported as an `Issue`.
+
+Called by the CLI (`validate`, `up`, `apply`) and by the admin API (`apply` sends file texts, so
+the server decodes exactly what the user's files say). Calls `validate.check` for mesh-wide rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from interstate.config.validate import Located, check
+from interstate.errors import ConfigError, Issue
+from interstate.model import KINDS, Resource
+from interstate.model.index import MeshConfig
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def read_sources(path: str | Path) -> dict[str, str]:
+    """Read a mesh file, or every *.yaml/*.yml file under a folder (sorted), as {name: text}."""
+    root = Path(path)
+    if root.is_dir():
+        files = sorted(p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file())
+        if not files:
+            raise ConfigError([Issue(str(root), 0, "", "", "no *.yaml or *.yml files here")])
+    elif root.is_file():
+        files = [root]
+    else:
+        raise ConfigError([Issue(str(root), 0, "", "", "no such file or folder")])
+    return {str(f): f.read_text(encoding="utf-8") for f in files}
+
+
+def load(path: str | Path) -> MeshConfig:
+    return decode_sources(read_sources(path))
+
+
+def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
+    """Decode {file name: YAML text} into a validated MeshConfig, or raise ConfigError."""
+    issues: list[Issue] = []
+    located: list[Located] = []
+    for file, text in sources.items():
+        try:
+            documents = list(yaml.safe_load_all(text))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            issues.append(Issue(file, 0, "", "", f"not valid YAML{where}: {problem}"))
+            continue
+        for number, document in enumerate(documents, start=1):
+            if document is None:
+                continue
+            resource = _decode_document(file, number, document, issues)
+            if resource is not None:
+                located.append(Located(resource, file, number))
+    issues.extend(check(located))
+    if issues:
+        raise ConfigError(issues)
+    return MeshConfig(tuple(item.resource for item in located))
+
+
+def _decode_document(file: str, number: int, document: Any, issues: list[Issue]) -> Resource | None:
+    if not isinstance(document, dict):
+        issues.append(
+            Issue(file, number, "", "", f"expected a mapping with apiVersion and kind, got {type(document).__name__}")
+        )
+        return None
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    name = document.get("metadata", {}).get("name") if isinstance(document.get("metadata"), dict) else None
+    label = f"{kind} {name}" if kind and name else str(kind or "")
+    cls = KINDS.get((str(api_version), str(kind)))
+    if cls is None:
+        known = ", ".join(sorted(f"{k} ({v})" for v, k in KINDS))
+        if not kind:
+            field, message = "kind", f"missing; known kinds: {known}"
+        elif not any(k == kind for _, k in KINDS):
+            field, message = "kind", f"unknown kind {kind!r}; known kinds: {known}"
+        else:
+            valid = ", ".join(sorted(v for v, k in KINDS if k == kind))
+            field, message = "apiVersion", f"{api_version!r} is not valid for {kind}; use {valid}"
+        issues.append(Issue(file, number, label, field, message))
+        return None
+    try:
+        return cls.model_validate(document)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field, message = _describe(cls, error)
+            issues.append(Issue(file, number, label, field, message))
+        return None
+
+
+def _describe(cls: type[BaseModel], error: Mapping[str, Any]) -> tuple[str, str]:
+    loc: Sequence[str | int] = error["loc"]
+    field = _path(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(cls, loc[:-1])
+        hint = f"; valid fields here: {', '.join(valid)}" if valid else ""
+        return field, f"unknown field{hint}"
+    if kind == "missing":
+        return field, "required field is missing"
+    message = str(error["msg"])
+    if kind in ("value_error", "assertion_error"):
+        message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        head, sep, rest = message.partition(": ")
+        if sep and " " not in head and (not field or head.startswith(field)):
+            return head, rest
+        return field, message
+    return field, f"{message} (got {error.get('input')!r})"
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _fields_at(cls: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """The YAML field names accepted at `loc` inside `cls`, for 'did you mean' hints."""
+    current: Any = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        found = None
+        for name, info in current.model_fields.items():
+            if part in (name, info.alias):
+                found = info.annotation
+                break
+        current = _unwrap_model(found)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(info.alias or name for name, info in current.model_fields.items())
+    return []
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,68 @@
+"""Mesh-wide rules over decoded resources: duplicates, singletons, references, claims.
+
+Every rule here is generic over kinds (each kind says what it references and claims), so a new
+kind needs no change in this module. Returns issues; never raises, never does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from interstate.errors import Issue
+from interstate.model import Resource
+
+
+@dataclass(frozen=True)
+class Located:
+    resource: Resource
+    file: str
+    document: int
+
+    def issue(self, field: str, message: str) -> Issue:
+        return Issue(self.file, self.document, self.resource.ref, field, message)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file} document {self.document}"
+
+
+def check(located: Iterable[Located]) -> list[Issue]:
+    items = list(located)
+    issues: list[Issue] = []
+    by_key: dict[tuple[str, str], Located] = {}
+    singletons: dict[str, Located] = {}
+    for item in items:
+        res = item.resource
+        key = (res.KIND, res.name)
+        if key in by_key:
+            issues.append(
+                item.issue("metadata.name", f"duplicate {res.KIND} {res.name!r}; first defined in {by_key[key].where}")
+            )
+        else:
+            by_key[key] = item
+        if res.SINGLETON:
+            first = singletons.setdefault(res.KIND, item)
+            if first is not item and first.resource.name != res.name:  # same name: reported above
+                issues.append(
+                    item.issue("kind", f"only one {res.KIND} is allowed per mesh; another is in {first.where}")
+                )
+
+    names_by_kind: dict[str, list[str]] = {}
+    for kind, name in by_key:
+        names_by_kind.setdefault(kind, []).append(name)
+
+    claimed: dict[str, Located] = {}
+    for item in items:
+        for ref in item.resource.references():
+            if (ref.kind, ref.name) not in by_key:
+                valid = sorted(names_by_kind.get(ref.kind, []))
+                hint = f"known: {', '.join(valid)}" if valid else f"no {ref.kind} is defined"
+                issues.append(item.issue(ref.field, f"unknown service {ref.name!r}; {hint}"))
+        for claim in item.resource.claims():
+            first = claimed.setdefault(claim.key, item)
+            if first is not item:
+                issues.append(
+                    item.issue(claim.field, f"conflicts with {first.resource.ref} ({first.where}): both define {claim.what}")
+                )
+    return issues

@@ -1,0 +1,19 @@
+"""Frozen domain types of the mesh. `KINDS` lists every resource kind the config layer decodes.
+
+To add a kind: write its module (a `Resource` subclass with `references`/`claims`), then add
+the class to `KINDS` below. Validation and the index pick it up from there.
+"""
+
+from __future__ import annotations
+
+from interstate.model.base import API_VERSION, Resource
+from interstate.model.gateway import Gateway
+from interstate.model.mesh import Mesh
+from interstate.model.traffic_policy import TrafficPolicy
+from interstate.model.workload import Workload
+
+KINDS: dict[tuple[str, str], type[Resource]] = {
+    (cls.API_VERSION, cls.KIND): cls for cls in (Mesh, Workload, Gateway, TrafficPolicy)
+}
+
+__all__ = ["API_VERSION", "KINDS", "Gateway", "Mesh", "Resource", "TrafficPolicy", "Workload"]

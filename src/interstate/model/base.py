@@ -1,0 +1,126 @@
+"""Shared building blocks of the mesh resources: the resource envelope, names, durations.
+
+Every kind (Mesh, Workload, Gateway, TrafficPolicy, ...) is a frozen pydantic model that
+derives from `Resource`, lives in its own module, and is listed once in `model/__init__.py`.
+A kind declares what it refers to (`references`) and what it claims mesh-wide (`claims`);
+`config.validate` checks both generically, so adding a kind is adding a module.
+Pure data: no I/O, no grpc, no Envoy protos.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "mesh.codifyhq.io"
+API_VERSION = f"{API_GROUP}/v1"
+
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|us|h|m|s))+$")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+# Envoy rejects durations above ~10,000 years; we refuse anything above a day, which no
+# timeout or ejection time in a mesh needs, so the error comes from us and names the field.
+MAX_DURATION = timedelta(days=1)
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.match(value) or len(value) > 63:
+        raise ValueError(
+            f"{value!r} is not a valid name; use lower-case letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters (e.g. 'stats')"
+        )
+    return value
+
+
+def _parse_duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(
+            f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h"
+        )
+    text = value.strip()
+    if not _DURATION_RE.match(text):
+        raise ValueError(
+            f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h"
+        )
+    seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
+    result = timedelta(seconds=seconds)
+    if result > MAX_DURATION:
+        raise ValueError(f"{value!r} is too long; at most 24h")
+    return result
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
+
+
+class Strict(BaseModel):
+    """Base of every decoded object: immutable, camelCase in YAML, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        strict=False,
+    )
+
+
+class Metadata(Strict):
+    name: Name
+    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A name this resource refers to, which must exist as a resource of `kind`."""
+
+    field: str
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Something this resource owns mesh-wide; two resources may not claim the same `key`."""
+
+    field: str
+    key: str
+    what: str  # human words for the key, e.g. "the traffic policy of service stats"
+
+
+class Resource(Strict):
+    """The envelope every mesh document shares: apiVersion, kind, metadata, spec."""
+
+    KIND: ClassVar[str] = ""
+    API_VERSION: ClassVar[str] = API_VERSION
+    SINGLETON: ClassVar[bool] = False  # at most one per mesh
+
+    api_version: str
+    kind: str
+    metadata: Metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def ref(self) -> str:
+        return f"{self.KIND} {self.metadata.name}"
+
+    def references(self) -> Iterable[Reference]:
+        return ()
+
+    def claims(self) -> Iterable[Claim]:
+        return ()

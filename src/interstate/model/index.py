@@ -1,0 +1,83 @@
+"""The point-in-time view of the mesh that the compiler reads: validated config plus endpoints.
+
+`MeshConfig` is what the config layer produced from files; `Endpoint`s are what the supervisor
+knows is running and ready. `MeshIndex` joins them once, so compiling each proxy is lookups only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+from functools import cached_property
+from types import MappingProxyType
+
+from interstate.model.base import Resource
+from interstate.model.gateway import Gateway
+from interstate.model.mesh import Mesh, MeshSpec
+from interstate.model.traffic_policy import TrafficPolicy
+from interstate.model.workload import Workload
+
+T = TypeVar("T", bound=Resource)
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """All validated resources of one mesh, in file order."""
+
+    resources: tuple[Resource, ...]
+
+    def of_kind(self, cls: type[T]) -> tuple[T, ...]:
+        return tuple(r for r in self.resources if isinstance(r, cls))
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """One ready replica of a service as callers reach it: its side-car's inbound address, or the
+    app itself when the workload is not injected."""
+
+    service: str
+    replica: int
+    address: str
+    port: int
+    version: str = "v1"
+
+
+@dataclass(frozen=True)
+class MeshIndex:
+    config: MeshConfig
+    endpoints: Mapping[str, tuple[Endpoint, ...]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+
+    @cached_property
+    def mesh(self) -> MeshSpec:
+        meshes = self.config.of_kind(Mesh)
+        return meshes[0].spec if meshes else MeshSpec()
+
+    @cached_property
+    def workloads(self) -> Mapping[str, Workload]:
+        return MappingProxyType({w.name: w for w in self.config.of_kind(Workload)})
+
+    @cached_property
+    def gateway(self) -> Gateway | None:
+        gateways = self.config.of_kind(Gateway)
+        return gateways[0] if gateways else None
+
+    @cached_property
+    def traffic_policies(self) -> Mapping[str, TrafficPolicy]:
+        return MappingProxyType(
+            {p.spec.destination.service: p for p in self.config.of_kind(TrafficPolicy)}
+        )
+
+    def policy_for(self, workload: Workload | None) -> str | None:
+        """The policy ID a proxy adds when the request carries none."""
+        if workload is not None and workload.policy:
+            return workload.policy
+        return self.mesh.default_policy
+
+    def endpoints_of(self, service: str) -> tuple[Endpoint, ...]:
+        return tuple(sorted(self.endpoints.get(service, ())))
+
+    def with_endpoints(self, endpoints: Mapping[str, tuple[Endpoint, ...]]) -> MeshIndex:
+        return MeshIndex(self.config, MappingProxyType(dict(endpoints)))

@@ -1,0 +1,50 @@
+"""The mesh-wide `Mesh` resource: trust domain, the policy header and its default value."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar
+
+from pydantic import AfterValidator, Field
+
+from interstate.model.base import Resource, Strict
+
+_HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_POLICY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_header(value: str) -> str:
+    if not _HEADER_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid header name; use lower-case letters, digits and '-' "
+            "(no underscores), e.g. 'x-policy-ctx'"
+        )
+    return value
+
+
+def check_policy_id(value: str) -> str:
+    if not _POLICY_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid policy ID; use letters, digits, '.', '_' or '-', "
+            "at most 64 characters, e.g. 'FEC-F101'"
+        )
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header)]
+PolicyId = Annotated[str, AfterValidator(check_policy_id)]
+
+
+class MeshSpec(Strict):
+    trust_domain: str = Field(default="interstate.local", pattern=r"^[a-z0-9.-]+$")
+    policy_header: HeaderName = "x-policy-ctx"
+    default_policy: PolicyId | None = None
+
+
+class Mesh(Resource):
+    """Settings for the whole mesh. Optional; the defaults apply when it is absent."""
+
+    KIND: ClassVar[str] = "Mesh"
+    SINGLETON: ClassVar[bool] = True
+
+    spec: MeshSpec = Field(default_factory=MeshSpec)

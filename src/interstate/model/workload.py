@@ -1,0 +1,107 @@
+"""The standalone `Workload` resource: one service, how to run it on this machine, and whom it calls.
+
+Its annotations are the chapter's: `mesh.codifyhq.io/inject` ("enabled" | "disabled") and
+`mesh.codifyhq.io/policy` (the policy ID the side-car adds to outbound requests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from interstate.model.base import (
+    API_GROUP,
+    Duration,
+    Metadata,
+    Name,
+    Port,
+    Reference,
+    Resource,
+    Strict,
+)
+from interstate.model.mesh import check_policy_id
+
+INJECT_ANNOTATION = f"{API_GROUP}/inject"
+POLICY_ANNOTATION = f"{API_GROUP}/policy"
+KNOWN_ANNOTATIONS = (INJECT_ANNOTATION, POLICY_ANNOTATION)
+INJECT_VALUES = ("enabled", "disabled")
+
+
+class Run(Strict):
+    """How to start one replica of the app. `$(PORT)` in command or env is replaced by the port
+    the app must listen on (127.0.0.1 only); `python` as the first word means this interpreter."""
+
+    command: list[str] = Field(min_length=1)
+    working_dir: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class HttpGet(Strict):
+    path: str = Field(pattern=r"^/")
+
+
+class ReadinessProbe(Strict):
+    """When an app replica may receive traffic: an HTTP GET answering 2xx/3xx, else a TCP connect."""
+
+    http_get: HttpGet | None = None
+    timeout: Duration | None = None
+
+
+class WorkloadSpec(Strict):
+    port: Port
+    replicas: int = Field(default=1, ge=0, le=1000, strict=True)
+    version: str = Field(default="v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+    run: Run
+    calls: list[Name] = Field(default_factory=list)
+    readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
+
+    @field_validator("calls")
+    @classmethod
+    def _no_duplicate_calls(cls, calls: list[str]) -> list[str]:
+        seen = [c for i, c in enumerate(calls) if c in calls[:i]]
+        if seen:
+            raise ValueError(f"{seen[0]!r} is listed twice; list each service once")
+        return calls
+
+
+class Workload(Resource):
+    KIND: ClassVar[str] = "Workload"
+
+    spec: WorkloadSpec
+
+    @field_validator("metadata")
+    @classmethod
+    def _check_annotations(cls, metadata: Metadata) -> Metadata:
+        for key, value in metadata.annotations.items():
+            where = f"metadata.annotations.{key}"
+            if key.startswith(API_GROUP + "/") and key not in KNOWN_ANNOTATIONS:
+                raise ValueError(f"{where}: unknown annotation; known: {', '.join(KNOWN_ANNOTATIONS)}")
+            if key == INJECT_ANNOTATION and value not in INJECT_VALUES:
+                valid = " or ".join(repr(v) for v in INJECT_VALUES)
+                raise ValueError(f"{where}: {value!r} is not valid; use {valid}")
+            if key == POLICY_ANNOTATION:
+                try:
+                    check_policy_id(value)
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+        return metadata
+
+    @model_validator(mode="after")
+    def _not_self(self) -> Workload:
+        if self.name in self.spec.calls:
+            raise ValueError("spec.calls: a workload does not call itself through the mesh")
+        return self
+
+    @property
+    def injected(self) -> bool:
+        return self.metadata.annotations.get(INJECT_ANNOTATION, "enabled") == "enabled"
+
+    @property
+    def policy(self) -> str | None:
+        return self.metadata.annotations.get(POLICY_ANNOTATION)
+
+    def references(self) -> Iterable[Reference]:
+        for i, callee in enumerate(self.spec.calls):
+            yield Reference(f"spec.calls[{i}]", "Workload", callee)

@@ -1,0 +1,16 @@
+"""Type URLs of the xDS resource types we serve, and their make-before-break send order."""
+
+from __future__ import annotations
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+# Clusters before their endpoints, listeners before their routes: a new reference always
+# arrives after what it refers to exists (make before break).
+ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# State-of-the-world types whose every response carries the full set (absent = deleted).
+WILDCARD = frozenset({CLUSTER, LISTENER})
+
+SHORT = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
