@@ -1,0 +1,138 @@
+"""Admin API routes: status, apply, scale, metrics. An edge: turns errors into HTTP statuses.
+
+    GET  /healthz                      200 when the control plane runs
+    GET  /status                       services, replicas, ports, xDS versions, NACKs
+    POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
+    POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
+    GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from prometheus_client import generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from interstate.config.loader import decode_sources
+from interstate.errors import ConfigError, InterstateError, PermanentError
+from interstate.standalone.supervisor import Supervisor, UnknownService
+
+log = logging.getLogger(__name__)
+
+
+def issues_json(error: ConfigError) -> list[dict[str, Any]]:
+    return [
+        {"file": i.file, "document": i.document, "resource": i.resource, "field": i.field,
+         "message": i.message, "text": str(i)}
+        for i in error.issues
+    ]
+
+
+def create_app(supervisor: Supervisor) -> Starlette:
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def status(request: Request) -> Response:
+        return JSONResponse(supervisor.status())
+
+    async def apply(request: Request) -> Response:
+        try:
+            body = await request.json()
+            sources = body["sources"]
+            if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected JSON {"sources": {"file name": "yaml text"}}'}, 400)
+        try:
+            config = decode_sources(sources)
+        except ConfigError as exc:
+            log.warning("apply rejected: %d issue(s); the running mesh is unchanged", len(exc.issues))
+            return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
+        try:
+            changes = await supervisor.apply(config)
+        except InterstateError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse({"applied": True, **changes})
+
+    async def scale(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            body = await request.json()
+            replicas = body["replicas"]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected JSON {"replicas": n}'}, 400)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
+            return JSONResponse({"error": f"replicas: {replicas!r} is not valid; use an integer 0..1000"}, 422)
+        try:
+            changes = await supervisor.scale(name, replicas)
+        except UnknownService as exc:
+            return JSONResponse({"error": str(exc)}, 404)
+        except PermanentError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        except InterstateError as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+        return JSONResponse({"service": name, "replicas": replicas, **changes})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(supervisor.registry), media_type="text/plain; version=0.0.4")
+
+    return Starlette(routes=[
+        Route("/healthz", healthz),
+        Route("/status", status),
+        Route("/apply", apply, methods=["POST"]),
+        Route("/services/{name}/scale", scale, methods=["POST"]),
+        Route("/metrics", metrics),
+    ])
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the supervisor owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class AdminServer:
+    def __init__(self, app: Starlette, host: str, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise PermanentError(
+                f"admin port {port} on {host} is in use ({exc.strerror}); choose another "
+                "(--admin-port) or let interstate pick free ports (--auto-ports)"
+            ) from None
+        self.host = host
+        self.port = int(self.sock.getsockname()[1])
+        self.server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task
+        self.sock.close()

@@ -1,0 +1,154 @@
+"""The `interstate` command line. An edge: builds Settings, calls config/standalone/client, and
+turns errors into messages and exit codes (0 ok, 1 invalid input, 2 usage, 3 runtime failure)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from interstate import config as mesh_config
+from interstate.client import AdminClient, AdminError
+from interstate.errors import ConfigError, InterstateError
+from interstate.settings import DEFAULT_ADMIN_PORT, DEFAULT_INGRESS_PORT, DEFAULT_XDS_PORT, Settings
+
+EXIT_INVALID = 1
+EXIT_FAILURE = 3
+ADMIN_DEFAULT = os.environ.get("INTERSTATE_ADMIN", f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}")
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def _load(path: str) -> Any:
+    try:
+        return mesh_config.load(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            click.echo(f"error: {issue}", err=True)
+        _fail(f"{len(exc.issues)} error(s) in {path}; nothing was started or changed", EXIT_INVALID)
+
+
+@click.group()
+@click.version_option(package_name="interstate")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """interstate: a service mesh with a Python control plane and Envoy side-cars."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False))
+def validate(path: str) -> None:
+    """Check mesh files (a file or a folder); report every error with file, document and field."""
+    config = _load(path)
+    kinds: dict[str, int] = {}
+    for resource in config.resources:
+        kinds[resource.KIND] = kinds.get(resource.KIND, 0) + 1
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+    click.echo(f"{path}: valid ({summary})")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--ingress-port", type=int, default=DEFAULT_INGRESS_PORT, show_default=True)
+@click.option("--admin-port", type=int, default=DEFAULT_ADMIN_PORT, show_default=True)
+@click.option("--xds-port", type=int, default=DEFAULT_XDS_PORT, show_default=True)
+@click.option("--auto-ports", is_flag=True, help="Pick free ports for everything (run meshes side by side).")
+@click.option("--run-dir", type=click.Path(), default=None, help="Logs and Envoy bootstraps [.interstate/run].")
+@click.option("--envoy", "envoy_path", envvar="INTERSTATE_ENVOY", default=None, help="Envoy binary to use.")
+@click.option("--envoy-log-level", default="warning", show_default=True)
+def up(path: str, ingress_port: int, admin_port: int, xds_port: int, auto_ports: bool,
+       run_dir: str | None, envoy_path: str | None, envoy_log_level: str) -> None:
+    """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
+    config = _load(path)
+    mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    settings = Settings(
+        mesh_dir=mesh_dir.resolve(), run_dir=Path(run_dir or ".interstate/run").resolve(),
+        ingress_port=ingress_port, admin_port=admin_port, xds_port=xds_port,
+        envoy_path=envoy_path, envoy_log_level=envoy_log_level,
+    )
+    if auto_ports:
+        settings = settings.auto_ports()
+    from interstate.standalone.run import run  # grpc/Envoy parts only for `up`
+
+    def say(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(run(settings, config, say))
+    except InterstateError as exc:
+        _fail(f"interstate: {exc}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=False))
+@click.option("--admin", default=ADMIN_DEFAULT, show_default=True, help="Admin API of the running mesh.")
+def apply(path: str, admin: str) -> None:
+    """Validate PATH and make it the running mesh; on any error nothing changes."""
+    _load(path)  # same validation, locally first
+    sources = mesh_config.read_sources(path)
+    try:
+        result = AdminClient(admin).apply(sources)
+    except AdminError as exc:
+        for issue in exc.body.get("issues", []):
+            click.echo(f"error: {issue['text']}", err=True)
+        _fail(f"apply refused: {exc}", EXIT_INVALID if exc.status == 422 else EXIT_FAILURE)
+    except InterstateError as exc:
+        _fail(str(exc))
+    click.echo(f"applied: started {result.get('started', [])}, stopped {result.get('stopped', [])}")
+
+
+@main.command()
+@click.argument("service")
+@click.argument("replicas", type=click.IntRange(0, 1000))
+@click.option("--admin", default=ADMIN_DEFAULT, show_default=True)
+def scale(service: str, replicas: int, admin: str) -> None:
+    """Set the replica count of SERVICE in the running mesh."""
+    try:
+        result = AdminClient(admin).scale(service, replicas)
+    except InterstateError as exc:
+        _fail(f"scale refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE)
+    click.echo(f"{service}: {replicas} replica(s); started {result['started']}, stopped {result['stopped']}")
+
+
+@main.command()
+@click.option("--admin", default=ADMIN_DEFAULT, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(admin: str, as_json: bool) -> None:
+    """Show services, replicas and what each Envoy has accepted."""
+    try:
+        data = AdminClient(admin).status()
+    except InterstateError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    if "ingress" in data:
+        click.echo(f"ingress {data['ingress']['url']}")
+    for name, svc in data["services"].items():
+        click.echo(f"{name}: {svc['ready']}/{svc['desired']} ready, policy {svc['policy'] or '-'}"
+                   + ("" if svc["injected"] else ", NOT injected"))
+        for replica in svc["replicas"]:
+            xds = replica.get("xds") or {}
+            types = xds.get("types", {})
+            nacks = [f"{t} NACK: {v['nack']['message']}" for t, v in types.items() if v.get("nack")]
+            synced = all(v["sent"] == v["acked"] for v in types.values()) if types else False
+            click.echo(f"  {replica['name']}: {replica['state']}, app pid {replica['app']['pid']}, "
+                       f"restarts {replica['app']['restarts']}, xds {'synced' if synced else 'pending'}")
+            for nack in nacks:
+                click.echo(f"    {nack}")
+
+
+if __name__ == "__main__":
+    main()

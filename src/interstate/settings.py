@@ -1,0 +1,35 @@
+"""Settings of one running mesh, built once by the CLI (or a test) and passed down.
+
+Port 0 means "pick a free port". The demo defaults are fixed, documented numbers; `auto_ports()`
+gives every port 0 so several meshes can run side by side (tests, scripts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+DEFAULT_INGRESS_PORT = 8080
+DEFAULT_ADMIN_PORT = 15000
+DEFAULT_XDS_PORT = 15010
+
+
+@dataclass(frozen=True)
+class Settings:
+    mesh_dir: Path  # relative workingDir of workloads resolve against this folder
+    run_dir: Path  # logs, Envoy bootstraps, ready.json
+    ingress_port: int = DEFAULT_INGRESS_PORT
+    admin_port: int = DEFAULT_ADMIN_PORT
+    xds_port: int = DEFAULT_XDS_PORT
+    host: str = "127.0.0.1"  # everything listens on loopback only
+    envoy_path: str | None = None
+    envoy_log_level: str = "warning"
+    ready_timeout_s: float = 30.0  # a side-car or app that is not ready by then failed to start
+    stop_timeout_s: float = 5.0  # SIGTERM, then SIGKILL after this long
+    drain_timeout_s: float = 5.0  # how long a removed replica may finish in-flight requests
+    restart_backoff_s: float = 0.25  # first restart delay of a crashed app; doubles
+    restart_backoff_max_s: float = 10.0
+    restart_reset_s: float = 10.0  # a run this long resets the back-off
+
+    def auto_ports(self) -> Settings:
+        return replace(self, ingress_port=0, admin_port=0, xds_port=0)

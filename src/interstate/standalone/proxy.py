@@ -1,0 +1,70 @@
+"""One Envoy process (side-car or ingress): writes its bootstrap, starts it, drains it, stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from interstate.compile import Proxy, bootstrap
+from interstate.settings import Settings
+from interstate.standalone.envoy import envoy_command
+from interstate.standalone.process import Child, http_probe, wait_ready
+
+
+class EnvoyProcess:
+    def __init__(self, proxy: Proxy, admin_port: int, binary: Path, settings: Settings,
+                 xds_port: int, http: httpx.AsyncClient) -> None:
+        self.proxy = proxy
+        self.admin_port = admin_port
+        self.settings = settings
+        self.http = http
+        name = proxy.node_id.replace("~", "-")
+        self.bootstrap_path = settings.run_dir / "envoy" / f"{name}.json"
+        self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
+        self.bootstrap_path.write_text(json.dumps(
+            bootstrap.build(proxy.node_id, proxy.service, admin_port, settings.host, xds_port), indent=1
+        ))
+        self.child = Child(f"envoy {proxy.node_id}",
+                           envoy_command(binary, self.bootstrap_path, settings.envoy_log_level),
+                           settings.run_dir / "logs" / f"{name}.envoy.log")
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.settings.host}:{self.admin_port}"
+
+    async def start(self) -> None:
+        await self.child.start()
+        await wait_ready(self.child, http_probe(self.http, self.admin_url + "/ready"),
+                         self.settings.ready_timeout_s)
+
+    async def stats(self, pattern: str) -> dict[str, int]:
+        """Counters and gauges whose name matches `pattern` (Envoy's regex filter)."""
+        response = await self.http.get(self.admin_url + "/stats", params={"filter": pattern, "format": "json"},
+                                       timeout=2.0)
+        out: dict[str, int] = {}
+        for stat in response.json().get("stats", []):
+            if "value" in stat:
+                out[stat["name"]] = int(stat["value"])
+        return out
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking new connections gracefully, then wait for in-flight requests to finish."""
+        if not self.child.running:
+            return
+        try:
+            await self.http.post(self.admin_url + "/drain_listeners", params={"graceful": ""}, timeout=2.0)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                active = await self.stats(r"^http\..*\.downstream_rq_active$")
+                if sum(active.values()) == 0:
+                    return
+                await asyncio.sleep(0.05)
+        except httpx.HTTPError:
+            return
+
+    async def stop(self) -> None:
+        await self.child.stop(self.settings.stop_timeout_s)

@@ -1,0 +1,247 @@
+"""The standalone control plane: desired mesh in, running processes and pushed snapshots out.
+
+Holds the current validated `MeshConfig` and the running replicas; every change (apply, scale,
+a replica becoming ready or crashing) recompiles all proxies from one `MeshIndex` and sets their
+snapshots in the cache, which the ADS server streams to the Envoys. Called by `standalone.run`
+and by the admin API; calls compile, xds and the process helpers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from interstate.compile import Proxy, compile_proxy
+from interstate.errors import InterstateError, PermanentError
+from interstate.model.index import Endpoint, MeshConfig, MeshIndex
+from interstate.model.workload import Workload
+from interstate.settings import Settings
+from interstate.standalone.envoy import find_envoy
+from interstate.standalone.ports import PortAllocator
+from interstate.standalone.process import port_is_free
+from interstate.standalone.proxy import EnvoyProcess
+from interstate.standalone.replica import Replica, State
+from interstate.xds import resources as rt
+from interstate.xds.cache import SnapshotCache
+from interstate.xds.server import AdsServer
+from interstate.xds.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+EDS_ACK_TIMEOUT_S = 2.0
+
+
+class UnknownService(PermanentError):
+    pass
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, config: MeshConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.registry = CollectorRegistry()
+        self.cache = SnapshotCache()
+        self.ads = AdsServer(self.cache, self.registry)
+        self.ports = PortAllocator(settings.host)
+        self.replicas: dict[str, list[Replica]] = {}
+        self.ingress: EnvoyProcess | None = None
+        self.ingress_port = 0
+        self.xds_port = 0
+        self._next_index: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self._http = httpx.AsyncClient(trust_env=False)
+        self._envoy: Path | None = None
+        self.pushes = Counter("interstate_snapshot_updates", "proxy snapshots changed", registry=self.registry)
+
+    # ---- views -----------------------------------------------------------------------------
+    @property
+    def index(self) -> MeshIndex:
+        endpoints: dict[str, list[Endpoint]] = {}
+        for service, replicas in self.replicas.items():
+            for replica in replicas:
+                ep = replica.endpoint
+                if ep is not None:
+                    endpoints.setdefault(service, []).append(ep)
+        return MeshIndex(self.config).with_endpoints({k: tuple(v) for k, v in endpoints.items()})
+
+    def proxies(self) -> Iterable[Proxy]:
+        for replicas in self.replicas.values():
+            for replica in replicas:
+                if replica.proxy is not None and replica.state is not State.STOPPED:
+                    yield replica.proxy
+        if self.ingress is not None:
+            yield self.ingress.proxy
+
+    # ---- the push --------------------------------------------------------------------------
+    def push(self) -> None:
+        """Recompile every proxy from one index; set changed snapshots. All or nothing."""
+        index = self.index
+        snapshots = {p.node_id: Snapshot.from_resources(compile_proxy(index, p)) for p in self.proxies()}
+        for node_id, snapshot in snapshots.items():
+            if self.cache.set(node_id, snapshot):
+                self.pushes.inc()
+        for node_id in self.cache.nodes():
+            if node_id not in snapshots:
+                self.cache.remove(node_id)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start_control_plane(self) -> int:
+        for what, port in (("xDS", self.settings.xds_port), ("ingress", self.settings.ingress_port)):
+            if port and not port_is_free(self.settings.host, port):
+                raise PermanentError(
+                    f"{what} port {port} on {self.settings.host} is in use; choose another "
+                    f"(--{what.lower()}-port) or let interstate pick free ports (--auto-ports)"
+                )
+        self._envoy = find_envoy(self.settings.envoy_path)
+        self.xds_port = await self.ads.start(self.settings.host, self.ports.take(self.settings.xds_port))
+        return self.xds_port
+
+    async def start_mesh(self) -> None:
+        """Start every workload's replicas, then the ingress; returns when all are ready."""
+        async with self._lock:
+            await self._reconcile()
+            if self.index.gateway is not None:
+                await self._start_ingress()
+
+    async def _start_ingress(self) -> None:
+        assert self._envoy is not None
+        self.ingress_port = self.ports.take(self.settings.ingress_port)
+        proxy = Proxy.ingress(self.ingress_port)
+        self.ingress = EnvoyProcess(proxy, self.ports.take(), self._envoy, self.settings, self.xds_port, self._http)
+        self.push()
+        await self.ingress.start()
+
+    async def shutdown(self) -> None:
+        """Drain the ingress, stop every app and side-car, then the xDS server."""
+        if self.ingress is not None:
+            await self.ingress.drain(min(self.settings.drain_timeout_s, 2.0))
+            await self.ingress.stop()
+        replicas = [r for rs in self.replicas.values() for r in rs]
+        await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
+        self.replicas.clear()
+        await self.ads.stop()
+        await self._http.aclose()
+
+    # ---- changes ---------------------------------------------------------------------------
+    async def apply(self, config: MeshConfig) -> dict[str, Any]:
+        """Make `config` the running mesh. It was validated already; if compiling it fails the
+        previous config stays in force and nothing was pushed."""
+        async with self._lock:
+            previous = self.config
+            self.config = config
+            try:
+                self.push()
+            except InterstateError:
+                self.config = previous
+                raise
+            changes = await self._reconcile()
+            if self.index.gateway is not None and self.ingress is None:
+                await self._start_ingress()
+            return changes
+
+    async def scale(self, service: str, replicas: int) -> dict[str, Any]:
+        async with self._lock:
+            workload = self.workload(service)
+            spec = workload.spec.model_copy(update={"replicas": replicas})
+            updated = workload.model_copy(update={"spec": spec})
+            self.config = MeshConfig(tuple(updated if r is workload else r for r in self.config.resources))
+            return await self._reconcile()
+
+    def workload(self, service: str) -> Workload:
+        workload = self.index.workloads.get(service)
+        if workload is None:
+            known = ", ".join(sorted(self.index.workloads)) or "none"
+            raise UnknownService(f"no workload named {service!r}; known: {known}")
+        return workload
+
+    async def _reconcile(self) -> dict[str, Any]:
+        """Start and stop replicas until each workload runs spec.replicas of its current spec."""
+        workloads = self.index.workloads
+        started: list[Replica] = []
+        retiring: list[Replica] = []
+        for service in list(self.replicas):
+            if service not in workloads:
+                retiring += self.replicas[service]
+        for service, workload in workloads.items():
+            live = [r for r in self.replicas.get(service, []) if r.state is not State.STOPPED]
+            current = [r for r in live if r.workload == workload]
+            outdated = [r for r in live if r.workload != workload]
+            want = workload.spec.replicas
+            started += [self._new_replica(workload) for _ in range(max(0, want - len(current)))]
+            if len(current) > want:
+                retiring += sorted(current, key=lambda r: r.index)[want:]
+            retiring += outdated  # replaced by new ones: started first, stopped after
+        if started:
+            self.push()  # new side-cars find their snapshot when they connect
+            results = await asyncio.gather(*(r.start() for r in started), return_exceptions=True)
+            failed = [(r, e) for r, e in zip(started, results) if isinstance(e, BaseException)]
+            for replica, _ in failed:
+                await self._remove(replica)
+            self.push()
+            if failed:
+                raise failed[0][1]
+        if retiring:
+            await self._retire(retiring)
+        return {"started": [r.name for r in started], "stopped": [r.name for r in retiring]}
+
+    def _new_replica(self, workload: Workload) -> Replica:
+        assert self._envoy is not None
+        index = self._next_index.get(workload.name, 0)
+        self._next_index[workload.name] = index + 1
+        replica = Replica(workload, index, self.settings, self.ports, self._envoy, self.xds_port,
+                          self._http, self._replica_changed)
+        self.replicas.setdefault(workload.name, []).append(replica)
+        return replica
+
+    def _replica_changed(self) -> None:
+        try:
+            self.push()
+        except InterstateError as exc:
+            log.error("push after a replica change failed: %s", exc)
+
+    async def _retire(self, replicas: list[Replica]) -> None:
+        """Withdraw endpoints, wait until every proxy ACKed that, drain, then stop."""
+        for replica in replicas:
+            replica.state = State.DRAINING
+        self.push()
+        nodes = [p.node_id for p in self.proxies()]
+        if not await self.ads.wait_acked(nodes, rt.ENDPOINT, EDS_ACK_TIMEOUT_S):
+            log.warning("not every proxy ACKed the endpoint removal within %.0fs", EDS_ACK_TIMEOUT_S)
+        await asyncio.gather(*(r.drain() for r in replicas))
+        for replica in replicas:
+            await self._remove(replica)
+        self.push()
+
+    async def _remove(self, replica: Replica) -> None:
+        await replica.stop()
+        group = self.replicas.get(replica.workload.name, [])
+        if replica in group:
+            group.remove(replica)
+        if not group:
+            self.replicas.pop(replica.workload.name, None)
+
+    # ---- status ----------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        xds = self.ads.status()
+        services = {}
+        for name, workload in self.index.workloads.items():
+            replicas = self.replicas.get(name, [])
+            services[name] = {
+                "desired": workload.spec.replicas,
+                "ready": sum(1 for r in replicas if r.state is State.READY),
+                "injected": workload.injected,
+                "policy": self.index.policy_for(workload),
+                "replicas": [r.status() | {"xds": xds.get(r.proxy.node_id) if r.proxy else None} for r in replicas],
+            }
+        out: dict[str, Any] = {"services": services, "xds": {"port": self.xds_port, "nodes": len(xds)}}
+        if self.ingress is not None:
+            out["ingress"] = {"url": f"http://{self.settings.host}:{self.ingress_port}",
+                              "admin": self.ingress.admin_port, "pid": self.ingress.child.pid,
+                              "xds": xds.get(self.ingress.proxy.node_id)}
+        return out
