@@ -94,6 +94,10 @@ class Workload(Resource):
             raise ValueError("spec.calls: a workload does not call itself through the mesh")
         return self
 
+    def same_template(self, other: Workload) -> bool:
+        """True when replicas of `other` are interchangeable with ours: everything but the count."""
+        return self.model_dump(exclude={"spec": {"replicas"}}) == other.model_dump(exclude={"spec": {"replicas"}})
+
     @property
     def injected(self) -> bool:
         return self.metadata.annotations.get(INJECT_ANNOTATION, "enabled") == "enabled"

@@ -170,8 +170,8 @@ class Supervisor:
                 retiring += self.replicas[service]
         for service, workload in workloads.items():
             live = [r for r in self.replicas.get(service, []) if r.state is not State.STOPPED]
-            current = [r for r in live if r.workload == workload]
-            outdated = [r for r in live if r.workload != workload]
+            current = [r for r in live if r.workload.same_template(workload)]
+            outdated = [r for r in live if not r.workload.same_template(workload)]
             want = workload.spec.replicas
             started += [self._new_replica(workload) for _ in range(max(0, want - len(current)))]
             if len(current) > want:

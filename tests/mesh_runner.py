@@ -1,0 +1,166 @@
+"""Test helper: run `interstate up` as a real subprocess on free ports, and stop it for sure.
+
+`MeshRun.stop()` sends SIGTERM and then checks that every process the mesh started is gone;
+teardown kills whatever survived, so a failing test never leaves Envoys behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "election-night"
+INTERSTATE = [sys.executable, "-m", "interstate.cli"]
+READY = re.compile(r"mesh ready ingress=(\S+) admin=(\S+)")
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*INTERSTATE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@dataclass
+class MeshRun:
+    proc: subprocess.Popen[str]
+    run_dir: Path
+    ingress: str = ""
+    admin: str = ""
+    output: list[str] = field(default_factory=list)
+    _reader: threading.Thread | None = None
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.output):
+                match = READY.search(line)
+                if match:
+                    self.ingress, self.admin = match.group(1), match.group(2)
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("mesh did not become ready:\n" + "".join(self.output))
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(self.admin + "/status", timeout=10, trust_env=False).json())
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@contextmanager
+def running_mesh(path: Path, run_dir: Path, *extra: str) -> Iterator[MeshRun]:
+    proc = subprocess.Popen(
+        [*INTERSTATE, "up", str(path), "--auto-ports", "--run-dir", str(run_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
+    )
+    run = MeshRun(proc, run_dir)
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            run.output.append(line)
+
+    run._reader = threading.Thread(target=read, daemon=True)
+    run._reader.start()
+    started: list[psutil.Process] = []
+    try:
+        run.wait_ready()
+        started = run.descendants()
+        yield run
+    finally:
+        started += run.descendants()
+        try:
+            run.stop()
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        for child in started:  # nothing may outlive `interstate up`; kill stragglers regardless
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def envoy_stats(admin_port: int, pattern: str) -> dict[str, int]:
+    response = httpx.get(f"http://127.0.0.1:{admin_port}/stats", params={"filter": pattern, "format": "json"},
+                         timeout=5, trust_env=False)
+    return {s["name"]: int(s["value"]) for s in response.json()["stats"] if "value" in s}
+
+
+class Load:
+    """Bounded background traffic: `workers` threads sending GETs until stopped or `max_s` passes."""
+
+    def __init__(self, url: str, workers: int = 4, max_s: float = 60, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.max_s = max_s
+        self.headers = headers or {}
+        self.ok = 0
+        self.failures: list[str] = []
+        self.seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _work(self) -> None:
+        deadline = time.monotonic() + self.max_s
+        with httpx.Client(timeout=10, trust_env=False) as client:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                try:
+                    response = client.get(self.url, headers=self.headers)
+                    good = response.status_code == 200
+                    served = response.json().get("served_by", "?") if good else ""
+                    detail = f"{response.status_code} {response.text[:200]}"
+                except httpx.HTTPError as exc:
+                    good, served, detail = False, "", repr(exc)
+                with self._lock:
+                    if good:
+                        self.ok += 1
+                        self.seen[served] = self.seen.get(served, 0) + 1
+                    else:
+                        self.failures.append(detail)

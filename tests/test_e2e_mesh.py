@@ -1,0 +1,206 @@
+"""End-to-end: the election-night example under `interstate up`, with real Envoy side-cars, real
+app processes and real HTTP on 127.0.0.1 (ephemeral ports)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_stats, running_mesh
+
+pytestmark = pytest.mark.e2e
+
+
+def get(url: str, **kw: object) -> httpx.Response:
+    return httpx.get(url, timeout=10, trust_env=False, **kw)  # type: ignore[arg-type]
+
+
+def sidecar_admins(status: dict, service: str) -> list[int]:
+    return [r["sidecar"]["admin"] for r in status["services"][service]["replicas"]]
+
+
+def wait_for(predicate, timeout: float = 20, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- one shared mesh for read-only checks ---------------------------------------------------
+
+def test_results_come_from_stats_through_two_sidecars(example_mesh: MeshRun) -> None:
+    status = example_mesh.status()
+    before_out = {a: envoy_stats(a, r"^http\.outbound\.downstream_rq_completed$") for a in sidecar_admins(status, "results")}
+    before_in = envoy_stats(sidecar_admins(status, "stats")[0], r"^http\.inbound\.downstream_rq_completed$")
+
+    response = get(example_mesh.ingress + "/results")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["precincts"] == 50 and body["votes_cast"] > 0
+    assert {c["name"] for c in body["candidates"]} == {"Adams", "Baker", "Chen"}
+    assert body["stats"]["served_by"] == "stats-0"
+
+    after_out = {a: envoy_stats(a, r"^http\.outbound\.downstream_rq_completed$") for a in before_out}
+    after_in = envoy_stats(sidecar_admins(status, "stats")[0], r"^http\.inbound\.downstream_rq_completed$")
+    # exactly one results side-car sent the call out, and stats' side-car took it in
+    grew = [a for a in before_out if sum(after_out[a].values()) > sum(before_out[a].values())]
+    assert len(grew) == 1
+    assert sum(after_in.values()) == sum(before_in.values()) + 1
+
+
+def test_stats_sees_the_policy_header_results_code_never_sets(example_mesh: MeshRun) -> None:
+    # Straight into a results side-car, with no header: results' code adds nothing, so what stats
+    # sees was stamped by results' side-car from the workload annotation.
+    replica = example_mesh.status()["services"]["results"]["replicas"][0]
+    response = get(f"http://127.0.0.1:{replica['sidecar']['inbound']}/results")
+    assert response.status_code == 200
+    assert response.json()["stats"]["policy_ctx_seen"] == "FEC-F101"
+    # Through the ingress without a header: the mesh default is stamped at the edge.
+    assert get(example_mesh.ingress + "/results").json()["stats"]["policy_ctx_seen"] == "FEC-F101"
+
+
+def test_a_client_policy_header_is_kept_end_to_end(example_mesh: MeshRun) -> None:
+    response = get(example_mesh.ingress + "/results", headers={"x-policy-ctx": "FEC-F202"})
+    assert response.status_code == 200
+    assert response.json()["stats"]["policy_ctx_seen"] == "FEC-F202"
+
+
+def test_every_envoy_accepted_its_config_and_is_connected(example_mesh: MeshRun) -> None:
+    status = example_mesh.status()
+    admins = sidecar_admins(status, "results") + sidecar_admins(status, "stats") + [status["ingress"]["admin"]]
+    assert len(admins) == 4
+    for admin in admins:
+        stats = envoy_stats(admin, r"update_rejected|control_plane\.connected_state")
+        assert stats["control_plane.connected_state"] == 1
+        rejected = {k: v for k, v in stats.items() if k.endswith("update_rejected")}
+        assert rejected and all(v == 0 for v in rejected.values()), rejected
+    for service in status["services"].values():
+        for replica in service["replicas"]:
+            types = replica["xds"]["types"]
+            # stats calls nothing, so its side-car has no EDS clusters to subscribe to
+            expected = {"CDS", "LDS", "RDS"} | ({"EDS"} if replica["name"].startswith("results") else set())
+            assert set(types) == expected
+            assert all(t["sent"] == t["acked"] and t["nack"] is None for t in types.values())
+
+
+def test_unknown_paths_and_hosts_get_clear_404s(example_mesh: MeshRun) -> None:
+    response = get(example_mesh.ingress + "/nowhere")
+    assert response.status_code == 404 and "no Gateway route" in response.text
+    assert get(example_mesh.ingress + "/resultsx").status_code == 404
+    replica = example_mesh.status()["services"]["results"]["replicas"][0]
+    proxy = f"http://127.0.0.1:{replica['sidecar']['outbound']}"
+    with httpx.Client(proxy=proxy, trust_env=False, timeout=10) as client:
+        response = client.get("http://ballots:8080/")
+    assert response.status_code == 404 and "spec.calls (stats)" in response.text
+
+
+def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:
+    pids = {example_mesh.proc.pid} | {p.pid for p in example_mesh.descendants()}
+    listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids]
+    assert listening, "expected the mesh to listen somewhere"
+    # gRPC binds "127.0.0.1" as the IPv4-mapped IPv6 address; both are loopback
+    addresses = {ipaddress.ip_address(c.laddr.ip) for c in listening}
+    assert {getattr(a, "ipv4_mapped", None) or a for a in addresses} == {ipaddress.ip_address("127.0.0.1")}
+
+
+# ---- meshes of their own, for tests that change things ---------------------------------------
+
+def test_scaling_results_under_traffic_loses_no_request(tmp_path: Path) -> None:
+    with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
+        with Load(mesh.ingress + "/results", workers=4, max_s=90) as load:
+            wait_for(lambda: load.ok > 20, what="traffic to flow")
+            scaled = cli("scale", "results", "4", "--admin", mesh.admin)
+            assert scaled.returncode == 0, scaled.stderr
+            t0 = time.monotonic()
+            wait_for(lambda: {"results-2", "results-3"} <= set(load.seen), timeout=10,
+                     what="new replicas to receive requests")
+            reached = time.monotonic() - t0
+            assert mesh.status()["services"]["results"]["ready"] == 4
+            shrunk = cli("scale", "results", "1", "--admin", mesh.admin)
+            assert shrunk.returncode == 0, shrunk.stderr
+            mark = dict(load.seen)
+            wait_for(lambda: load.ok > sum(mark.values()) + 40, what="traffic after scale-in")
+            load.stop()
+            after = {k: load.seen.get(k, 0) - mark.get(k, 0) for k in load.seen}
+        assert load.failures == [], load.failures[:5]
+        assert reached < 10
+        survivors = [r["name"] for r in mesh.status()["services"]["results"]["replicas"]]
+        assert survivors == ["results-0"]
+        # after the scale-in only the survivor answered (the first few may still be in flight)
+        assert sum(v for k, v in after.items() if k != "results-0") <= 8
+
+
+def test_a_killed_app_is_restarted_and_stop_leaves_nothing(tmp_path: Path) -> None:
+    with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
+        replica = mesh.status()["services"]["stats"]["replicas"][0]
+        os.kill(replica["app"]["pid"], signal.SIGKILL)
+
+        def restarted() -> dict | None:
+            r = mesh.status()["services"]["stats"]["replicas"][0]
+            return r if r["app"]["restarts"] == 1 and r["state"] == "ready" else None
+
+        now = wait_for(restarted, timeout=20, what="the app to be restarted")
+        assert now["app"]["pid"] != replica["app"]["pid"]
+        assert get(mesh.ingress + "/results").status_code == 200
+        children = mesh.descendants()
+        assert len(children) >= 7  # 3 apps, 3 side-cars, 1 ingress
+        assert mesh.stop() == 0
+        assert alive(children) == []
+        assert "interstate: stopped" in "".join(mesh.output)
+
+
+def test_an_invalid_mesh_is_refused_and_nothing_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "mesh.yaml"
+    bad.write_text((EXAMPLE / "stats-destination.yml").read_text().replace("30s", "30x")
+                   + "---\n" + (EXAMPLE / "results.yaml").read_text())
+    run_dir = tmp_path / "run"
+    result = cli("up", str(bad), "--auto-ports", "--run-dir", str(run_dir), timeout=60)
+    assert result.returncode == 1
+    assert (f"{bad}: document 1 (TrafficPolicy stats-breaker): spec.outlierDetection.baseEjectionTime: "
+            "'30x' is not a duration") in result.stderr
+    assert f"{bad}: document 2 (Workload results): spec.calls[0]: unknown service 'stats'" in result.stderr
+    assert "nothing was started" in result.stderr
+    assert not run_dir.exists()
+
+
+def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_copy: Path) -> None:
+    with running_mesh(mesh_copy, tmp_path / "run") as mesh:
+        def versions() -> dict:
+            s = mesh.status()
+            return {r["name"]: {t: v["acked"] for t, v in r["xds"]["types"].items()}
+                    for svc in s["services"].values() for r in svc["replicas"]}
+
+        before = versions()
+        policy = mesh_copy / "stats-destination.yml"
+        policy.write_text(policy.read_text().replace("consecutiveErrors: 3", "consecutiveErrors: -3"))
+        refused = cli("apply", str(mesh_copy), "--admin", mesh.admin)
+        assert refused.returncode == 1
+        assert "spec.outlierDetection.consecutiveErrors" in refused.stderr
+        assert versions() == before
+        assert get(mesh.ingress + "/results").status_code == 200
+
+        policy.write_text(policy.read_text().replace("consecutiveErrors: -3", "consecutiveErrors: 5"))
+        stats_file = mesh_copy / "stats.yaml"
+        stats_file.write_text(stats_file.read_text().replace("replicas: 1", "replicas: 2"))
+        applied = cli("apply", str(mesh_copy), "--admin", mesh.admin)
+        assert applied.returncode == 0, applied.stderr
+        status = mesh.status()
+        assert status["services"]["stats"]["ready"] == 2
+        # the results side-cars now eject stats replicas after 5 errors, not 3
+        admin = sidecar_admins(status, "results")[0]
+        config = httpx.get(f"http://127.0.0.1:{admin}/config_dump", params={"resource": "dynamic_active_clusters"},
+                           timeout=10, trust_env=False).json()
+        stats_cluster = [c["cluster"] for c in config["configs"] if c["cluster"]["name"] == "outbound|stats"][0]
+        assert stats_cluster["outlier_detection"]["consecutive_5xx"] == 5
+        served = {get(mesh.ingress + "/results").json()["stats"]["served_by"] for _ in range(20)}
+        assert served == {"stats-0", "stats-1"}
