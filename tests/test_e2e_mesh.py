@@ -152,6 +152,19 @@ def test_a_killed_app_is_restarted_and_stop_leaves_nothing(tmp_path: Path) -> No
         now = wait_for(restarted, timeout=20, what="the app to be restarted")
         assert now["app"]["pid"] != replica["app"]["pid"]
         assert get(mesh.ingress + "/results").status_code == 200
+
+        # a crashed side-car is restarted too, on the same ports, and gets its config again
+        sidecar = mesh.status()["services"]["stats"]["replicas"][0]["sidecar"]
+        os.kill(sidecar["pid"], signal.SIGKILL)
+
+        def sidecar_back() -> dict | None:
+            r = mesh.status()["services"]["stats"]["replicas"][0]
+            return r if r["sidecar"]["restarts"] == 1 and r["state"] == "ready" else None
+
+        back = wait_for(sidecar_back, timeout=20, what="the side-car to be restarted")
+        assert back["sidecar"]["pid"] != sidecar["pid"]
+        assert wait_for(lambda: get(mesh.ingress + "/results").status_code == 200, timeout=10,
+                        what="traffic through the restarted side-car")
         children = mesh.descendants()
         assert len(children) >= 7  # 3 apps, 3 side-cars, 1 ingress
         assert mesh.stop() == 0

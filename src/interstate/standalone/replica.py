@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -79,7 +79,7 @@ class Replica:
         self.http = http
         self.on_change = on_change
         self.state = State.STARTING
-        self.restarts = 0
+        self.restarts: dict[str, int] = {}  # child name -> times restarted
         self._ports = ports
         self.app_port = ports.take()
         self.sidecar: EnvoyProcess | None = None
@@ -93,7 +93,8 @@ class Replica:
         cwd = settings.mesh_dir / (workload.spec.run.working_dir or ".")
         self.app = Child(f"app {self.name}", app_command(workload, env),
                          settings.run_dir / "logs" / f"{self.name}.app.log", env=env, cwd=cwd)
-        self._supervise: asyncio.Task[None] | None = None
+        self._watchers: list[asyncio.Task[None]] = []
+        self._down: set[str] = set()  # children that exited and are being restarted
         self._stopping = False
 
     @property
@@ -113,7 +114,10 @@ class Replica:
             await self.sidecar.start()
         await self._start_app()
         self.state = State.READY
-        self._supervise = asyncio.create_task(self._watch_app(), name=f"watch {self.name}")
+        self._watchers = [asyncio.create_task(self._watch(self.app, self._start_app), name=f"watch {self.app.name}")]
+        if self.sidecar is not None:
+            self._watchers.append(asyncio.create_task(self._watch(self.sidecar.child, self.sidecar.start),
+                                                      name=f"watch {self.sidecar.child.name}"))
 
     async def _start_app(self) -> None:
         await self.app.start()
@@ -125,31 +129,37 @@ class Replica:
             check = tcp_probe("127.0.0.1", self.app_port)
         await wait_ready(self.app, check, timeout)
 
-    async def _watch_app(self) -> None:
+    async def _watch(self, child: Child, start: Callable[[], Awaitable[None]]) -> None:
+        """Restart `child` whenever it exits, with exponential back-off; withdraw the endpoint
+        while it is down."""
         backoff = self.settings.restart_backoff_s
         while not self._stopping:
-            code = await self.app.wait()
+            code = await child.wait()
             if self._stopping:
                 return
-            ran = time.monotonic() - self.app.started_at
+            ran = time.monotonic() - child.started_at
             if ran >= self.settings.restart_reset_s:
                 backoff = self.settings.restart_backoff_s
-            log.warning("%s exited with %s after %.1fs; restarting in %.2fs", self.app.name, code, ran, backoff)
-            self.state = State.RESTARTING
-            self.on_change()
-            await self.app.stop(0.1)  # reap anything left in its process group
+            log.warning("%s exited with %s after %.1fs; restarting in %.2fs", child.name, code, ran, backoff)
+            self._down.add(child.name)
+            if self.state is State.READY:
+                self.state = State.RESTARTING
+                self.on_change()
+            await child.stop(0.1)  # reap anything left in its process group
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.restart_backoff_max_s)
             if self._stopping:
                 return
             try:
-                await self._start_app()
+                await start()
             except Exception as exc:  # noqa: BLE001 - keep supervising whatever went wrong
-                log.error("%s failed to restart: %s", self.app.name, exc)
+                log.error("%s failed to restart: %s", child.name, exc)
                 continue
-            self.restarts += 1
-            self.state = State.READY
-            self.on_change()
+            self.restarts[child.name] = self.restarts.get(child.name, 0) + 1
+            self._down.discard(child.name)
+            if not self._down and self.state is State.RESTARTING:
+                self.state = State.READY
+                self.on_change()
 
     async def drain(self) -> None:
         """Let in-flight requests finish; call after the endpoint was withdrawn everywhere."""
@@ -160,8 +170,8 @@ class Replica:
     async def stop(self) -> None:
         self._stopping = True
         self.state = State.STOPPED
-        if self._supervise is not None:
-            self._supervise.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
         await self.app.stop(self.settings.stop_timeout_s)
         if self.sidecar is not None:
             await self.sidecar.stop()
@@ -173,11 +183,12 @@ class Replica:
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {
             "name": self.name, "state": self.state.value, "version": self.workload.spec.version,
-            "app": {"pid": self.app.pid, "port": self.app_port, "restarts": self.restarts,
+            "app": {"pid": self.app.pid, "port": self.app_port, "restarts": self.restarts.get(self.app.name, 0),
                     "log": str(self.app.log_path)},
         }
         if self.proxy is not None and self.sidecar is not None:
             out["sidecar"] = {"pid": self.sidecar.child.pid, "node": self.proxy.node_id,
                               "inbound": self.proxy.inbound_port, "outbound": self.proxy.outbound_port,
-                              "admin": self.sidecar.admin_port, "log": str(self.sidecar.child.log_path)}
+                              "admin": self.sidecar.admin_port, "log": str(self.sidecar.child.log_path),
+                              "restarts": self.restarts.get(self.sidecar.child.name, 0)}
         return out
