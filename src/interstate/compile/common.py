@@ -31,5 +31,8 @@ def socket_address(address: str, port: int) -> address_pb2.Address:
 
 def pack(message: Message) -> any_pb2.Any:
     out = any_pb2.Any()
-    out.Pack(message)
+    # Deterministic: the packed bytes are opaque to the outer serializer, and map fields (the
+    # access log's Struct) would otherwise come out in a per-process order, changing the
+    # content-hashed LDS version at every control-plane restart.
+    out.Pack(message, deterministic=True)
     return out

@@ -32,7 +32,18 @@ def read_sources(path: str | Path) -> dict[str, str]:
         files = [root]
     else:
         raise ConfigError([Issue(str(root), 0, "", "", "no such file or folder")])
-    return {str(f): f.read_text(encoding="utf-8") for f in files}
+    sources: dict[str, str] = {}
+    issues: list[Issue] = []
+    for f in files:
+        try:
+            sources[str(f)] = f.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            issues.append(Issue(str(f), 0, "", "", f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"))
+        except OSError as exc:
+            issues.append(Issue(str(f), 0, "", "", f"cannot be read: {exc.strerror}"))
+    if issues:
+        raise ConfigError(issues)
+    return sources
 
 
 def load(path: str | Path) -> MeshConfig:
@@ -43,6 +54,7 @@ def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
     """Decode {file name: YAML text} into a validated MeshConfig, or raise ConfigError."""
     issues: list[Issue] = []
     located: list[Located] = []
+    invalid: set[tuple[str, str]] = set()  # (kind, name) of documents that failed to decode
     for file, text in sources.items():
         try:
             documents = list(yaml.safe_load_all(text))
@@ -58,7 +70,9 @@ def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
             resource = _decode_document(file, number, document, issues)
             if resource is not None:
                 located.append(Located(resource, file, number))
-    issues.extend(check(located))
+            elif isinstance(document, dict) and isinstance(document.get("metadata"), dict):
+                invalid.add((str(document.get("kind")), str(document["metadata"].get("name"))))
+    issues.extend(check(located, invalid))
     if issues:
         raise ConfigError(issues)
     return MeshConfig(tuple(item.resource for item in located))
@@ -86,7 +100,8 @@ def _decode_document(file: str, number: int, document: Any, issues: list[Issue])
         issues.append(Issue(file, number, label, field, message))
         return None
     try:
-        return cls.model_validate(document)
+        # YAML is camelCase only (as the Kubernetes CRDs will be); field names are for Python.
+        return cls.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as exc:
         for error in exc.errors():
             field, message = _describe(cls, error)

@@ -6,7 +6,7 @@ kind needs no change in this module. Returns issues; never raises, never does I/
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from interstate.errors import Issue
@@ -27,7 +27,9 @@ class Located:
         return f"{self.file} document {self.document}"
 
 
-def check(located: Iterable[Located]) -> list[Issue]:
+def check(located: Iterable[Located], invalid: Collection[tuple[str, str]] = ()) -> list[Issue]:
+    """Mesh-wide issues. `invalid` holds (kind, name) of documents that failed to decode: their
+    own issues are reported already, so references to them are not reported again as unknown."""
     items = list(located)
     issues: list[Issue] = []
     by_key: dict[tuple[str, str], Located] = {}
@@ -55,7 +57,7 @@ def check(located: Iterable[Located]) -> list[Issue]:
     claimed: dict[str, Located] = {}
     for item in items:
         for ref in item.resource.references():
-            if (ref.kind, ref.name) not in by_key:
+            if (ref.kind, ref.name) not in by_key and (ref.kind, ref.name) not in invalid:
                 valid = sorted(names_by_kind.get(ref.kind, []))
                 hint = f"known: {', '.join(valid)}" if valid else f"no {ref.kind} is defined"
                 issues.append(item.issue(ref.field, f"unknown service {ref.name!r}; {hint}"))

@@ -22,8 +22,9 @@ API_GROUP = "mesh.codifyhq.io"
 API_VERSION = f"{API_GROUP}/v1"
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DURATION_RE = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|us|h|m|s))+$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|h|m|s)")
+# [0-9], not \d: \d would also accept other scripts' digits ("٣٠s").
+_DURATION_RE = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)(ms|us|h|m|s))+$")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|us|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
 # Envoy rejects durations above ~10,000 years; we refuse anything above a day, which no
 # timeout or ejection time in a mesh needs, so the error comes from us and names the field.

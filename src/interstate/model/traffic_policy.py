@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from interstate.model.base import Claim, Duration, Name, Percent, Reference, Resource, Strict
 
@@ -30,6 +30,14 @@ class OutlierDetection(Strict):
     base_ejection_time: Duration = timedelta(seconds=30)
     interval: Duration = timedelta(seconds=1)
     max_ejection_percent: Percent = 100
+
+    @field_validator("base_ejection_time", "interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        # Envoy NACKs a zero interval or ejection time; say so here, naming the field.
+        if value <= timedelta(0):
+            raise ValueError("must be more than 0s, e.g. 30s")
+        return value
 
 
 class TrafficPolicySpec(Strict):

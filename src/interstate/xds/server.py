@@ -4,6 +4,9 @@ Per stream and type it keeps the last nonce and version sent, the names subscrib
 version ACKed. Rules (see DESIGN.md, "Protocol facts that bite"):
 - a request without a nonce (first request, or after reconnect) gets the full current state;
 - an ACK (nonce matches, no error) gets no response unless the subscription changed;
+- a second request for a nonce already ACKed or NACKed is a re-request: Envoy's watches changed
+  (an updated cluster or listener is warming and waits for its EDS/RDS) and it gets the current
+  state again even when nothing changed (xDS "Resource warming"), unless that is a rejected version;
 - a request with a stale nonce is ignored;
 - a NACK (nonce matches, error_detail set) is logged and counted, the last ACKed version stays
   in force, and the rejected version is not sent again (the next new version will be);
@@ -48,6 +51,7 @@ class TypeState:
     sent: tuple[str, frozenset[str] | None] | None = None  # (version, names) last sent
     acked: str = ""
     nack: Nack | None = None
+    answered: bool = False  # the response with `nonce` has been ACKed or NACKed
 
 
 @dataclass
@@ -208,23 +212,34 @@ class AdsServer:
                 self.stale.labels(short).inc()
                 log.debug("%s %s: stale nonce %s ignored", state.node_id, short, request.response_nonce)
                 return
-            if request.HasField("error_detail"):
-                version = ts.sent[0] if ts.sent else ""
-                ts.nack = Nack(version, request.error_detail.message, time.time())
-                self.nacks.labels(short).inc()
-                log.error(
-                    "%s rejected %s version %s (keeps %s): %s",
-                    state.node_id, short, version, request.version_info or "none", request.error_detail.message,
-                )
-                ts.names = names if names is not None else ts.names
-                return
-            ts.acked = request.version_info
-            self.acks.labels(short).inc()
-            if names == ts.names:
-                # A plain ACK. Send only if the snapshot moved on while this was in flight.
-                await self._send_if_new(state, type_url, context)
-                return
-        # First request, reconnect, or a changed subscription: answer with current state.
+            if ts.answered:
+                # Envoy answers each response once; another request for the same nonce means its
+                # watches changed (e.g. an updated EDS cluster is warming) and it needs the
+                # resources again. Not a new ACK or NACK, so not counted as one.
+                snap = self.cache.get(state.node_id)
+                rejected = ts.nack is not None and snap is not None and ts.nack.version == snap.version(type_url)
+                if rejected and names == ts.names:
+                    return  # never resend a rejected version
+                log.debug("%s %s: re-requested at nonce %s", state.node_id, short, ts.nonce)
+            else:
+                ts.answered = True
+                if request.HasField("error_detail"):
+                    version = ts.sent[0] if ts.sent else ""
+                    ts.nack = Nack(version, request.error_detail.message, time.time())
+                    self.nacks.labels(short).inc()
+                    log.error(
+                        "%s rejected %s version %s (keeps %s): %s",
+                        state.node_id, short, version, request.version_info or "none", request.error_detail.message,
+                    )
+                    ts.names = names if names is not None else ts.names
+                    return
+                ts.acked = request.version_info
+                self.acks.labels(short).inc()
+                if names == ts.names:
+                    # A plain ACK. Send only if the snapshot moved on while this was in flight.
+                    await self._send_if_new(state, type_url, context)
+                    return
+        # First request, reconnect, changed subscription or re-request: answer with current state.
         ts.subscribed = True
         ts.names = names
         await self._send(state, type_url, context)
@@ -250,6 +265,7 @@ class AdsServer:
         ts = state.types[type_url]
         typeset = snap.types[type_url]
         ts.nonce = state.next_nonce()
+        ts.answered = False
         ts.sent = (typeset.version, ts.names)
         await context.write(response(typeset.body(ts.names), ts.nonce))
         self.pushes.labels(rt.SHORT[type_url]).inc()

@@ -1,0 +1,465 @@
+"""The compiler, tested as calls: "a call from results to http://stats:8080/x goes to ...".
+
+Each test compiles the election-night mesh (or a variation) for one proxy and follows a request
+through the Envoy resources with `interstate.simulate`, instead of comparing proto shapes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+
+from interstate.compile import Proxy, ProxyResources, compile_proxy
+from interstate.config.loader import decode_sources
+from interstate.model.index import Endpoint, MeshIndex
+from interstate.simulate import Ejection, Outcome, Retry, simulate
+from interstate.xds import resources as rt
+from interstate.xds.snapshot import Snapshot
+
+MESH = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Mesh
+metadata: {name: election-night}
+spec: {defaultPolicy: FEC-F101}
+"""
+RESULTS = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata:
+  name: results
+  annotations:
+    mesh.codifyhq.io/inject: "enabled"
+    mesh.codifyhq.io/policy: "FEC-F101"
+spec:
+  port: 8080
+  replicas: 2
+  run: {command: [python, apps/results.py]}
+  calls: [stats]
+"""
+STATS = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {name: stats}
+spec:
+  port: 8080
+  run: {command: [python, apps/stats.py]}
+"""
+GATEWAY = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Gateway
+metadata: {name: public}
+spec:
+  routes:
+    - {pathPrefix: /results, service: results}
+"""
+BREAKER = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: TrafficPolicy
+metadata: {name: stats-breaker}
+spec:
+  destination: {service: stats}
+  outlierDetection: {consecutiveErrors: 3, baseEjectionTime: 30s}
+"""
+ELECTION_NIGHT = [MESH, RESULTS, STATS, GATEWAY, BREAKER]
+
+STATS_0 = Endpoint("stats", 0, "127.0.0.1", 15001)
+RESULTS_0 = Endpoint("results", 0, "127.0.0.1", 15011)
+APP_PORT = 18080
+FEC = {"x-policy-ctx": "FEC-F101"}
+
+
+def mesh(*docs: str, endpoints: dict[str, tuple[Endpoint, ...]] | None = None) -> MeshIndex:
+    config = decode_sources({"mesh.yaml": "---\n".join(docs or ELECTION_NIGHT)})
+    if endpoints is None:
+        endpoints = {"stats": (STATS_0,), "results": (RESULTS_0,)}
+    return MeshIndex(config, endpoints)
+
+
+def sidecar(service: str, replica: int = 0) -> Proxy:
+    base = 15000 + 10 * replica
+    return Proxy.sidecar(service, replica, inbound_port=base + 1, outbound_port=base + 2,
+                         app_port=APP_PORT + replica)
+
+
+def call(index: MeshIndex, source: str, url: str, **headers: str) -> Outcome:
+    """A request the app `source` sends through its side-car's outbound listener."""
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return simulate(compile_proxy(index, sidecar(source)), "outbound", parts.netloc, path,
+                    headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def from_outside(index: MeshIndex, path: str, **headers: str) -> Outcome:
+    """A request from outside the mesh to the ingress."""
+    return simulate(compile_proxy(index, Proxy.ingress(8000)), "ingress", "localhost:8000", path,
+                    headers={k.replace("_", "-"): v for k, v in headers.items()})
+
+
+def without(text: str, line: str) -> str:
+    assert line in text, line
+    return text.replace(line, "")
+
+
+# --- side-car outbound: calls between services ------------------------------------------------
+
+
+def test_a_call_from_results_to_stats_reaches_stats_with_the_policy_header() -> None:
+    outcome = call(mesh(), "results", "http://stats:8080/x")
+
+    assert outcome.status is None, outcome.describe()
+    assert outcome.cluster == "outbound|stats"
+    assert outcome.endpoints == ("127.0.0.1:15001",)
+    assert outcome.headers_added == FEC
+
+
+@pytest.mark.parametrize("host", ["stats", "stats:8080", "STATS:8080", "Stats"])
+def test_the_service_name_works_with_or_without_its_port_in_any_case(host: str) -> None:
+    assert call(mesh(), "results", f"http://{host}/x").cluster == "outbound|stats"
+
+
+def test_an_app_supplied_policy_header_is_kept() -> None:
+    outcome = call(mesh(), "results", "http://stats:8080/x", X_Policy_Ctx="FEC-F999")
+
+    assert outcome.cluster == "outbound|stats"
+    assert outcome.headers_added == {}  # ADD_IF_ABSENT: the app's value travels unchanged
+
+
+def test_a_workload_without_a_policy_annotation_gets_the_mesh_default() -> None:
+    results = without(RESULTS, '    mesh.codifyhq.io/policy: "FEC-F101"\n')
+
+    outcome = call(mesh(MESH, results, STATS), "results", "http://stats:8080/x")
+
+    assert outcome.headers_added == FEC
+
+
+def test_the_annotation_wins_over_the_mesh_default() -> None:
+    results = RESULTS.replace('policy: "FEC-F101"', 'policy: "FEC-F202"')
+
+    outcome = call(mesh(MESH, results, STATS), "results", "http://stats:8080/x")
+
+    assert outcome.headers_added == {"x-policy-ctx": "FEC-F202"}
+
+
+def test_without_default_or_annotation_no_header_is_added() -> None:
+    results = without(RESULTS, '    mesh.codifyhq.io/policy: "FEC-F101"\n')
+
+    outcome = call(mesh(results, STATS), "results", "http://stats:8080/x")
+
+    assert outcome.cluster == "outbound|stats"
+    assert outcome.headers_added == {}
+
+
+def test_the_mesh_can_rename_the_policy_header() -> None:
+    renamed = MESH.replace("FEC-F101}", "P1, policyHeader: x-gov-policy}")
+    results = without(RESULTS, '    mesh.codifyhq.io/policy: "FEC-F101"\n')
+
+    outcome = call(mesh(renamed, results, STATS), "results", "http://stats:8080/x")
+
+    assert outcome.headers_added == {"x-gov-policy": "P1"}
+
+
+@pytest.mark.parametrize("url", ["http://audit:8080/x", "http://stats:9090/x", "http://10.0.0.1/"])
+def test_a_call_to_an_undeclared_service_gets_a_404_naming_the_allowed_ones(url: str) -> None:
+    outcome = call(mesh(), "results", url)
+
+    assert outcome.status == 404
+    assert outcome.cluster is None
+    assert outcome.body == (
+        "interstate: results may only call the services in its spec.calls (stats)\n"
+    )
+
+
+def test_a_workload_that_calls_nothing_may_call_nothing() -> None:
+    outcome = call(mesh(), "stats", "http://results:8080/")
+
+    assert (outcome.status, outcome.body) == (
+        404, "interstate: stats may only call the services in its spec.calls (none)\n"
+    )
+
+
+def test_retries_only_failures_the_app_never_saw_and_times_out_after_15s() -> None:
+    outcome = call(mesh(), "results", "http://stats:8080/x")
+
+    assert outcome.retry == Retry("connect-failure,refused-stream,reset-before-request", 2)
+    assert outcome.timeout == timedelta(seconds=15)
+
+
+# --- outlier detection (circuit breaking) -----------------------------------------------------
+
+
+def test_with_consecutive_errors_3_stats_is_ejected_after_3_5xx_for_30s_and_fails_fast() -> None:
+    outcome = call(mesh(), "results", "http://stats:8080/x")
+
+    assert outcome.ejection == Ejection(
+        consecutive_5xx=3,
+        base_ejection_time=timedelta(seconds=30),
+        interval=timedelta(seconds=1),
+        max_ejection_percent=100,
+    )
+    assert outcome.panic_threshold == 0  # when every replica is ejected: 503 at once
+
+
+def test_the_traffic_policy_knobs_reach_envoy() -> None:
+    breaker = BREAKER.replace(
+        "{consecutiveErrors: 3, baseEjectionTime: 30s}",
+        "{consecutiveErrors: 7, baseEjectionTime: 1m30s, interval: 250ms, maxEjectionPercent: 50}",
+    )
+
+    outcome = call(mesh(MESH, RESULTS, STATS, breaker), "results", "http://stats:8080/x")
+
+    assert outcome.ejection == Ejection(7, timedelta(seconds=90), timedelta(milliseconds=250), 50)
+
+
+@pytest.mark.parametrize(
+    "docs",
+    [(MESH, RESULTS, STATS), (MESH, RESULTS, STATS, BREAKER.replace(
+        "  outlierDetection: {consecutiveErrors: 3, baseEjectionTime: 30s}\n", ""))],
+    ids=["no TrafficPolicy", "TrafficPolicy without outlierDetection"],
+)
+def test_without_outlier_detection_envoy_keeps_its_defaults(docs: tuple[str, ...]) -> None:
+    outcome = call(mesh(*docs), "results", "http://stats:8080/x")
+
+    assert outcome.cluster == "outbound|stats"
+    assert outcome.ejection is None
+    assert outcome.panic_threshold == 50  # Envoy's default
+
+
+def test_a_traffic_policy_applies_to_every_caller_of_its_destination_only() -> None:
+    breaker = BREAKER.replace("service: stats", "service: results")
+    index = mesh(MESH, RESULTS, STATS, GATEWAY, breaker)
+
+    assert call(index, "results", "http://stats:8080/").ejection is None
+    to_results = from_outside(index, "/results")
+    assert to_results.ejection is not None and to_results.ejection.consecutive_5xx == 3
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+def test_the_endpoints_of_stats_are_the_sidecar_addresses_in_the_index() -> None:
+    replicas = (Endpoint("stats", 1, "127.0.0.1", 15021), Endpoint("stats", 0, "127.0.0.1", 15001))
+
+    outcome = call(mesh(endpoints={"stats": replicas}), "results", "http://stats:8080/x")
+
+    assert outcome.endpoints == ("127.0.0.1:15001", "127.0.0.1:15021")
+
+
+def test_a_service_with_no_ready_replica_gets_503_no_healthy_upstream() -> None:
+    outcome = call(mesh(endpoints={}), "results", "http://stats:8080/x")
+
+    assert (outcome.cluster, outcome.status, outcome.flag) == ("outbound|stats", 503, "UH")
+    assert outcome.body == "no healthy upstream"
+    assert outcome.endpoints == ()
+
+
+# --- side-car inbound -------------------------------------------------------------------------
+
+
+def test_the_inbound_listener_forwards_to_the_app_on_loopback() -> None:
+    resources = compile_proxy(mesh(), sidecar("stats", replica=1))
+
+    outcome = simulate(resources, "inbound", "stats:8080", "/x", headers={})
+
+    assert outcome.cluster == "inbound|stats"
+    assert outcome.endpoints == (f"127.0.0.1:{APP_PORT + 1}",)
+    assert outcome.headers_added == {}
+    assert outcome.retry is None  # the app has seen the request: never replay it
+
+
+def test_the_app_proxy_listens_on_loopback_only() -> None:
+    proxy = replace(sidecar("results"), address="10.1.2.3")
+
+    listeners = {l.name: l.address.socket_address for l in compile_proxy(mesh(), proxy).listeners}
+
+    assert (listeners["inbound"].address, listeners["inbound"].port_value) == ("10.1.2.3", 15001)
+    assert (listeners["outbound"].address, listeners["outbound"].port_value) == ("127.0.0.1", 15002)
+
+
+# --- ingress ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/results", "/results/", "/results/x", "/results?state=ca"])
+def test_the_ingress_routes_results_paths_to_results(path: str) -> None:
+    outcome = from_outside(mesh(), path)
+
+    assert outcome.cluster == "outbound|results"
+    assert outcome.endpoints == ("127.0.0.1:15011",)
+
+
+@pytest.mark.parametrize("path", ["/resultsx", "/result", "/", "/stats", "/RESULTS"])
+def test_the_ingress_answers_404_for_other_paths(path: str) -> None:
+    outcome = from_outside(mesh(), path)
+
+    assert outcome.status == 404
+    assert outcome.body == "interstate: no Gateway route matches this path\n"
+
+
+def test_the_longest_gateway_prefix_wins_whatever_its_position() -> None:
+    gateway = GATEWAY + (
+        "    - {pathPrefix: /results/live, service: stats}\n"
+        "    - {pathPrefix: /, service: stats}\n"
+    )
+    index = mesh(MESH, RESULTS, STATS, gateway)
+
+    assert from_outside(index, "/results/live/ca").cluster == "outbound|stats"
+    assert from_outside(index, "/results/lively").cluster == "outbound|results"
+    assert from_outside(index, "/results").cluster == "outbound|results"
+    assert from_outside(index, "/anything").cluster == "outbound|stats"
+
+
+def test_the_ingress_adds_the_mesh_default_policy_only_when_absent() -> None:
+    assert from_outside(mesh(), "/results").headers_added == FEC
+    assert from_outside(mesh(), "/results", x_policy_ctx="FEC-F7").headers_added == {}
+    assert from_outside(mesh(RESULTS, STATS, GATEWAY), "/results").headers_added == {}
+
+
+def test_an_ingress_without_gateway_answers_404() -> None:
+    outcome = from_outside(mesh(MESH, RESULTS, STATS), "/results")
+
+    assert outcome.status == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "cluster"),
+    [("//results//x", "outbound|results"), ("/x/../results", "outbound|results"),
+     ("/./results/./x", "outbound|results"), ("/results/../stats", None),
+     ("/results/..", None)],
+)
+def test_the_ingress_normalizes_paths_and_merges_slashes_before_routing(
+    path: str, cluster: str | None
+) -> None:
+    assert from_outside(mesh(), path).cluster == cluster
+
+
+@pytest.mark.parametrize("listener", ["inbound", "outbound"])
+def test_sidecar_listeners_normalize_paths_too(listener: str) -> None:
+    outcome = simulate(compile_proxy(mesh(), sidecar("results")), listener, "stats", "/a//b/../c")
+
+    assert outcome.request.startswith(f"GET http://stats/a/c on {listener}")
+
+
+# --- determinism and snapshots ----------------------------------------------------------------
+
+
+def every_proxy(index: MeshIndex) -> list[Proxy]:
+    proxies = [Proxy.ingress(8000)]
+    for name, workload in sorted(index.workloads.items()):
+        proxies += [sidecar(name, r) for r in range(workload.spec.replicas)]
+    return proxies
+
+
+def serialized(resources: ProxyResources) -> bytes:
+    groups = (resources.clusters, resources.endpoints, resources.listeners, resources.routes)
+    return b"".join(m.SerializeToString(deterministic=True) for group in groups for m in group)
+
+
+def test_compiling_twice_gives_identical_bytes() -> None:
+    for proxy in every_proxy(mesh()):
+        assert serialized(compile_proxy(mesh(), proxy)) == serialized(compile_proxy(mesh(), proxy))
+
+
+def test_the_order_of_calls_and_endpoints_does_not_change_the_output() -> None:
+    audit = STATS.replace("name: stats", "name: audit")
+    one = RESULTS.replace("calls: [stats]", "calls: [stats, audit]")
+    other = RESULTS.replace("calls: [stats]", "calls: [audit, stats]")
+    eps = [Endpoint("stats", 1, "127.0.0.1", 15021), STATS_0]
+
+    a = mesh(MESH, one, STATS, audit, endpoints={"stats": tuple(eps)})
+    b = mesh(MESH, other, STATS, audit, endpoints={"stats": tuple(reversed(eps))})
+
+    assert serialized(compile_proxy(a, sidecar("results"))) == serialized(
+        compile_proxy(b, sidecar("results"))
+    )
+
+
+DIGEST_SCRIPT = """
+import hashlib, sys
+from interstate.compile import Proxy, compile_proxy
+from interstate.config.loader import decode_sources
+from interstate.model.index import Endpoint, MeshIndex
+index = MeshIndex(decode_sources({"mesh.yaml": sys.stdin.read()}),
+                  {"stats": (Endpoint("stats", 0, "127.0.0.1", 15001),)})
+r = compile_proxy(index, Proxy.sidecar("results", 0, inbound_port=15001, outbound_port=15002,
+                                      app_port=18080))
+out = hashlib.sha256()
+for group in (r.clusters, r.endpoints, r.listeners, r.routes):
+    for m in group:
+        out.update(m.SerializeToString(deterministic=True))
+print(out.hexdigest())
+"""
+
+
+def test_another_process_with_another_hash_seed_compiles_the_same_bytes() -> None:
+    text = "---\n".join(ELECTION_NIGHT)
+    index = mesh(endpoints={"stats": (STATS_0,)})
+    here = hashlib.sha256(serialized(compile_proxy(index, sidecar("results")))).hexdigest()
+
+    there = subprocess.run(
+        [sys.executable, "-c", DIGEST_SCRIPT], input=text, capture_output=True, text=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True, timeout=60,
+    ).stdout.strip()
+
+    assert there == here
+
+
+def test_every_proxy_of_the_example_compiles_to_a_consistent_snapshot() -> None:
+    index = mesh()
+
+    for proxy in every_proxy(index):
+        snapshot = Snapshot.from_resources(compile_proxy(index, proxy))
+        assert set(snapshot.versions) == {rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE}
+
+
+def test_versions_change_only_when_content_changes() -> None:
+    def versions(index: MeshIndex, proxy: Proxy) -> dict[str, str]:
+        return Snapshot.from_resources(compile_proxy(index, proxy)).versions
+
+    before = mesh(endpoints={"stats": (STATS_0,)})
+    scaled = before.with_endpoints({"stats": (STATS_0, Endpoint("stats", 1, "127.0.0.1", 15021))})
+    breaker = BREAKER.replace("consecutiveErrors: 3", "consecutiveErrors: 2")
+    stricter = mesh(MESH, RESULTS, STATS, GATEWAY, breaker, endpoints={"stats": (STATS_0,)})
+    results, stats = sidecar("results"), sidecar("stats")
+
+    def changed(after: MeshIndex, proxy: Proxy) -> set[str]:
+        old = versions(before, proxy)
+        return {rt.SHORT[t] for t, v in versions(after, proxy).items() if old[t] != v}
+
+    assert changed(mesh(endpoints={"stats": (STATS_0,)}), results) == set()  # recompiled
+    assert changed(scaled, results) == {"EDS"}
+    assert changed(stricter, results) == {"CDS"}
+    assert versions(scaled, stats) == versions(before, stats)  # stats calls nobody: untouched
+
+
+def test_a_new_endpoint_is_routed_to_once_compiled() -> None:
+    index = mesh(endpoints={"stats": (STATS_0,)}).with_endpoints(
+        {"stats": (STATS_0, Endpoint("stats", 1, "127.0.0.1", 15021))}
+    )
+
+    assert call(index, "results", "http://stats:8080/").endpoints == (
+        "127.0.0.1:15001", "127.0.0.1:15021"
+    )
+
+
+def test_describe_reads_as_an_explanation() -> None:
+    text = call(mesh(), "results", "http://stats:8080/x").describe()
+
+    assert text.splitlines() == [
+        "GET http://stats:8080/x on outbound: route 'stats' of virtual host 'stats'",
+        "  -> cluster outbound|stats: 127.0.0.1:15001",
+        "  adds x-policy-ctx: FEC-F101",
+        "  timeout 15s",
+        "  retries 2x on connect-failure,refused-stream,reset-before-request",
+        "  ejects a replica after 3 consecutive 5xx for 30s, at most 100%",
+        "  panic threshold 0%",
+    ]
+    assert call(mesh(), "results", "http://audit/").describe() == (
+        "GET http://audit/ on outbound: Envoy answers 404: "
+        "interstate: results may only call the services in its spec.calls (stats)"
+    )
