@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from mesh_runner import EXAMPLE, MeshRun, running_mesh
 
 

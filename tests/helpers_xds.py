@@ -26,8 +26,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from interstate.compile import ProxyResources, compile_proxy
-from interstate.compile import bootstrap
+from interstate.compile import ProxyResources, bootstrap, compile_proxy
 from interstate.compile.proxy import Proxy
 from interstate.config.loader import decode_sources
 from interstate.model.index import Endpoint, MeshIndex
@@ -58,13 +57,16 @@ spec: {port: 8080, run: {command: [x]}}
 """
 
 # The same mesh where `results` also calls `audit`: every resource type changes.
-MESH_WITH_AUDIT = MESH.replace("calls: [stats]", "calls: [stats, audit]") + """
+MESH_WITH_AUDIT = (
+    MESH.replace("calls: [stats]", "calls: [stats, audit]")
+    + """
 ---
 apiVersion: mesh.codifyhq.io/v1
 kind: Workload
 metadata: {name: audit}
 spec: {port: 8080, run: {command: [x]}}
 """
+)
 
 
 def free_port() -> int:
@@ -139,9 +141,7 @@ class AdsClient:
     node_id: str
     channel: grpc.aio.Channel | None = None
     call: Any = None
-    responses: asyncio.Queue[discovery_pb2.DiscoveryResponse | BaseException] = field(
-        default_factory=asyncio.Queue
-    )
+    responses: asyncio.Queue[discovery_pb2.DiscoveryResponse | BaseException] = field(default_factory=asyncio.Queue)
     _reader: asyncio.Task[None] | None = None
     _node_sent: bool = False
 
@@ -209,18 +209,14 @@ class AdsClient:
             request.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.call.write(request)
 
-    async def ack(
-        self, response: discovery_pb2.DiscoveryResponse, names: Iterable[str] = ()
-    ) -> None:
+    async def ack(self, response: discovery_pb2.DiscoveryResponse, names: Iterable[str] = ()) -> None:
         """The request Envoy sends after accepting `response` (names: its current interest)."""
-        await self.send(
-            response.type_url, version=response.version_info, nonce=response.nonce, names=names
-        )
+        await self.send(response.type_url, version=response.version_info, nonce=response.nonce, names=names)
 
     async def recv(self, timeout: float = 1.0) -> discovery_pb2.DiscoveryResponse:
         try:
             item = await asyncio.wait_for(self.responses.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"no response within {timeout}s") from None
         if isinstance(item, BaseException):
             raise item
@@ -229,7 +225,7 @@ class AdsClient:
     async def expect_nothing(self, timeout: float = 0.2) -> None:
         try:
             item = await asyncio.wait_for(self.responses.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         raise AssertionError(f"expected no response, got {describe(item)}")
 
@@ -244,7 +240,7 @@ def describe(item: object) -> str:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         name = self.server.name  # type: ignore[attr-defined]
         body = json.dumps({"path": self.path, "server": name}).encode()
         self.send_response(200)
@@ -307,9 +303,7 @@ class EnvoyProcess:
     async def active_clusters(self) -> dict[str, dict[str, Any]]:
         """The dynamic clusters Envoy is using now (not warming), from /config_dump, by name."""
         async with httpx.AsyncClient(timeout=5) as client:
-            response = await client.get(
-                f"{self.admin}/config_dump", params={"resource": "dynamic_active_clusters"}
-            )
+            response = await client.get(f"{self.admin}/config_dump", params={"resource": "dynamic_active_clusters"})
         response.raise_for_status()
         return {c["cluster"]["name"]: c for c in response.json().get("configs", [])}
 
@@ -341,25 +335,19 @@ async def envoy(
     config.write_text(json.dumps(boot))
     log_path = workdir / f"{node_id.replace('~', '_')}.log"
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            envoy_command(find_envoy(), config, "info"), stdout=log_file, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(envoy_command(find_envoy(), config, "info"), stdout=log_file, stderr=subprocess.STDOUT)
     process = EnvoyProcess(proc, admin_port, log_path)
     try:
         deadline = time.monotonic() + ready_timeout
         async with httpx.AsyncClient(timeout=1) as client:
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"envoy exited with {proc.returncode}:\n{process.log_tail()}"
-                    )
+                    raise RuntimeError(f"envoy exited with {proc.returncode}:\n{process.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{process.admin}/ready")).status_code == 200:
                         break
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(
-                        f"envoy not ready in {ready_timeout}s:\n{process.log_tail()}"
-                    )
+                    raise TimeoutError(f"envoy not ready in {ready_timeout}s:\n{process.log_tail()}")
                 await asyncio.sleep(0.05)
         yield process
     except BaseException:

@@ -73,7 +73,10 @@ class MeshRun:
 def running_mesh(path: Path, run_dir: Path, *extra: str) -> Iterator[MeshRun]:
     proc = subprocess.Popen(
         [*INTERSTATE, "up", str(path), "--auto-ports", "--run-dir", str(run_dir), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")},
     )
     run = MeshRun(proc, run_dir)
@@ -115,8 +118,9 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 
 
 def envoy_stats(admin_port: int, pattern: str) -> dict[str, int]:
-    response = httpx.get(f"http://127.0.0.1:{admin_port}/stats", params={"filter": pattern, "format": "json"},
-                         timeout=5, trust_env=False)
+    response = httpx.get(
+        f"http://127.0.0.1:{admin_port}/stats", params={"filter": pattern, "format": "json"}, timeout=5, trust_env=False
+    )
     return {s["name"]: int(s["value"]) for s in response.json()["stats"] if "value" in s}
 
 

@@ -84,22 +84,31 @@ def mesh(*docs: str, endpoints: dict[str, tuple[Endpoint, ...]] | None = None) -
 
 def sidecar(service: str, replica: int = 0) -> Proxy:
     base = 15000 + 10 * replica
-    return Proxy.sidecar(service, replica, inbound_port=base + 1, outbound_port=base + 2,
-                         app_port=APP_PORT + replica)
+    return Proxy.sidecar(service, replica, inbound_port=base + 1, outbound_port=base + 2, app_port=APP_PORT + replica)
 
 
 def call(index: MeshIndex, source: str, url: str, **headers: str) -> Outcome:
     """A request the app `source` sends through its side-car's outbound listener."""
     parts = urlsplit(url)
     path = parts.path + (f"?{parts.query}" if parts.query else "")
-    return simulate(compile_proxy(index, sidecar(source)), "outbound", parts.netloc, path,
-                    headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return simulate(
+        compile_proxy(index, sidecar(source)),
+        "outbound",
+        parts.netloc,
+        path,
+        headers={k.replace("_", "-"): v for k, v in headers.items()},
+    )
 
 
 def from_outside(index: MeshIndex, path: str, **headers: str) -> Outcome:
     """A request from outside the mesh to the ingress."""
-    return simulate(compile_proxy(index, Proxy.ingress(8000)), "ingress", "localhost:8000", path,
-                    headers={k.replace("_", "-"): v for k, v in headers.items()})
+    return simulate(
+        compile_proxy(index, Proxy.ingress(8000)),
+        "ingress",
+        "localhost:8000",
+        path,
+        headers={k.replace("_", "-"): v for k, v in headers.items()},
+    )
 
 
 def without(text: str, line: str) -> str:
@@ -165,22 +174,21 @@ def test_the_mesh_can_rename_the_policy_header() -> None:
     assert outcome.headers_added == {"x-gov-policy": "P1"}
 
 
-@pytest.mark.parametrize("url", ["http://audit:8080/x", "http://stats:9090/x", "http://10.0.0.1/"])
+@pytest.mark.parametrize("url", ["http://audit:8080/x", "http://stats:9090/x", "http://127.0.0.9/"])
 def test_a_call_to_an_undeclared_service_gets_a_404_naming_the_allowed_ones(url: str) -> None:
     outcome = call(mesh(), "results", url)
 
     assert outcome.status == 404
     assert outcome.cluster is None
-    assert outcome.body == (
-        "interstate: results may only call the services in its spec.calls (stats)\n"
-    )
+    assert outcome.body == ("interstate: results may only call the services in its spec.calls (stats)\n")
 
 
 def test_a_workload_that_calls_nothing_may_call_nothing() -> None:
     outcome = call(mesh(), "stats", "http://results:8080/")
 
     assert (outcome.status, outcome.body) == (
-        404, "interstate: stats may only call the services in its spec.calls (none)\n"
+        404,
+        "interstate: stats may only call the services in its spec.calls (none)\n",
     )
 
 
@@ -219,8 +227,15 @@ def test_the_traffic_policy_knobs_reach_envoy() -> None:
 
 @pytest.mark.parametrize(
     "docs",
-    [(MESH, RESULTS, STATS), (MESH, RESULTS, STATS, BREAKER.replace(
-        "  outlierDetection: {consecutiveErrors: 3, baseEjectionTime: 30s}\n", ""))],
+    [
+        (MESH, RESULTS, STATS),
+        (
+            MESH,
+            RESULTS,
+            STATS,
+            BREAKER.replace("  outlierDetection: {consecutiveErrors: 3, baseEjectionTime: 30s}\n", ""),
+        ),
+    ],
     ids=["no TrafficPolicy", "TrafficPolicy without outlierDetection"],
 )
 def test_without_outlier_detection_envoy_keeps_its_defaults(docs: tuple[str, ...]) -> None:
@@ -274,11 +289,11 @@ def test_the_inbound_listener_forwards_to_the_app_on_loopback() -> None:
 
 
 def test_the_app_proxy_listens_on_loopback_only() -> None:
-    proxy = replace(sidecar("results"), address="10.1.2.3")
+    proxy = replace(sidecar("results"), address="127.0.0.2")
 
-    listeners = {l.name: l.address.socket_address for l in compile_proxy(mesh(), proxy).listeners}
+    listeners = {x.name: x.address.socket_address for x in compile_proxy(mesh(), proxy).listeners}
 
-    assert (listeners["inbound"].address, listeners["inbound"].port_value) == ("10.1.2.3", 15001)
+    assert (listeners["inbound"].address, listeners["inbound"].port_value) == ("127.0.0.2", 15001)
     assert (listeners["outbound"].address, listeners["outbound"].port_value) == ("127.0.0.1", 15002)
 
 
@@ -302,10 +317,7 @@ def test_the_ingress_answers_404_for_other_paths(path: str) -> None:
 
 
 def test_the_longest_gateway_prefix_wins_whatever_its_position() -> None:
-    gateway = GATEWAY + (
-        "    - {pathPrefix: /results/live, service: stats}\n"
-        "    - {pathPrefix: /, service: stats}\n"
-    )
+    gateway = GATEWAY + ("    - {pathPrefix: /results/live, service: stats}\n    - {pathPrefix: /, service: stats}\n")
     index = mesh(MESH, RESULTS, STATS, gateway)
 
     assert from_outside(index, "/results/live/ca").cluster == "outbound|stats"
@@ -328,13 +340,15 @@ def test_an_ingress_without_gateway_answers_404() -> None:
 
 @pytest.mark.parametrize(
     ("path", "cluster"),
-    [("//results//x", "outbound|results"), ("/x/../results", "outbound|results"),
-     ("/./results/./x", "outbound|results"), ("/results/../stats", None),
-     ("/results/..", None)],
+    [
+        ("//results//x", "outbound|results"),
+        ("/x/../results", "outbound|results"),
+        ("/./results/./x", "outbound|results"),
+        ("/results/../stats", None),
+        ("/results/..", None),
+    ],
 )
-def test_the_ingress_normalizes_paths_and_merges_slashes_before_routing(
-    path: str, cluster: str | None
-) -> None:
+def test_the_ingress_normalizes_paths_and_merges_slashes_before_routing(path: str, cluster: str | None) -> None:
     assert from_outside(mesh(), path).cluster == cluster
 
 
@@ -374,9 +388,7 @@ def test_the_order_of_calls_and_endpoints_does_not_change_the_output() -> None:
     a = mesh(MESH, one, STATS, audit, endpoints={"stats": tuple(eps)})
     b = mesh(MESH, other, STATS, audit, endpoints={"stats": tuple(reversed(eps))})
 
-    assert serialized(compile_proxy(a, sidecar("results"))) == serialized(
-        compile_proxy(b, sidecar("results"))
-    )
+    assert serialized(compile_proxy(a, sidecar("results"))) == serialized(compile_proxy(b, sidecar("results")))
 
 
 DIGEST_SCRIPT = """
@@ -402,8 +414,13 @@ def test_another_process_with_another_hash_seed_compiles_the_same_bytes() -> Non
     here = hashlib.sha256(serialized(compile_proxy(index, sidecar("results")))).hexdigest()
 
     there = subprocess.run(
-        [sys.executable, "-c", DIGEST_SCRIPT], input=text, capture_output=True, text=True,
-        env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True, timeout=60,
+        [sys.executable, "-c", DIGEST_SCRIPT],
+        input=text,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        check=True,
+        timeout=60,
     ).stdout.strip()
 
     assert there == here
@@ -442,9 +459,7 @@ def test_a_new_endpoint_is_routed_to_once_compiled() -> None:
         {"stats": (STATS_0, Endpoint("stats", 1, "127.0.0.1", 15021))}
     )
 
-    assert call(index, "results", "http://stats:8080/").endpoints == (
-        "127.0.0.1:15001", "127.0.0.1:15021"
-    )
+    assert call(index, "results", "http://stats:8080/").endpoints == ("127.0.0.1:15001", "127.0.0.1:15021")
 
 
 def test_describe_reads_as_an_explanation() -> None:

@@ -116,7 +116,10 @@ def test_the_election_night_mesh_loads_as_written() -> None:
     config = decode_sources({"mesh.yaml": ELECTION_NIGHT})
 
     assert [r.ref for r in config.resources] == [
-        "Mesh election-night", "Workload results", "Workload stats", "Gateway public",
+        "Mesh election-night",
+        "Workload results",
+        "Workload stats",
+        "Gateway public",
         "TrafficPolicy stats-breaker",
     ]
     (mesh,) = config.of_kind(Mesh)
@@ -244,12 +247,9 @@ def test_every_problem_is_reported_at_once_in_file_order() -> None:
 @pytest.mark.parametrize(
     ("replacement", "document", "resource", "field", "unknown"),
     [
-        (("calls: [stats]", "calls: [stats, audit]"), 2, "Workload results", "spec.calls[1]",
-         "audit"),
-        (("service: results", "service: resultz"), 4, "Gateway public", "spec.routes[0].service",
-         "resultz"),
-        (("service: stats", "service: statz"), 5, "TrafficPolicy stats-breaker",
-         "spec.destination.service", "statz"),
+        (("calls: [stats]", "calls: [stats, audit]"), 2, "Workload results", "spec.calls[1]", "audit"),
+        (("service: results", "service: resultz"), 4, "Gateway public", "spec.routes[0].service", "resultz"),
+        (("service: stats", "service: statz"), 5, "TrafficPolicy stats-breaker", "spec.destination.service", "statz"),
     ],
     ids=["in calls", "in a Gateway route", "as a TrafficPolicy destination"],
 )
@@ -259,7 +259,10 @@ def test_an_unknown_service_is_named_with_the_known_ones(
     issue = only_issue(mesh_yaml(replacement))
 
     assert issue == Issue(
-        "mesh.yaml", document, resource, field,
+        "mesh.yaml",
+        document,
+        resource,
+        field,
         f"unknown service {unknown!r}; known: results, stats",
     )
 
@@ -299,7 +302,10 @@ def test_a_mesh_has_at_most_one_mesh_resource() -> None:
     issue = only_issue(mesh_yaml(extra=MESH.replace("election-night", "other")))
 
     assert issue == Issue(
-        "mesh.yaml", 6, "Mesh other", "kind",
+        "mesh.yaml",
+        6,
+        "Mesh other",
+        "kind",
         "only one Mesh is allowed per mesh; another is in mesh.yaml document 1",
     )
 
@@ -307,9 +313,7 @@ def test_a_mesh_has_at_most_one_mesh_resource() -> None:
 def test_two_traffic_policies_for_one_destination_conflict() -> None:
     issue = only_issue(mesh_yaml(extra=BREAKER.replace("stats-breaker", "stats-retry")))
 
-    assert (issue.document, issue.resource, issue.field) == (
-        6, "TrafficPolicy stats-retry", "spec.destination.service"
-    )
+    assert (issue.document, issue.resource, issue.field) == (6, "TrafficPolicy stats-retry", "spec.destination.service")
     assert issue.message == (
         "conflicts with TrafficPolicy stats-breaker (mesh.yaml document 5): "
         "both define the traffic policy of service 'stats'"
@@ -332,28 +336,31 @@ def test_two_traffic_policies_for_one_destination_conflict() -> None:
 def test_a_bad_duration_is_named_with_its_field(written: str, message: str) -> None:
     issue = only_issue(mesh_yaml(("baseEjectionTime: 30s", f"baseEjectionTime: {written}")))
 
-    assert (issue.document, issue.field, issue.message) == (
-        5, "spec.outlierDetection.baseEjectionTime", message
-    )
+    assert (issue.document, issue.field, issue.message) == (5, "spec.outlierDetection.baseEjectionTime", message)
 
 
 @pytest.mark.parametrize(
     ("replacement", "field", "message"),
     [
-        (("port: 8080\n  replicas: 2", "port: eighty\n  replicas: 2"), "spec.port",
-         "Input should be a valid integer (got 'eighty')"),
-        (("port: 8080\n  replicas: 2", "port: '8080'\n  replicas: 2"), "spec.port",
-         "Input should be a valid integer (got '8080')"),
-        (("port: 8080\n  replicas: 2", "port: 70000\n  replicas: 2"), "spec.port",
-         "Input should be less than or equal to 65535 (got 70000)"),
-        (("replicas: 2", "replicas: two"), "spec.replicas",
-         "Input should be a valid integer (got 'two')"),
-        (("calls: [stats]", "calls: stats"), "spec.calls",
-         "Input should be a valid list (got 'stats')"),
-        (("calls: [stats]", "calls: [stats, stats]"), "spec.calls",
-         "'stats' is listed twice; list each service once"),
-        (("calls: [stats]", "calls: [results]"), "spec.calls",
-         "a workload does not call itself through the mesh"),
+        (
+            ("port: 8080\n  replicas: 2", "port: eighty\n  replicas: 2"),
+            "spec.port",
+            "Input should be a valid integer (got 'eighty')",
+        ),
+        (
+            ("port: 8080\n  replicas: 2", "port: '8080'\n  replicas: 2"),
+            "spec.port",
+            "Input should be a valid integer (got '8080')",
+        ),
+        (
+            ("port: 8080\n  replicas: 2", "port: 70000\n  replicas: 2"),
+            "spec.port",
+            "Input should be less than or equal to 65535 (got 70000)",
+        ),
+        (("replicas: 2", "replicas: two"), "spec.replicas", "Input should be a valid integer (got 'two')"),
+        (("calls: [stats]", "calls: stats"), "spec.calls", "Input should be a valid list (got 'stats')"),
+        (("calls: [stats]", "calls: [stats, stats]"), "spec.calls", "'stats' is listed twice; list each service once"),
+        (("calls: [stats]", "calls: [results]"), "spec.calls", "a workload does not call itself through the mesh"),
     ],
 )
 def test_a_wrong_value_in_a_workload_says_what_is_expected(
@@ -361,9 +368,7 @@ def test_a_wrong_value_in_a_workload_says_what_is_expected(
 ) -> None:
     issue = only_issue(mesh_yaml(replacement))
 
-    assert (issue.document, issue.resource, issue.field, issue.message) == (
-        2, "Workload results", field, message
-    )
+    assert (issue.document, issue.resource, issue.field, issue.message) == (2, "Workload results", field, message)
 
 
 def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
@@ -376,18 +381,32 @@ def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
 @pytest.mark.parametrize(
     ("replacement", "document", "field", "valid"),
     [
-        (("kind: Gateway\n", "kind: Gateway\nstatus: {}\n"), 4, "status",
-         "apiVersion, kind, metadata, spec"),
-        (("replicas: 2", "replicas: 2\n  replica: 3"), 2, "spec.replica",
-         "calls, port, readinessProbe, replicas, run, version"),
-        (("consecutiveErrors: 3", "consecutive5xx: 3"), 5, "spec.outlierDetection.consecutive5xx",
-         "baseEjectionTime, consecutiveErrors, interval, maxEjectionPercent"),
+        (("kind: Gateway\n", "kind: Gateway\nstatus: {}\n"), 4, "status", "apiVersion, kind, metadata, spec"),
+        (
+            ("replicas: 2", "replicas: 2\n  replica: 3"),
+            2,
+            "spec.replica",
+            "calls, port, readinessProbe, replicas, run, version",
+        ),
+        (
+            ("consecutiveErrors: 3", "consecutive5xx: 3"),
+            5,
+            "spec.outlierDetection.consecutive5xx",
+            "baseEjectionTime, consecutiveErrors, interval, maxEjectionPercent",
+        ),
         # YAML is camelCase, as the Kubernetes CRDs are; Python's field names are not accepted.
-        (("consecutiveErrors: 3", "consecutive_errors: 3"), 5,
-         "spec.outlierDetection.consecutive_errors",
-         "baseEjectionTime, consecutiveErrors, interval, maxEjectionPercent"),
-        (("  name: stats\n", "  name: stats\n  namespace: default\n"), 3, "metadata.namespace",
-         "annotations, labels, name"),
+        (
+            ("consecutiveErrors: 3", "consecutive_errors: 3"),
+            5,
+            "spec.outlierDetection.consecutive_errors",
+            "baseEjectionTime, consecutiveErrors, interval, maxEjectionPercent",
+        ),
+        (
+            ("  name: stats\n", "  name: stats\n  namespace: default\n"),
+            3,
+            "metadata.namespace",
+            "annotations, labels, name",
+        ),
     ],
 )
 def test_an_unknown_field_is_listed_with_the_valid_ones(
@@ -402,26 +421,31 @@ def test_an_unknown_field_is_listed_with_the_valid_ones(
 @pytest.mark.parametrize(
     ("replacement", "field", "message"),
     [
-        (('inject: "enabled"', 'inject: "yes"'), "metadata.annotations.mesh.codifyhq.io/inject",
-         "'yes' is not valid; use 'enabled' or 'disabled'"),
-        (('inject: "enabled"', 'injekt: "enabled"'),
-         "metadata.annotations.mesh.codifyhq.io/injekt",
-         "unknown annotation; known: mesh.codifyhq.io/inject, mesh.codifyhq.io/policy"),
-        (('policy: "FEC-F101"', 'policy: "FEC F101"'),
-         "metadata.annotations.mesh.codifyhq.io/policy",
-         ("'FEC F101' is not a valid policy ID; use letters, digits, '.', '_' or '-', "
-          "at most 64 characters, e.g. 'FEC-F101'")),
+        (
+            ('inject: "enabled"', 'inject: "yes"'),
+            "metadata.annotations.mesh.codifyhq.io/inject",
+            "'yes' is not valid; use 'enabled' or 'disabled'",
+        ),
+        (
+            ('inject: "enabled"', 'injekt: "enabled"'),
+            "metadata.annotations.mesh.codifyhq.io/injekt",
+            "unknown annotation; known: mesh.codifyhq.io/inject, mesh.codifyhq.io/policy",
+        ),
+        (
+            ('policy: "FEC-F101"', 'policy: "FEC F101"'),
+            "metadata.annotations.mesh.codifyhq.io/policy",
+            (
+                "'FEC F101' is not a valid policy ID; use letters, digits, '.', '_' or '-', "
+                "at most 64 characters, e.g. 'FEC-F101'"
+            ),
+        ),
     ],
     ids=["inject value", "unknown annotation", "policy ID"],
 )
-def test_a_bad_mesh_annotation_is_reported(
-    replacement: tuple[str, str], field: str, message: str
-) -> None:
+def test_a_bad_mesh_annotation_is_reported(replacement: tuple[str, str], field: str, message: str) -> None:
     issue = only_issue(mesh_yaml(replacement))
 
-    assert (issue.document, issue.resource, issue.field, issue.message) == (
-        2, "Workload results", field, message
-    )
+    assert (issue.document, issue.resource, issue.field, issue.message) == (2, "Workload results", field, message)
 
 
 def test_annotations_of_other_tools_are_left_alone() -> None:
@@ -435,9 +459,7 @@ def test_annotations_of_other_tools_are_left_alone() -> None:
 def test_a_bad_default_policy_is_reported_on_the_mesh() -> None:
     issue = only_issue(mesh_yaml(("defaultPolicy: FEC-F101", "defaultPolicy: 'FEC/F101'")))
 
-    assert (issue.document, issue.resource, issue.field) == (
-        1, "Mesh election-night", "spec.defaultPolicy"
-    )
+    assert (issue.document, issue.resource, issue.field) == (1, "Mesh election-night", "spec.defaultPolicy")
     assert issue.message.startswith("'FEC/F101' is not a valid policy ID")
 
 
@@ -445,8 +467,7 @@ def test_invalid_yaml_gives_the_line() -> None:
     issue = only_issue(mesh_yaml(("replicas: 1\n", "replicas: 1\n\tversion: v2\n")))  # line 29
 
     assert str(issue) == (
-        "mesh.yaml: not valid YAML at line 29, column 1: "
-        "found character '\\t' that cannot start any token"
+        "mesh.yaml: not valid YAML at line 29, column 1: found character '\\t' that cannot start any token"
     )
 
 
@@ -460,9 +481,7 @@ def test_invalid_yaml_in_one_file_does_not_hide_issues_in_another() -> None:
 def test_a_document_that_is_not_a_mapping_is_reported(document: str, got: str) -> None:
     issue = only_issue(mesh_yaml(extra=document))
 
-    assert str(issue) == (
-        f"mesh.yaml: document 6: expected a mapping with apiVersion and kind, got {got}"
-    )
+    assert str(issue) == (f"mesh.yaml: document 6: expected a mapping with apiVersion and kind, got {got}")
 
 
 def test_an_unknown_kind_lists_the_known_kinds() -> None:
@@ -486,8 +505,7 @@ def test_an_unknown_api_version_says_which_is_valid() -> None:
     issue = only_issue(mesh_yaml(v2))
 
     assert str(issue) == (
-        "mesh.yaml: document 4 (Gateway public): apiVersion: "
-        "'v2' is not valid for Gateway; use mesh.codifyhq.io/v1"
+        "mesh.yaml: document 4 (Gateway public): apiVersion: 'v2' is not valid for Gateway; use mesh.codifyhq.io/v1"
     )
 
 
@@ -509,8 +527,13 @@ def test_issues_sort_by_file_then_document() -> None:
 # --- durations ---------------------------------------------------------------------------------
 
 DURATION = TypeAdapter(Duration)
-UNITS = {"h": timedelta(hours=1), "m": timedelta(minutes=1), "s": timedelta(seconds=1),
-         "ms": timedelta(milliseconds=1), "us": timedelta(microseconds=1)}
+UNITS = {
+    "h": timedelta(hours=1),
+    "m": timedelta(minutes=1),
+    "s": timedelta(seconds=1),
+    "ms": timedelta(milliseconds=1),
+    "us": timedelta(microseconds=1),
+}
 
 
 # Up to five parts of at most 4h each: always within the 24h limit.
@@ -530,9 +553,14 @@ def test_a_composed_duration_parses_to_the_sum_of_its_parts(parts: list[tuple[in
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("1h30m", timedelta(minutes=90)), ("250ms", timedelta(milliseconds=250)),
-     ("1.5s", timedelta(milliseconds=1500)), ("0.25h", timedelta(minutes=15)),
-     ("24h", timedelta(days=1)), (" 30s ", timedelta(seconds=30))],
+    [
+        ("1h30m", timedelta(minutes=90)),
+        ("250ms", timedelta(milliseconds=250)),
+        ("1.5s", timedelta(milliseconds=1500)),
+        ("0.25h", timedelta(minutes=15)),
+        ("24h", timedelta(days=1)),
+        (" 30s ", timedelta(seconds=30)),
+    ],
 )
 def test_durations_read_like_go_and_envoy_write_them(text: str, expected: timedelta) -> None:
     assert DURATION.validate_python(text) == expected

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_stats, running_mesh
 
 pytestmark = pytest.mark.e2e
@@ -38,9 +37,12 @@ def wait_for(predicate, timeout: float = 20, what: str = "condition"):  # type: 
 
 # ---- one shared mesh for read-only checks ---------------------------------------------------
 
+
 def test_results_come_from_stats_through_two_sidecars(example_mesh: MeshRun) -> None:
     status = example_mesh.status()
-    before_out = {a: envoy_stats(a, r"^http\.outbound\.downstream_rq_completed$") for a in sidecar_admins(status, "results")}
+    before_out = {
+        a: envoy_stats(a, r"^http\.outbound\.downstream_rq_completed$") for a in sidecar_admins(status, "results")
+    }
     before_in = envoy_stats(sidecar_admins(status, "stats")[0], r"^http\.inbound\.downstream_rq_completed$")
 
     response = get(example_mesh.ingress + "/results")
@@ -115,6 +117,7 @@ def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:
 
 # ---- meshes of their own, for tests that change things ---------------------------------------
 
+
 def test_scaling_results_under_traffic_loses_no_request(tmp_path: Path) -> None:
     with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
         with Load(mesh.ingress + "/results", workers=4, max_s=90) as load:
@@ -122,8 +125,11 @@ def test_scaling_results_under_traffic_loses_no_request(tmp_path: Path) -> None:
             scaled = cli("scale", "results", "4", "--admin", mesh.admin)
             assert scaled.returncode == 0, scaled.stderr
             t0 = time.monotonic()
-            wait_for(lambda: {"results-2", "results-3"} <= set(load.seen), timeout=10,
-                     what="new replicas to receive requests")
+            wait_for(
+                lambda: {"results-2", "results-3"} <= set(load.seen),
+                timeout=10,
+                what="new replicas to receive requests",
+            )
             reached = time.monotonic() - t0
             assert mesh.status()["services"]["results"]["ready"] == 4
             shrunk = cli("scale", "results", "1", "--admin", mesh.admin)
@@ -163,8 +169,11 @@ def test_a_killed_app_is_restarted_and_stop_leaves_nothing(tmp_path: Path) -> No
 
         back = wait_for(sidecar_back, timeout=20, what="the side-car to be restarted")
         assert back["sidecar"]["pid"] != sidecar["pid"]
-        assert wait_for(lambda: get(mesh.ingress + "/results").status_code == 200, timeout=10,
-                        what="traffic through the restarted side-car")
+        assert wait_for(
+            lambda: get(mesh.ingress + "/results").status_code == 200,
+            timeout=10,
+            what="traffic through the restarted side-car",
+        )
         children = mesh.descendants()
         assert len(children) >= 7  # 3 apps, 3 side-cars, 1 ingress
         assert mesh.stop() == 0
@@ -174,13 +183,18 @@ def test_a_killed_app_is_restarted_and_stop_leaves_nothing(tmp_path: Path) -> No
 
 def test_an_invalid_mesh_is_refused_and_nothing_starts(tmp_path: Path) -> None:
     bad = tmp_path / "mesh.yaml"
-    bad.write_text((EXAMPLE / "stats-destination.yml").read_text().replace("30s", "30x")
-                   + "---\n" + (EXAMPLE / "results.yaml").read_text())
+    bad.write_text(
+        (EXAMPLE / "stats-destination.yml").read_text().replace("30s", "30x")
+        + "---\n"
+        + (EXAMPLE / "results.yaml").read_text()
+    )
     run_dir = tmp_path / "run"
     result = cli("up", str(bad), "--auto-ports", "--run-dir", str(run_dir), timeout=60)
     assert result.returncode == 1
-    assert (f"{bad}: document 1 (TrafficPolicy stats-breaker): spec.outlierDetection.baseEjectionTime: "
-            "'30x' is not a duration") in result.stderr
+    assert (
+        f"{bad}: document 1 (TrafficPolicy stats-breaker): spec.outlierDetection.baseEjectionTime: "
+        "'30x' is not a duration"
+    ) in result.stderr
     assert f"{bad}: document 2 (Workload results): spec.calls[0]: unknown service 'stats'" in result.stderr
     assert "nothing was started" in result.stderr
     assert not run_dir.exists()
@@ -188,10 +202,14 @@ def test_an_invalid_mesh_is_refused_and_nothing_starts(tmp_path: Path) -> None:
 
 def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_copy: Path) -> None:
     with running_mesh(mesh_copy, tmp_path / "run") as mesh:
+
         def versions() -> dict:
             s = mesh.status()
-            return {r["name"]: {t: v["acked"] for t, v in r["xds"]["types"].items()}
-                    for svc in s["services"].values() for r in svc["replicas"]}
+            return {
+                r["name"]: {t: v["acked"] for t, v in r["xds"]["types"].items()}
+                for svc in s["services"].values()
+                for r in svc["replicas"]
+            }
 
         before = versions()
         policy = mesh_copy / "stats-destination.yml"
@@ -211,9 +229,13 @@ def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_co
         assert status["services"]["stats"]["ready"] == 2
         # the results side-cars now eject stats replicas after 5 errors, not 3
         admin = sidecar_admins(status, "results")[0]
-        config = httpx.get(f"http://127.0.0.1:{admin}/config_dump", params={"resource": "dynamic_active_clusters"},
-                           timeout=10, trust_env=False).json()
-        stats_cluster = [c["cluster"] for c in config["configs"] if c["cluster"]["name"] == "outbound|stats"][0]
+        config = httpx.get(
+            f"http://127.0.0.1:{admin}/config_dump",
+            params={"resource": "dynamic_active_clusters"},
+            timeout=10,
+            trust_env=False,
+        ).json()
+        stats_cluster = next(c["cluster"] for c in config["configs"] if c["cluster"]["name"] == "outbound|stats")
         assert stats_cluster["outlier_detection"]["consecutive_5xx"] == 5
         served = {get(mesh.ingress + "/results").json()["stats"]["served_by"] for _ in range(20)}
         assert served == {"stats-0", "stats-1"}

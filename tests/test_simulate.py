@@ -94,8 +94,7 @@ spec: {port: 8080, run: {command: [stats]}}
 
 def stats_sidecar() -> ProxyResources:
     index = MeshIndex(decode_sources({"mesh.yaml": MESH}))
-    return compile_proxy(index, Proxy.sidecar("stats", 0, inbound_port=1, outbound_port=2,
-                                              app_port=3))
+    return compile_proxy(index, Proxy.sidecar("stats", 0, inbound_port=1, outbound_port=2, app_port=3))
 
 
 def test_an_unknown_listener_is_a_lookup_error_listing_the_known_ones() -> None:
@@ -111,8 +110,7 @@ def test_a_relative_path_is_refused() -> None:
 def test_header_actions_follow_envoy() -> None:
     resources = stats_sidecar()
     options = [
-        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value="new"),
-                                   append_action=action)
+        base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value="new"), append_action=action)
         for key, action in [
             ("a", base_pb2.HeaderValueOption.ADD_IF_ABSENT),
             ("b", base_pb2.HeaderValueOption.ADD_IF_ABSENT),

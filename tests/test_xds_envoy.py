@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
-
 from helpers_xds import (
     MESH,
     EnvoyProcess,
@@ -30,6 +29,7 @@ from helpers_xds import (
     upstream,
     wait_until,
 )
+
 from interstate.compile import ProxyResources
 from interstate.compile.proxy import Proxy
 from interstate.xds import resources as rt
@@ -74,9 +74,7 @@ async def all_acked(server: AdsServer, node: str, timeout: float = 10.0) -> bool
     return True
 
 
-async def wait_until_stat(
-    side: EnvoyProcess, name: str, at_least: int, timeout: float = 5.0
-) -> None:
+async def wait_until_stat(side: EnvoyProcess, name: str, at_least: int, timeout: float = 5.0) -> None:
     """Poll Envoy's admin until counter `name` reaches `at_least` (bounded)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -99,9 +97,7 @@ async def get_ok(client: httpx.AsyncClient, n: int = 5) -> list[int]:
 
 
 async def scenario(workdir: Path, upstream_port: int) -> None:
-    proxy = Proxy.sidecar(
-        "results", 0, inbound_port=free_port(), outbound_port=free_port(), app_port=free_port()
-    )
+    proxy = Proxy.sidecar("results", 0, inbound_port=free_port(), outbound_port=free_port(), app_port=free_port())
     node = proxy.node_id
     res = compile_mesh(proxy, MESH, {"stats": [("127.0.0.1", upstream_port)]})
     good = Snapshot.from_resources(res)

@@ -21,7 +21,6 @@ from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-
 from helpers_xds import (
     MESH,
     MESH_WITH_AUDIT,
@@ -33,6 +32,7 @@ from helpers_xds import (
     snapshot_of,
     wait_until,
 )
+
 from interstate.compile.proxy import Proxy
 from interstate.errors import SnapshotError
 from interstate.xds import resources as rt
@@ -171,9 +171,7 @@ def test_ack_gets_no_response() -> None:
                 assert server.acked(NODE, type_url)
                 assert metric(server, "interstate_xds_acks_total", type=rt.SHORT[type_url]) == 1
             types = server.status()[NODE]["types"]
-            assert {t: s["acked"] for t, s in types.items()} == {
-                rt.SHORT[t]: snap.version(t) for t in rt.ORDER
-            }
+            assert {t: s["acked"] for t, s in types.items()} == {rt.SHORT[t]: snap.version(t) for t in rt.ORDER}
             assert metric(server, "interstate_xds_pushes_total", type="CDS") == 1
 
     run(body())
@@ -293,15 +291,16 @@ def test_nack_with_new_names_is_not_resent_when_another_type_changes() -> None:
             assert bad.type_url == rt.ENDPOINT
             # NACK while also asking for one more name.
             await client.send(
-                rt.ENDPOINT, version=first().version(rt.ENDPOINT), nonce=bad.nonce,
-                names=["outbound|stats", "outbound|audit"], error="bad endpoints",
+                rt.ENDPOINT,
+                version=first().version(rt.ENDPOINT),
+                nonce=bad.nonce,
+                names=["outbound|stats", "outbound|audit"],
+                error="bad endpoints",
             )
             await client.expect_nothing()
             # Only CDS changes next: CDS is pushed, the rejected EDS version is not dragged along.
             new_clusters = every_type_changed().types[rt.CLUSTER]
-            clusters_moved = dataclasses.replace(
-                rejected, types={**rejected.types, rt.CLUSTER: new_clusters}
-            )
+            clusters_moved = dataclasses.replace(rejected, types={**rejected.types, rt.CLUSTER: new_clusters})
             assert cache.set(NODE, clusters_moved)
             resp = await client.recv()
             assert resp.type_url == rt.CLUSTER
@@ -458,8 +457,11 @@ def test_rerequest_after_nack_does_not_resend_the_rejected_version() -> None:
             bad = await client.recv()
             for _ in range(2):  # Envoy repeats error_detail in requests until a good update
                 await client.send(
-                    rt.ENDPOINT, version=good.version_info, nonce=bad.nonce,
-                    names=NAMES[rt.ENDPOINT], error="no",
+                    rt.ENDPOINT,
+                    version=good.version_info,
+                    nonce=bad.nonce,
+                    names=NAMES[rt.ENDPOINT],
+                    error="no",
                 )
             await client.expect_nothing()
             assert metric(server, "interstate_xds_nacks_total", type="EDS") == 1
@@ -520,7 +522,7 @@ def test_preserialized_body_equals_protobuf_built_response(type_url: str) -> Non
     messages = {
         rt.CLUSTER: {c.name: c for c in res.clusters},
         rt.ENDPOINT: {e.cluster_name: e for e in res.endpoints},
-        rt.LISTENER: {l.name: l for l in res.listeners},
+        rt.LISTENER: {x.name: x for x in res.listeners},
         rt.ROUTE: {r.name: r for r in res.routes},
     }[type_url]
 
@@ -545,9 +547,7 @@ def test_preserialized_body_equals_protobuf_built_response(type_url: str) -> Non
     # A named subset (EDS/RDS) is the same response with only those resources.
     if type_url not in rt.WILDCARD:
         name = sorted(messages)[-1]
-        subset = discovery_pb2.DiscoveryResponse.FromString(
-            response(snap.types[type_url].body(frozenset({name})), "7")
-        )
+        subset = discovery_pb2.DiscoveryResponse.FromString(response(snap.types[type_url].body(frozenset({name})), "7"))
         expected_subset = discovery_pb2.DiscoveryResponse(
             version_info=snap.version(type_url),
             resources=[packed(messages[name])],

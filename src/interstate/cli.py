@@ -67,15 +67,27 @@ def validate(path: str) -> None:
 @click.option("--run-dir", type=click.Path(), default=None, help="Logs and Envoy bootstraps [.interstate/run].")
 @click.option("--envoy", "envoy_path", envvar="INTERSTATE_ENVOY", default=None, help="Envoy binary to use.")
 @click.option("--envoy-log-level", default="warning", show_default=True)
-def up(path: str, ingress_port: int, admin_port: int, xds_port: int, auto_ports: bool,
-       run_dir: str | None, envoy_path: str | None, envoy_log_level: str) -> None:
+def up(
+    path: str,
+    ingress_port: int,
+    admin_port: int,
+    xds_port: int,
+    auto_ports: bool,
+    run_dir: str | None,
+    envoy_path: str | None,
+    envoy_log_level: str,
+) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     config = _load(path)
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     settings = Settings(
-        mesh_dir=mesh_dir.resolve(), run_dir=Path(run_dir or ".interstate/run").resolve(),
-        ingress_port=ingress_port, admin_port=admin_port, xds_port=xds_port,
-        envoy_path=envoy_path, envoy_log_level=envoy_log_level,
+        mesh_dir=mesh_dir.resolve(),
+        run_dir=Path(run_dir or ".interstate/run").resolve(),
+        ingress_port=ingress_port,
+        admin_port=admin_port,
+        xds_port=xds_port,
+        envoy_path=envoy_path,
+        envoy_log_level=envoy_log_level,
     )
     if auto_ports:
         settings = settings.auto_ports()
@@ -118,7 +130,9 @@ def scale(service: str, replicas: int, admin: str) -> None:
     try:
         result = AdminClient(admin).scale(service, replicas)
     except InterstateError as exc:
-        _fail(f"scale refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE)
+        _fail(
+            f"scale refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE
+        )
     click.echo(f"{service}: {replicas} replica(s); started {result['started']}, stopped {result['stopped']}")
 
 
@@ -137,15 +151,19 @@ def status(admin: str, as_json: bool) -> None:
     if "ingress" in data:
         click.echo(f"ingress {data['ingress']['url']}")
     for name, svc in data["services"].items():
-        click.echo(f"{name}: {svc['ready']}/{svc['desired']} ready, policy {svc['policy'] or '-'}"
-                   + ("" if svc["injected"] else ", NOT injected"))
+        click.echo(
+            f"{name}: {svc['ready']}/{svc['desired']} ready, policy {svc['policy'] or '-'}"
+            + ("" if svc["injected"] else ", NOT injected")
+        )
         for replica in svc["replicas"]:
             xds = replica.get("xds") or {}
             types = xds.get("types", {})
             nacks = [f"{t} NACK: {v['nack']['message']}" for t, v in types.items() if v.get("nack")]
             synced = all(v["sent"] == v["acked"] for v in types.values()) if types else False
-            click.echo(f"  {replica['name']}: {replica['state']}, app pid {replica['app']['pid']}, "
-                       f"restarts {replica['app']['restarts']}, xds {'synced' if synced else 'pending'}")
+            click.echo(
+                f"  {replica['name']}: {replica['state']}, app pid {replica['app']['pid']}, "
+                f"restarts {replica['app']['restarts']}, xds {'synced' if synced else 'pending'}"
+            )
             for nack in nacks:
                 click.echo(f"    {nack}")
 

@@ -25,7 +25,9 @@ class AdminClient:
         try:
             response = self.http.request(method, path, json=json)
         except httpx.HTTPError as exc:
-            raise TemporaryError(f"cannot reach the admin API at {self.url} ({exc}); is `interstate up` running?") from None
+            raise TemporaryError(
+                f"cannot reach the admin API at {self.url} ({exc}); is `interstate up` running?"
+            ) from None
         body = response.json()
         if response.status_code >= 400:
             raise AdminError(response.status_code, body)

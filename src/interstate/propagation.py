@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import Any
 
 import httpx
 
 PROPAGATED = ("x-policy-ctx", "x-request-id")
 
-_current: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
-    "interstate_propagated", default={}
-)
+_NONE: Mapping[str, str] = MappingProxyType({})
+_current: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar("interstate_propagated")
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -27,14 +27,15 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 def current() -> Mapping[str, str]:
     """The propagated headers of the request being handled (empty outside a request)."""
-    return _current.get()
+    return _current.get(_NONE)
 
 
 class PropagationMiddleware:
     """ASGI middleware: remember the propagated headers of each inbound HTTP request."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]],
-                 headers: tuple[str, ...] = PROPAGATED) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], headers: tuple[str, ...] = PROPAGATED
+    ) -> None:
         self.app = app
         self.names = {h.lower().encode() for h in headers}
 

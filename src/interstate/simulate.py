@@ -79,23 +79,33 @@ class Outcome:
             why = f" ({self.flag})" if self.flag else ""
             body = f": {self.body.strip()}" if self.body else ""
             return f"{self.request}: Envoy answers {self.status}{why}{body}"
-        lines = [f"{self.request}: route {self.route!r} of virtual host {self.virtual_host!r}",
-                 f"  -> cluster {self.cluster}: {', '.join(self.endpoints)}"]
+        lines = [
+            f"{self.request}: route {self.route!r} of virtual host {self.virtual_host!r}",
+            f"  -> cluster {self.cluster}: {', '.join(self.endpoints)}",
+        ]
         lines += [f"  adds {k}: {v}" for k, v in self.headers_added.items()]
         if self.timeout is not None:
             lines.append(f"  timeout {_seconds(self.timeout)}")
         if self.retry is not None:
             lines.append(f"  retries {self.retry.num_retries}x on {self.retry.retry_on}")
         if (e := self.ejection) is not None:
-            lines.append(f"  ejects a replica after {e.consecutive_5xx} consecutive 5xx for "
-                         f"{_seconds(e.base_ejection_time)}, at most {e.max_ejection_percent}%")
+            lines.append(
+                f"  ejects a replica after {e.consecutive_5xx} consecutive 5xx for "
+                f"{_seconds(e.base_ejection_time)}, at most {e.max_ejection_percent}%"
+            )
         if self.panic_threshold is not None:
             lines.append(f"  panic threshold {self.panic_threshold:g}%")
         return "\n".join(lines)
 
 
-def simulate(resources: ProxyResources, listener: str, host: str, path: str,
-             method: str = "GET", headers: Mapping[str, str] | None = None) -> Outcome:
+def simulate(
+    resources: ProxyResources,
+    listener: str,
+    host: str,
+    path: str,
+    method: str = "GET",
+    headers: Mapping[str, str] | None = None,
+) -> Outcome:
     """Route `method http://host/path` arriving on `listener`. LookupError if it is not there."""
     if not path.startswith("/"):
         raise ValueError(f"path must start with '/', got {path!r}")
@@ -121,18 +131,19 @@ def simulate(resources: ProxyResources, listener: str, host: str, path: str,
     if not route.HasField("route") or action.WhichOneof("cluster_specifier") != "cluster":
         raise NotImplementedError(f"route {route.name!r} is not a plain route to one cluster")
     # Envoy applies route, then virtual host, then route configuration headers (or the reverse).
-    groups = [route.request_headers_to_add, vhost.request_headers_to_add,
-              config.request_headers_to_add]
+    groups = [route.request_headers_to_add, vhost.request_headers_to_add, config.request_headers_to_add]
     if config.most_specific_header_mutations_wins:
         groups.reverse()
     options = [option for group in groups for option in group]
     retry = None
     if action.HasField("retry_policy"):
         policy = action.retry_policy
-        retry = Retry(policy.retry_on,
-                      policy.num_retries.value if policy.HasField("num_retries") else 1)
+        retry = Retry(policy.retry_on, policy.num_retries.value if policy.HasField("num_retries") else 1)
     outcome = Outcome(
-        request, vhost.name, route.name, action.cluster,
+        request,
+        vhost.name,
+        route.name,
+        action.cluster,
         headers_added=_add_headers({k.lower() for k in headers or {}}, options),
         timeout=_timedelta(action.timeout) if action.HasField("timeout") else DEFAULT_TIMEOUT,
         retry=retry,
@@ -145,7 +156,8 @@ def simulate(resources: ProxyResources, listener: str, host: str, path: str,
         outcome,
         ejection=_ejection(cluster),
         panic_threshold=lb.healthy_panic_threshold.value
-        if lb.HasField("healthy_panic_threshold") else DEFAULT_PANIC_PERCENT,
+        if lb.HasField("healthy_panic_threshold")
+        else DEFAULT_PANIC_PERCENT,
         endpoints=_endpoints(resources, cluster),
     )
     if not outcome.endpoints:
@@ -216,9 +228,7 @@ def _connection_manager(listener: listener_pb2.Listener) -> hcm_pb2.HttpConnecti
     raise LookupError(f"listener {listener.name!r} has no RDS connection manager")
 
 
-def _add_headers(
-    present: set[str], options: Iterable[base_pb2.HeaderValueOption]
-) -> dict[str, str]:
+def _add_headers(present: set[str], options: Iterable[base_pb2.HeaderValueOption]) -> dict[str, str]:
     added: dict[str, str] = {}
     for option in options:
         key = option.header.key.lower()
@@ -237,8 +247,7 @@ def _endpoints(resources: ProxyResources, cluster: cluster_pb2.Cluster) -> tuple
     if cluster.type == cluster_pb2.Cluster.EDS:
         name = cluster.eds_cluster_config.service_name or cluster.name
         assignment = next((e for e in resources.endpoints if e.cluster_name == name), assignment)
-    addresses = (lb.endpoint.address.socket_address
-                 for group in assignment.endpoints for lb in group.lb_endpoints)
+    addresses = (lb.endpoint.address.socket_address for group in assignment.endpoints for lb in group.lb_endpoints)
     return tuple(f"{a.address}:{a.port_value}" for a in addresses)
 
 
@@ -253,8 +262,12 @@ def _ejection(cluster: cluster_pb2.Cluster) -> Ejection | None:
     def span(name: str, default: int) -> timedelta:
         return _timedelta(getattr(od, name)) if od.HasField(name) else timedelta(seconds=default)
 
-    return Ejection(number("consecutive_5xx", 5), span("base_ejection_time", 30),
-                    span("interval", 10), number("max_ejection_percent", 10))
+    return Ejection(
+        number("consecutive_5xx", 5),
+        span("base_ejection_time", 30),
+        span("interval", 10),
+        number("max_ejection_percent", 10),
+    )
 
 
 def _normalize(path: str) -> str:

@@ -44,15 +44,15 @@ async def results(request: Request) -> JSONResponse:
     client: httpx.AsyncClient = request.app.state.client
     response = await client.get(f"{STATS_URL}/stats")
     if response.status_code != 200:
-        return JSONResponse(
-            {"error": "stats unavailable", "stats_status": response.status_code}, status_code=502
-        )
+        return JSONResponse({"error": "stats unavailable", "stats_status": response.status_code}, status_code=502)
     data = response.json()
-    return JSONResponse({
-        **aggregate(data["precincts"]),
-        "served_by": f"results-{os.environ.get('INTERSTATE_REPLICA', '?')}",
-        "stats": {"served_by": data["served_by"], "policy_ctx_seen": data["policy_ctx"]},
-    })
+    return JSONResponse(
+        {
+            **aggregate(data["precincts"]),
+            "served_by": f"results-{os.environ.get('INTERSTATE_REPLICA', '?')}",
+            "stats": {"served_by": data["served_by"], "policy_ctx_seen": data["policy_ctx"]},
+        }
+    )
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -30,12 +30,14 @@ def precinct(number: int, elapsed: float) -> dict[str, object]:
 
 async def stats(request: Request) -> JSONResponse:
     elapsed = time.monotonic() - STARTED
-    return JSONResponse({
-        "precincts": [precinct(n, elapsed) for n in range(1, PRECINCTS + 1)],
-        "served_by": f"stats-{os.environ.get('INTERSTATE_REPLICA', '?')}",
-        "policy_ctx": request.headers.get("x-policy-ctx"),
-        "request_id": request.headers.get("x-request-id"),
-    })
+    return JSONResponse(
+        {
+            "precincts": [precinct(n, elapsed) for n in range(1, PRECINCTS + 1)],
+            "served_by": f"stats-{os.environ.get('INTERSTATE_REPLICA', '?')}",
+            "policy_ctx": request.headers.get("x-policy-ctx"),
+            "request_id": request.headers.get("x-request-id"),
+        }
+    )
 
 
 async def healthz(request: Request) -> JSONResponse:

@@ -1,10 +1,10 @@
 """Admin API routes: status, apply, scale, metrics. An edge: turns errors into HTTP statuses.
 
-    GET  /healthz                      200 when the control plane runs
-    GET  /status                       services, replicas, ports, xDS versions, NACKs
-    POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
-    POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
-    GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
+GET  /healthz                      200 when the control plane runs
+GET  /status                       services, replicas, ports, xDS versions, NACKs
+POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
+POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
+GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
 """
 
 from __future__ import annotations
@@ -32,8 +32,14 @@ log = logging.getLogger(__name__)
 
 def issues_json(error: ConfigError) -> list[dict[str, Any]]:
     return [
-        {"file": i.file, "document": i.document, "resource": i.resource, "field": i.field,
-         "message": i.message, "text": str(i)}
+        {
+            "file": i.file,
+            "document": i.document,
+            "resource": i.resource,
+            "field": i.field,
+            "message": i.message,
+            "text": str(i),
+        }
         for i in error.issues
     ]
 
@@ -86,13 +92,15 @@ def create_app(supervisor: Supervisor) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(supervisor.registry), media_type="text/plain; version=0.0.4")
 
-    return Starlette(routes=[
-        Route("/healthz", healthz),
-        Route("/status", status),
-        Route("/apply", apply, methods=["POST"]),
-        Route("/services/{name}/scale", scale, methods=["POST"]),
-        Route("/metrics", metrics),
-    ])
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/status", status),
+            Route("/apply", apply, methods=["POST"]),
+            Route("/services/{name}/scale", scale, methods=["POST"]),
+            Route("/metrics", metrics),
+        ]
+    )
 
 
 class _QuietServer(uvicorn.Server):

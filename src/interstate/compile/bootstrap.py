@@ -14,9 +14,7 @@ def build(node_id: str, cluster: str, admin_port: int, xds_host: str, xds_port: 
     ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster or "ingress"},
-        "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
-        },
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

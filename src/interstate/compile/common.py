@@ -24,9 +24,7 @@ def ads() -> config_source_pb2.ConfigSource:
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:
-    return address_pb2.Address(
-        socket_address=address_pb2.SocketAddress(address=address, port_value=port)
-    )
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
 
 
 def pack(message: Message) -> any_pb2.Any:

@@ -25,9 +25,7 @@ def assignment(index: MeshIndex, service: str) -> endpoint_pb2.ClusterLoadAssign
         metadata.filter_metadata["interstate"].CopyFrom(labels)
         lb_endpoints.append(
             endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(
-                    address=socket_address(ep.address, ep.port)
-                ),
+                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(ep.address, ep.port)),
                 metadata=metadata,
             )
         )

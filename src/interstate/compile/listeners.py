@@ -28,14 +28,11 @@ HCM = hcm_pb2.HttpConnectionManager
 def build(index: MeshIndex, proxy: Proxy) -> list[listener_pb2.Listener]:
     if proxy.role is Role.INGRESS:
         return [
-            http_listener(index, names.INGRESS_LISTENER, proxy.address, proxy.ingress_port,
-                          names.INGRESS_ROUTE, proxy)
+            http_listener(index, names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, names.INGRESS_ROUTE, proxy)
         ]
     return [
-        http_listener(index, names.INBOUND_LISTENER, proxy.address, proxy.inbound_port,
-                      names.INBOUND_ROUTE, proxy),
-        http_listener(index, names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port,
-                      names.OUTBOUND_ROUTE, proxy),
+        http_listener(index, names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, names.INBOUND_ROUTE, proxy),
+        http_listener(index, names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, names.OUTBOUND_ROUTE, proxy),
     ]
 
 
@@ -70,9 +67,7 @@ def http_listener(
         stat_prefix=name,
         codec_type=HCM.AUTO,
         rds=hcm_pb2.Rds(config_source=ads(), route_config_name=route),
-        http_filters=[
-            hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))
-        ],
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
         access_log=[access_log(index, name, proxy)],
         normalize_path={"value": True},
         merge_slashes=True,

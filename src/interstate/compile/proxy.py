@@ -7,10 +7,10 @@ node ID Envoy presents maps to exactly one of them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     SIDECAR = "sidecar"
     INGRESS = "ingress"
 
@@ -29,8 +29,7 @@ class Proxy:
 
     @classmethod
     def sidecar(cls, service: str, replica: int, **ports: int) -> Proxy:
-        return cls(node_id=f"sidecar~{service}-{replica}", role=Role.SIDECAR, service=service,
-                   replica=replica, **ports)  # type: ignore[arg-type]
+        return cls(node_id=f"sidecar~{service}-{replica}", role=Role.SIDECAR, service=service, replica=replica, **ports)  # type: ignore[arg-type]
 
     @classmethod
     def ingress(cls, port: int, name: str = "ingress") -> Proxy:

@@ -53,9 +53,7 @@ def to_cluster(cluster: str, *, retries: bool = True) -> rc.RouteAction:
             rc.RetryPolicy(
                 retry_on=SAFE_RETRY_ON,
                 num_retries={"value": SAFE_RETRIES},
-                retry_back_off=rc.RetryPolicy.RetryBackOff(
-                    base_interval=duration(0.025), max_interval=duration(0.25)
-                ),
+                retry_back_off=rc.RetryPolicy.RetryBackOff(base_interval=duration(0.025), max_interval=duration(0.25)),
             )
         )
     return action
@@ -65,9 +63,7 @@ def not_found(message: str) -> rc.Route:
     return rc.Route(
         name="not-found",
         match=rc.RouteMatch(prefix="/"),
-        direct_response=rc.DirectResponseAction(
-            status=404, body={"inline_string": f"interstate: {message}\n"}
-        ),
+        direct_response=rc.DirectResponseAction(status=404, body={"inline_string": f"interstate: {message}\n"}),
     )
 
 
@@ -103,9 +99,7 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
         rc.VirtualHost(
             name="undeclared",
             domains=["*"],
-            routes=[
-                not_found(f"{proxy.service} may only call the services in its spec.calls ({declared})")
-            ],
+            routes=[not_found(f"{proxy.service} may only call the services in its spec.calls ({declared})")],
         )
     )
     return route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=vhosts)

@@ -65,6 +65,8 @@ def check(located: Iterable[Located], invalid: Collection[tuple[str, str]] = ())
             first = claimed.setdefault(claim.key, item)
             if first is not item:
                 issues.append(
-                    item.issue(claim.field, f"conflicts with {first.resource.ref} ({first.where}): both define {claim.what}")
+                    item.issue(
+                        claim.field, f"conflicts with {first.resource.ref} ({first.where}): both define {claim.what}"
+                    )
                 )
     return issues

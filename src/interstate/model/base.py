@@ -44,14 +44,10 @@ def _parse_duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(
-            f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h"
-        )
+        raise ValueError(f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h")
     text = value.strip()
     if not _DURATION_RE.match(text):
-        raise ValueError(
-            f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h"
-        )
+        raise ValueError(f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h")
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
     result = timedelta(seconds=seconds)
     if result > MAX_DURATION:

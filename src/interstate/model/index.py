@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 from functools import cached_property
 from types import MappingProxyType
+from typing import TypeVar
 
 from interstate.model.base import Resource
 from interstate.model.gateway import Gateway
@@ -46,9 +46,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class MeshIndex:
     config: MeshConfig
-    endpoints: Mapping[str, tuple[Endpoint, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
     @cached_property
     def mesh(self) -> MeshSpec:
@@ -66,9 +64,7 @@ class MeshIndex:
 
     @cached_property
     def traffic_policies(self) -> Mapping[str, TrafficPolicy]:
-        return MappingProxyType(
-            {p.spec.destination.service: p for p in self.config.of_kind(TrafficPolicy)}
-        )
+        return MappingProxyType({p.spec.destination.service: p for p in self.config.of_kind(TrafficPolicy)})
 
     def policy_for(self, workload: Workload | None) -> str | None:
         """The policy ID a proxy adds when the request carries none."""

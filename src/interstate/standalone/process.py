@@ -23,8 +23,14 @@ log = logging.getLogger(__name__)
 
 
 class Child:
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
-                 env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -43,10 +49,15 @@ class Child:
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
+        with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
@@ -62,7 +73,7 @@ class Child:
         self._signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("%s did not stop in %.1fs; killing it", self.name, timeout)
             self._signal(signal.SIGKILL)
             await proc.wait()
@@ -78,14 +89,17 @@ class Child:
             pass
 
 
-async def wait_ready(child: Child, probe: Callable[[], Awaitable[bool]], timeout: float,
-                     interval: float = 0.02) -> None:
+async def wait_ready(
+    child: Child, probe: Callable[[], Awaitable[bool]], timeout: float, interval: float = 0.02
+) -> None:
     """Poll `probe` until it returns True; fail early if the child exits."""
     deadline = time.monotonic() + timeout
     while True:
         if not child.running:
-            raise StartupError(f"{child.name} exited with {child.proc.returncode if child.proc else '?'} "
-                               f"before it was ready; see {child.log_path}")
+            raise StartupError(
+                f"{child.name} exited with {child.proc.returncode if child.proc else '?'} "
+                f"before it was ready; see {child.log_path}"
+            )
         if await probe():
             return
         if time.monotonic() > deadline:
@@ -101,6 +115,7 @@ def http_probe(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[bo
         except httpx.HTTPError:
             return False
         return 200 <= response.status_code < 400
+
     return probe
 
 
@@ -116,6 +131,7 @@ def tcp_probe(host: str, port: int) -> Callable[[], Awaitable[bool]]:
         except OSError:
             pass
         return True
+
     return probe
 
 

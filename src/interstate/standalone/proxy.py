@@ -16,8 +16,9 @@ from interstate.standalone.process import Child, http_probe, wait_ready
 
 
 class EnvoyProcess:
-    def __init__(self, proxy: Proxy, admin_port: int, binary: Path, settings: Settings,
-                 xds_port: int, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self, proxy: Proxy, admin_port: int, binary: Path, settings: Settings, xds_port: int, http: httpx.AsyncClient
+    ) -> None:
         self.proxy = proxy
         self.admin_port = admin_port
         self.settings = settings
@@ -25,12 +26,14 @@ class EnvoyProcess:
         name = proxy.node_id.replace("~", "-")
         self.bootstrap_path = settings.run_dir / "envoy" / f"{name}.json"
         self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(json.dumps(
-            bootstrap.build(proxy.node_id, proxy.service, admin_port, settings.host, xds_port), indent=1
-        ))
-        self.child = Child(f"envoy {proxy.node_id}",
-                           envoy_command(binary, self.bootstrap_path, settings.envoy_log_level),
-                           settings.run_dir / "logs" / f"{name}.envoy.log")
+        self.bootstrap_path.write_text(
+            json.dumps(bootstrap.build(proxy.node_id, proxy.service, admin_port, settings.host, xds_port), indent=1)
+        )
+        self.child = Child(
+            f"envoy {proxy.node_id}",
+            envoy_command(binary, self.bootstrap_path, settings.envoy_log_level),
+            settings.run_dir / "logs" / f"{name}.envoy.log",
+        )
 
     @property
     def admin_url(self) -> str:
@@ -38,13 +41,13 @@ class EnvoyProcess:
 
     async def start(self) -> None:
         await self.child.start()
-        await wait_ready(self.child, http_probe(self.http, self.admin_url + "/ready"),
-                         self.settings.ready_timeout_s)
+        await wait_ready(self.child, http_probe(self.http, self.admin_url + "/ready"), self.settings.ready_timeout_s)
 
     async def stats(self, pattern: str) -> dict[str, int]:
         """Counters and gauges whose name matches `pattern` (Envoy's regex filter)."""
-        response = await self.http.get(self.admin_url + "/stats", params={"filter": pattern, "format": "json"},
-                                       timeout=2.0)
+        response = await self.http.get(
+            self.admin_url + "/stats", params={"filter": pattern, "format": "json"}, timeout=2.0
+        )
         out: dict[str, int] = {}
         for stat in response.json().get("stats", []):
             if "value" in stat:

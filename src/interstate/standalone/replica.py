@@ -29,7 +29,7 @@ from interstate.standalone.proxy import EnvoyProcess
 log = logging.getLogger(__name__)
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     RESTARTING = "restarting"
@@ -40,12 +40,25 @@ class State(str, enum.Enum):
 def app_environment(workload: Workload, replica: int, app_port: int, outbound_port: int | None) -> dict[str, str]:
     """The app's environment: where to listen, and the side-car as its HTTP proxy."""
     env = dict(os.environ)
-    for key in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy",
-                "NO_PROXY", "no_proxy"):
+    for key in (
+        "HTTP_PROXY",
+        "http_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         env.pop(key, None)
-    env.update(PORT=str(app_port), HOST="127.0.0.1", PYTHONUNBUFFERED="1",
-               INTERSTATE_SERVICE=workload.name, INTERSTATE_REPLICA=str(replica),
-               INTERSTATE_VERSION=workload.spec.version)
+    env.update(
+        PORT=str(app_port),
+        HOST="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+        INTERSTATE_SERVICE=workload.name,
+        INTERSTATE_REPLICA=str(replica),
+        INTERSTATE_VERSION=workload.spec.version,
+    )
     if outbound_port is not None:
         proxy = f"http://127.0.0.1:{outbound_port}"
         env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
@@ -70,9 +83,17 @@ def app_command(workload: Workload, env: dict[str, str]) -> list[str]:
 
 
 class Replica:
-    def __init__(self, workload: Workload, index: int, settings: Settings, ports: PortAllocator,
-                 envoy_binary: Path, xds_port: int, http: httpx.AsyncClient,
-                 on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        workload: Workload,
+        index: int,
+        settings: Settings,
+        ports: PortAllocator,
+        envoy_binary: Path,
+        xds_port: int,
+        http: httpx.AsyncClient,
+        on_change: Callable[[], None],
+    ) -> None:
         self.workload = workload
         self.index = index
         self.settings = settings
@@ -85,14 +106,20 @@ class Replica:
         self.sidecar: EnvoyProcess | None = None
         if workload.injected:
             self.proxy: Proxy | None = Proxy.sidecar(
-                workload.name, index, inbound_port=ports.take(), outbound_port=ports.take(), app_port=self.app_port)
+                workload.name, index, inbound_port=ports.take(), outbound_port=ports.take(), app_port=self.app_port
+            )
             self.sidecar = EnvoyProcess(self.proxy, ports.take(), envoy_binary, settings, xds_port, http)
         else:
             self.proxy = None
         env = app_environment(workload, index, self.app_port, self.proxy.outbound_port if self.proxy else None)
         cwd = settings.mesh_dir / (workload.spec.run.working_dir or ".")
-        self.app = Child(f"app {self.name}", app_command(workload, env),
-                         settings.run_dir / "logs" / f"{self.name}.app.log", env=env, cwd=cwd)
+        self.app = Child(
+            f"app {self.name}",
+            app_command(workload, env),
+            settings.run_dir / "logs" / f"{self.name}.app.log",
+            env=env,
+            cwd=cwd,
+        )
         self._watchers: list[asyncio.Task[None]] = []
         self._down: set[str] = set()  # children that exited and are being restarted
         self._stopping = False
@@ -116,8 +143,11 @@ class Replica:
         self.state = State.READY
         self._watchers = [asyncio.create_task(self._watch(self.app, self._start_app), name=f"watch {self.app.name}")]
         if self.sidecar is not None:
-            self._watchers.append(asyncio.create_task(self._watch(self.sidecar.child, self.sidecar.start),
-                                                      name=f"watch {self.sidecar.child.name}"))
+            self._watchers.append(
+                asyncio.create_task(
+                    self._watch(self.sidecar.child, self.sidecar.start), name=f"watch {self.sidecar.child.name}"
+                )
+            )
 
     async def _start_app(self) -> None:
         await self.app.start()
@@ -152,7 +182,7 @@ class Replica:
                 return
             try:
                 await start()
-            except Exception as exc:  # noqa: BLE001 - keep supervising whatever went wrong
+            except Exception as exc:
                 log.error("%s failed to restart: %s", child.name, exc)
                 continue
             self.restarts[child.name] = self.restarts.get(child.name, 0) + 1
@@ -182,13 +212,24 @@ class Replica:
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {
-            "name": self.name, "state": self.state.value, "version": self.workload.spec.version,
-            "app": {"pid": self.app.pid, "port": self.app_port, "restarts": self.restarts.get(self.app.name, 0),
-                    "log": str(self.app.log_path)},
+            "name": self.name,
+            "state": self.state.value,
+            "version": self.workload.spec.version,
+            "app": {
+                "pid": self.app.pid,
+                "port": self.app_port,
+                "restarts": self.restarts.get(self.app.name, 0),
+                "log": str(self.app.log_path),
+            },
         }
         if self.proxy is not None and self.sidecar is not None:
-            out["sidecar"] = {"pid": self.sidecar.child.pid, "node": self.proxy.node_id,
-                              "inbound": self.proxy.inbound_port, "outbound": self.proxy.outbound_port,
-                              "admin": self.sidecar.admin_port, "log": str(self.sidecar.child.log_path),
-                              "restarts": self.restarts.get(self.sidecar.child.name, 0)}
+            out["sidecar"] = {
+                "pid": self.sidecar.child.pid,
+                "node": self.proxy.node_id,
+                "inbound": self.proxy.inbound_port,
+                "outbound": self.proxy.outbound_port,
+                "admin": self.sidecar.admin_port,
+                "log": str(self.sidecar.child.log_path),
+                "restarts": self.restarts.get(self.sidecar.child.name, 0),
+            }
         return out

@@ -47,8 +47,10 @@ async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]
             "replicas": sum(len(r) for r in supervisor.replicas.values()),
         }
         (settings.run_dir / "ready.json").write_text(json.dumps(ready, indent=1) + "\n")
-        say(f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
-            f"replicas={ready['replicas']} logs={settings.run_dir / 'logs'}")
+        say(
+            f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
+            f"replicas={ready['replicas']} logs={settings.run_dir / 'logs'}"
+        )
         await stop.wait()
         say("interstate: stopping")
     finally:

@@ -180,7 +180,7 @@ class Supervisor:
         if started:
             self.push()  # new side-cars find their snapshot when they connect
             results = await asyncio.gather(*(r.start() for r in started), return_exceptions=True)
-            failed = [(r, e) for r, e in zip(started, results) if isinstance(e, BaseException)]
+            failed = [(r, e) for r, e in zip(started, results, strict=True) if isinstance(e, BaseException)]
             for replica, _ in failed:
                 await self._remove(replica)
             self.push()
@@ -194,8 +194,9 @@ class Supervisor:
         assert self._envoy is not None
         index = self._next_index.get(workload.name, 0)
         self._next_index[workload.name] = index + 1
-        replica = Replica(workload, index, self.settings, self.ports, self._envoy, self.xds_port,
-                          self._http, self._replica_changed)
+        replica = Replica(
+            workload, index, self.settings, self.ports, self._envoy, self.xds_port, self._http, self._replica_changed
+        )
         self.replicas.setdefault(workload.name, []).append(replica)
         return replica
 
@@ -241,7 +242,10 @@ class Supervisor:
             }
         out: dict[str, Any] = {"services": services, "xds": {"port": self.xds_port, "nodes": len(xds)}}
         if self.ingress is not None:
-            out["ingress"] = {"url": f"http://{self.settings.host}:{self.ingress_port}",
-                              "admin": self.ingress.admin_port, "pid": self.ingress.child.pid,
-                              "xds": xds.get(self.ingress.proxy.node_id)}
+            out["ingress"] = {
+                "url": f"http://{self.settings.host}:{self.ingress_port}",
+                "admin": self.ingress.admin_port,
+                "pid": self.ingress.child.pid,
+                "xds": xds.get(self.ingress.proxy.node_id),
+            }
         return out

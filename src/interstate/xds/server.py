@@ -75,9 +75,13 @@ class AdsServer:
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.pushes = Counter("interstate_xds_pushes", "xDS responses sent", ["type"], registry=self.registry)
-        self.nacks = Counter("interstate_xds_nacks", "xDS responses rejected by Envoy", ["type"], registry=self.registry)
+        self.nacks = Counter(
+            "interstate_xds_nacks", "xDS responses rejected by Envoy", ["type"], registry=self.registry
+        )
         self.acks = Counter("interstate_xds_acks", "xDS responses accepted by Envoy", ["type"], registry=self.registry)
-        self.stale = Counter("interstate_xds_stale_requests", "requests with a stale nonce, ignored", ["type"], registry=self.registry)
+        self.stale = Counter(
+            "interstate_xds_stale_requests", "requests with a stale nonce, ignored", ["type"], registry=self.registry
+        )
         self.connected = Gauge("interstate_xds_connected_streams", "open ADS streams", registry=self.registry)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -118,7 +122,9 @@ class AdsServer:
                 node["types"][rt.SHORT[type_url]] = {
                     "sent": ts.sent[0] if ts.sent else "",
                     "acked": ts.acked,
-                    "nack": None if ts.nack is None else {"version": ts.nack.version, "message": ts.nack.message, "at": ts.nack.at},
+                    "nack": None
+                    if ts.nack is None
+                    else {"version": ts.nack.version, "message": ts.nack.message, "at": ts.nack.at},
                 }
         return out
 
@@ -142,7 +148,9 @@ class AdsServer:
             await asyncio.sleep(0.01)
 
     # ---- the stream ------------------------------------------------------------------------
-    async def _stream(self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext) -> None:
+    async def _stream(
+        self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> None:
         state = StreamState(peer=context.peer())
         self._streams[id(state)] = state
         self.connected.inc()
@@ -164,7 +172,12 @@ class AdsServer:
             self.connected.dec()
             log.info("ADS stream closed: %s (%s)", state.node_id or "?", state.peer)
 
-    async def _serve(self, state: StreamState, inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None], context: grpc.aio.ServicerContext) -> None:
+    async def _serve(
+        self,
+        state: StreamState,
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         changed: asyncio.Event | None = None
         get_request: asyncio.Task[discovery_pb2.DiscoveryRequest | None] | None = None
         try:
@@ -187,7 +200,9 @@ class AdsServer:
                     if not state.node_id:
                         state.node_id = request.node.id
                         if not state.node_id:
-                            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+                            await context.abort(
+                                grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id"
+                            )
                         log.info("ADS stream opened: %s (%s)", state.node_id, state.peer)
                     if changed is None:
                         changed = self.cache.watch(state.node_id)
@@ -199,7 +214,9 @@ class AdsServer:
             if get_request is not None:
                 get_request.cancel()
 
-    async def _on_request(self, state: StreamState, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext) -> None:
+    async def _on_request(
+        self, state: StreamState, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         type_url = request.type_url
         if type_url not in state.types:
             log.warning("%s asked for unsupported type %s", state.node_id, type_url)
@@ -229,7 +246,11 @@ class AdsServer:
                     self.nacks.labels(short).inc()
                     log.error(
                         "%s rejected %s version %s (keeps %s): %s",
-                        state.node_id, short, version, request.version_info or "none", request.error_detail.message,
+                        state.node_id,
+                        short,
+                        version,
+                        request.version_info or "none",
+                        request.error_detail.message,
                     )
                     ts.names = names if names is not None else ts.names
                     return
@@ -254,11 +275,18 @@ class AdsServer:
         snap = self.cache.get(state.node_id)
         if snap is None or ts.sent == (snap.version(type_url), ts.names):
             return
-        if ts.nack is not None and ts.nack.version == snap.version(type_url) and ts.sent and ts.sent[0] == ts.nack.version:
+        if (
+            ts.nack is not None
+            and ts.nack.version == snap.version(type_url)
+            and ts.sent
+            and ts.sent[0] == ts.nack.version
+        ):
             return  # never resend a rejected version
         await self._send(state, type_url, context, snap)
 
-    async def _send(self, state: StreamState, type_url: str, context: grpc.aio.ServicerContext, snap: Snapshot | None = None) -> None:
+    async def _send(
+        self, state: StreamState, type_url: str, context: grpc.aio.ServicerContext, snap: Snapshot | None = None
+    ) -> None:
         snap = snap or self.cache.get(state.node_id)
         if snap is None:
             return  # nothing known for this node yet; sent when its snapshot is set

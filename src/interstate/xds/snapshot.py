@@ -47,9 +47,7 @@ def field_bytes(number: int, payload: bytes) -> bytes:
 
 def _any_bytes(type_url: str, message: Message) -> bytes:
     # google.protobuf.Any: type_url = 1, value = 2
-    return field_bytes(1, type_url.encode()) + field_bytes(
-        2, message.SerializeToString(deterministic=True)
-    )
+    return field_bytes(1, type_url.encode()) + field_bytes(2, message.SerializeToString(deterministic=True))
 
 
 @dataclass(frozen=True)
@@ -104,10 +102,8 @@ class Snapshot:
             MappingProxyType(
                 {
                     rt.CLUSTER: TypeSet.build(rt.CLUSTER, ((c.name, c) for c in res.clusters)),
-                    rt.ENDPOINT: TypeSet.build(
-                        rt.ENDPOINT, ((e.cluster_name, e) for e in res.endpoints)
-                    ),
-                    rt.LISTENER: TypeSet.build(rt.LISTENER, ((l.name, l) for l in res.listeners)),
+                    rt.ENDPOINT: TypeSet.build(rt.ENDPOINT, ((e.cluster_name, e) for e in res.endpoints)),
+                    rt.LISTENER: TypeSet.build(rt.LISTENER, ((x.name, x) for x in res.listeners)),
                     rt.ROUTE: TypeSet.build(rt.ROUTE, ((r.name, r) for r in res.routes)),
                 }
             )
@@ -124,7 +120,7 @@ class Snapshot:
 def _eds_name(cluster: cluster_pb2.Cluster) -> str | None:
     if cluster.type != cluster_pb2.Cluster.EDS:
         return None
-    return cluster.eds_cluster_config.service_name or cluster.name
+    return str(cluster.eds_cluster_config.service_name or cluster.name)
 
 
 def _rds_names(listener: listener_pb2.Listener) -> Iterable[str]:
