@@ -181,6 +181,15 @@ def test_a_killed_app_is_restarted_and_stop_leaves_nothing(tmp_path: Path) -> No
         assert "interstate: stopped" in "".join(mesh.output)
 
 
+def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+    with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
+        children = mesh.descendants()
+        assert len(children) >= 7
+        mesh.proc.kill()  # no chance to clean up: the kernel tells each child its parent died
+        mesh.proc.wait(10)
+        wait_for(lambda: alive(children) == [], timeout=15, what="every child to exit")
+
+
 def test_an_invalid_mesh_is_refused_and_nothing_starts(tmp_path: Path) -> None:
     bad = tmp_path / "mesh.yaml"
     bad.write_text(
@@ -239,3 +248,13 @@ def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_co
         assert stats_cluster["outlier_detection"]["consecutive_5xx"] == 5
         served = {get(mesh.ingress + "/results").json()["stats"]["served_by"] for _ in range(20)}
         assert served == {"stats-0", "stats-1"}
+
+        # removing the Gateway stops the ingress; the side-cars stay as they are
+        mesh_file = mesh_copy / "mesh.yaml"
+        mesh_file.write_text(mesh_file.read_text().split("---")[0])
+        removed = cli("apply", str(mesh_copy), "--admin", mesh.admin)
+        assert removed.returncode == 0, removed.stderr
+        status = mesh.status()
+        assert "ingress" not in status and status["services"]["results"]["ready"] == 2
+        with pytest.raises(httpx.ConnectError):
+            get(mesh.ingress + "/results")

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,24 @@ import httpx
 from interstate.errors import StartupError
 
 log = logging.getLogger(__name__)
+
+
+# Runs as the child, then becomes the real program: ask Linux to SIGTERM us when the supervisor
+# dies (the setting survives exec), so children never outlive a supervisor killed with SIGKILL.
+# A launcher rather than preexec_fn: forking with gRPC's threads running is not safe.
+_LAUNCHER = (
+    "import ctypes,os,signal,sys\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def dies_with_parent(argv: Sequence[str]) -> list[str]:
+    """`argv` wrapped so the program gets SIGTERM when this process dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 class Child:
@@ -51,7 +70,7 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
+                *dies_with_parent(self.argv),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT,

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from interstate.compile import Proxy, compile_proxy
 from interstate.errors import InterstateError, PermanentError
+from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
 from interstate.model.workload import Workload
 from interstate.settings import Settings
@@ -75,7 +76,7 @@ class Supervisor:
             for replica in replicas:
                 if replica.proxy is not None and replica.state is not State.STOPPED:
                     yield replica.proxy
-        if self.ingress is not None:
+        if self.ingress is not None and self.config.of_kind(Gateway):
             yield self.ingress.proxy
 
     # ---- the push --------------------------------------------------------------------------
@@ -117,11 +118,17 @@ class Supervisor:
         self.push()
         await self.ingress.start()
 
-    async def shutdown(self) -> None:
-        """Drain the ingress, stop every app and side-car, then the xDS server."""
+    async def _stop_ingress(self) -> None:
         if self.ingress is not None:
             await self.ingress.drain(min(self.settings.drain_timeout_s, 2.0))
             await self.ingress.stop()
+            self.ports.release(self.ingress_port, self.ingress.admin_port)
+            self.ingress = None
+            self.push()
+
+    async def shutdown(self) -> None:
+        """Drain the ingress, stop every app and side-car, then the xDS server."""
+        await self._stop_ingress()
         replicas = [r for rs in self.replicas.values() for r in rs]
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
         self.replicas.clear()
@@ -143,6 +150,8 @@ class Supervisor:
             changes = await self._reconcile()
             if self.index.gateway is not None and self.ingress is None:
                 await self._start_ingress()
+            elif self.index.gateway is None and self.ingress is not None:
+                await self._stop_ingress()
             return changes
 
     async def scale(self, service: str, replicas: int) -> dict[str, Any]:

@@ -111,7 +111,8 @@ class AdsServer:
 
     # ---- status ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        """Per node: open streams, and per type the version sent, ACKed, and the last NACK."""
+        """Per node: open streams, and per type the version sent, ACKed, and the NACK in force
+        (cleared once Envoy accepts a later version; the counter keeps the history)."""
         out: dict[str, Any] = {}
         for state in self._streams.values():
             node = out.setdefault(state.node_id, {"streams": 0, "types": {}})
@@ -255,6 +256,7 @@ class AdsServer:
                     ts.names = names if names is not None else ts.names
                     return
                 ts.acked = request.version_info
+                ts.nack = None  # a later version was accepted; the NACK stays in the counter
                 self.acks.labels(short).inc()
                 if names == ts.names:
                     # A plain ACK. Send only if the snapshot moved on while this was in flight.
