@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +27,10 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
+from interstate.ca.authority import Authority, utcnow
+from interstate.ca.spiffe import workload_id
 from interstate.compile import ProxyResources, bootstrap, compile_proxy
-from interstate.compile.proxy import Proxy
+from interstate.compile.proxy import Credentials, Proxy
 from interstate.config.loader import decode_sources
 from interstate.model.index import Endpoint, MeshIndex
 from interstate.standalone.envoy import envoy_command, find_envoy
@@ -76,8 +79,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def make_credentials(service: str = "results", authority: Authority | None = None) -> Credentials:
+    """A real X.509-SVID for `service` from a throw-away CA (each call: a new key)."""
+    authority = authority or Authority.create("interstate.local", utcnow())
+    issued = authority.issue(workload_id("interstate.local", service), timedelta(hours=1), utcnow())
+    return Credentials(issued.identity, issued.chain_pem, issued.key_pem, authority.bundle_pem)
+
+
 def compile_mesh(
-    proxy: Proxy, text: str = MESH, endpoints: dict[str, Iterable[tuple[str, int]]] | None = None
+    proxy: Proxy,
+    text: str = MESH,
+    endpoints: dict[str, Iterable[tuple[str, int]]] | None = None,
+    credentials: Credentials | None = None,
 ) -> ProxyResources:
     """Compile `proxy`'s resources from mesh YAML and {service: [(address, port), ...]}."""
     config = decode_sources({"mesh.yaml": text})
@@ -85,13 +98,16 @@ def compile_mesh(
         service: tuple(Endpoint(service, i, addr, port) for i, (addr, port) in enumerate(addrs))
         for service, addrs in (endpoints or {}).items()
     }
-    return compile_proxy(MeshIndex(config, eps), proxy)
+    return compile_proxy(MeshIndex(config, eps), proxy, credentials)
 
 
 def snapshot_of(
-    proxy: Proxy, text: str = MESH, endpoints: dict[str, Iterable[tuple[str, int]]] | None = None
+    proxy: Proxy,
+    text: str = MESH,
+    endpoints: dict[str, Iterable[tuple[str, int]]] | None = None,
+    credentials: Credentials | None = None,
 ) -> Snapshot:
-    return Snapshot.from_resources(compile_mesh(proxy, text, endpoints))
+    return Snapshot.from_resources(compile_mesh(proxy, text, endpoints, credentials))
 
 
 def run(coro: Awaitable[T], timeout: float = 20.0) -> T:

@@ -9,18 +9,24 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+
+from interstate.ca.authority import Authority, utcnow
+from interstate.ca.spiffe import workload_id
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "election-night"
@@ -54,6 +60,16 @@ class MeshRun:
             time.sleep(0.05)
         raise AssertionError("mesh did not become ready:\n" + "".join(self.output))
 
+    def authority(self) -> Authority:
+        """The mesh's own CA (tests mint client certificates with it)."""
+        return Authority.from_files(self.run_dir / "ca" / "ca.pem", self.run_dir / "ca" / "ca.key")
+
+    def mesh_client(self, service: str = "tester", trust_domain: str = "fec.gov.local") -> httpx.Client:
+        """An HTTPS client presenting a fresh X.509-SVID of `service`, like a side-car would."""
+        authority = self.authority()
+        issued = authority.issue(workload_id(trust_domain, service), timedelta(hours=1), utcnow())
+        return tls_client(self.run_dir, issued.chain_pem, issued.key_pem, authority.bundle_pem)
+
     def status(self) -> dict[str, Any]:
         return dict(httpx.get(self.admin + "/status", timeout=10, trust_env=False).json())
 
@@ -72,7 +88,17 @@ class MeshRun:
 @contextmanager
 def running_mesh(path: Path, run_dir: Path, *extra: str) -> Iterator[MeshRun]:
     proc = subprocess.Popen(
-        [*INTERSTATE, "up", str(path), "--auto-ports", "--run-dir", str(run_dir), *extra],
+        [
+            *INTERSTATE,
+            "up",
+            str(path),
+            "--auto-ports",
+            "--run-dir",
+            str(run_dir),
+            "--ca-dir",
+            str(run_dir / "ca"),
+            *extra,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -104,6 +130,21 @@ def running_mesh(path: Path, run_dir: Path, *extra: str) -> Iterator[MeshRun]:
                 child.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def tls_client(folder: Path, chain_pem: str, key_pem: str, bundle_pem: str) -> httpx.Client:
+    """An HTTPS client with this certificate that trusts `bundle_pem` (the server's identity is a
+    SPIFFE URI, not a host name, so only the chain is verified)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=bundle_pem)
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".pem", delete=False) as cert:
+        cert.write(chain_pem)
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".key", delete=False) as key:
+        key.write(key_pem)
+    context.load_cert_chain(cert.name, key.name)
+    return httpx.Client(verify=context, timeout=10, trust_env=False)
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:

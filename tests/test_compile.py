@@ -431,7 +431,7 @@ def test_every_proxy_of_the_example_compiles_to_a_consistent_snapshot() -> None:
 
     for proxy in every_proxy(index):
         snapshot = Snapshot.from_resources(compile_proxy(index, proxy))
-        assert set(snapshot.versions) == {rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE}
+        assert set(snapshot.versions) == {rt.CLUSTER, rt.ENDPOINT, rt.LISTENER, rt.ROUTE, rt.SECRET}
 
 
 def test_versions_change_only_when_content_changes() -> None:

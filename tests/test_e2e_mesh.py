@@ -64,7 +64,8 @@ def test_stats_sees_the_policy_header_results_code_never_sets(example_mesh: Mesh
     # Straight into a results side-car, with no header: results' code adds nothing, so what stats
     # sees was stamped by results' side-car from the workload annotation.
     replica = example_mesh.status()["services"]["results"]["replicas"][0]
-    response = get(f"http://127.0.0.1:{replica['sidecar']['inbound']}/results")
+    with example_mesh.mesh_client() as client:  # side-cars take mutual TLS only
+        response = client.get(f"https://127.0.0.1:{replica['sidecar']['inbound']}/results")
     assert response.status_code == 200
     assert response.json()["stats"]["policy_ctx_seen"] == "FEC-F101"
     # Through the ingress without a header: the mesh default is stamped at the edge.
@@ -90,7 +91,7 @@ def test_every_envoy_accepted_its_config_and_is_connected(example_mesh: MeshRun)
         for replica in service["replicas"]:
             types = replica["xds"]["types"]
             # stats calls nothing, so its side-car has no EDS clusters to subscribe to
-            expected = {"CDS", "LDS", "RDS"} | ({"EDS"} if replica["name"].startswith("results") else set())
+            expected = {"CDS", "LDS", "RDS", "SDS"} | ({"EDS"} if replica["name"].startswith("results") else set())
             assert set(types) == expected
             assert all(t["sent"] == t["acked"] and t["nack"] is None for t in types.values())
 

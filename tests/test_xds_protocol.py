@@ -18,6 +18,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -27,6 +28,7 @@ from helpers_xds import (
     AdsClient,
     ads_server,
     compile_mesh,
+    make_credentials,
     metric,
     run,
     snapshot_of,
@@ -44,12 +46,15 @@ PROXY = Proxy.sidecar("results", 0, inbound_port=15006, outbound_port=15001, app
 NODE = PROXY.node_id
 STATS = {"stats": [("127.0.0.1", 19000)]}
 STATS_AND_AUDIT = {"stats": [("127.0.0.1", 19000)], "audit": [("127.0.0.1", 19001)]}
+CREDS = make_credentials()
+ROTATED = make_credentials()  # the same identity with a new key: only SDS changes
 
 MESSAGE = {
     rt.CLUSTER: cluster_pb2.Cluster,
     rt.ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
     rt.LISTENER: listener_pb2.Listener,
     rt.ROUTE: route_pb2.RouteConfiguration,
+    rt.SECRET: secret_pb2.Secret,
 }
 # What Envoy would subscribe to for each type (EDS and RDS are named, CDS and LDS wildcard).
 NAMES = {
@@ -57,21 +62,22 @@ NAMES = {
     rt.ENDPOINT: ("outbound|stats",),
     rt.LISTENER: (),
     rt.ROUTE: ("inbound", "outbound"),
+    rt.SECRET: ("default", "ROOTCA"),
 }
 
 
 def first() -> Snapshot:
-    return snapshot_of(PROXY, MESH, STATS)
+    return snapshot_of(PROXY, MESH, STATS, CREDS)
 
 
 def every_type_changed() -> Snapshot:
-    """A snapshot for the same node in which all four types have new versions."""
+    """A snapshot for the same node in which every type has a new version."""
     moved = dataclasses.replace(PROXY, outbound_port=15002)  # new LDS
-    return snapshot_of(moved, MESH_WITH_AUDIT, STATS_AND_AUDIT)  # new CDS, EDS, RDS
+    return snapshot_of(moved, MESH_WITH_AUDIT, STATS_AND_AUDIT, ROTATED)  # new CDS, EDS, RDS, SDS
 
 
 def only_endpoints_changed() -> Snapshot:
-    return snapshot_of(PROXY, MESH, {"stats": [("127.0.0.1", 19999)]})
+    return snapshot_of(PROXY, MESH, {"stats": [("127.0.0.1", 19999)]}, CREDS)
 
 
 def total_pushes(server: AdsServer) -> float:
@@ -117,6 +123,7 @@ def test_first_request_per_type_gets_full_current_state() -> None:
             rt.ENDPOINT: {"outbound|stats"},
             rt.LISTENER: {"inbound", "outbound"},
             rt.ROUTE: {"inbound", "outbound"},
+            rt.SECRET: {"default", "ROOTCA"},
         }
         async with ads_server(cache) as server, AdsClient(server.port, NODE) as client:
             nonces = set()
@@ -332,7 +339,8 @@ def test_snapshot_change_is_pushed_make_before_break() -> None:
                 resp = await client.recv()
                 assert resp.version_info == changed.version(resp.type_url)
                 order.append(rt.SHORT[resp.type_url])
-            assert order == ["CDS", "EDS", "LDS", "RDS"]
+            # secrets first (a rotated certificate never waits), then make-before-break
+            assert order == ["SDS", "CDS", "EDS", "LDS", "RDS"]
             await client.expect_nothing()
 
     run(body())
@@ -390,7 +398,7 @@ def test_reconnect_gets_everything_again_at_the_same_version() -> None:
 def test_eds_subscription_change_gets_just_those_names() -> None:
     async def body() -> None:
         cache = SnapshotCache()
-        snap = snapshot_of(PROXY, MESH_WITH_AUDIT, STATS_AND_AUDIT)
+        snap = snapshot_of(PROXY, MESH_WITH_AUDIT, STATS_AND_AUDIT, CREDS)
         cache.set(NODE, snap)
         async with ads_server(cache) as server, AdsClient(server.port, NODE) as client:
             await client.send(rt.ENDPOINT, names=["outbound|stats"])
@@ -492,7 +500,7 @@ def test_identical_snapshot_wakes_nobody() -> None:
 
 
 def test_check_consistent_refuses_listener_with_missing_route() -> None:
-    res = compile_mesh(PROXY, MESH, STATS)
+    res = compile_mesh(PROXY, MESH, STATS, CREDS)
     check_consistent(res)  # the compiled resources are fine
     broken = dataclasses.replace(res, routes=tuple(r for r in res.routes if r.name != "outbound"))
     missing = "listener 'outbound' refers to missing route 'outbound'"
@@ -501,13 +509,13 @@ def test_check_consistent_refuses_listener_with_missing_route() -> None:
 
 
 def test_check_consistent_refuses_no_listeners() -> None:
-    res = compile_mesh(PROXY, MESH, STATS)
+    res = compile_mesh(PROXY, MESH, STATS, CREDS)
     with pytest.raises(SnapshotError, match="no listeners"):
         Snapshot.from_resources(dataclasses.replace(res, listeners=()))
 
 
 def test_check_consistent_refuses_eds_cluster_without_endpoints() -> None:
-    res = compile_mesh(PROXY, MESH, STATS)
+    res = compile_mesh(PROXY, MESH, STATS, CREDS)
     with pytest.raises(SnapshotError, match="'outbound\\|stats' has no ClusterLoadAssignment"):
         Snapshot.from_resources(dataclasses.replace(res, endpoints=()))
 
@@ -517,13 +525,14 @@ def test_check_consistent_refuses_eds_cluster_without_endpoints() -> None:
 
 @pytest.mark.parametrize("type_url", rt.ORDER, ids=[rt.SHORT[t] for t in rt.ORDER])
 def test_preserialized_body_equals_protobuf_built_response(type_url: str) -> None:
-    res = compile_mesh(PROXY, MESH_WITH_AUDIT, STATS_AND_AUDIT)
+    res = compile_mesh(PROXY, MESH_WITH_AUDIT, STATS_AND_AUDIT, CREDS)
     snap = Snapshot.from_resources(res)
     messages = {
         rt.CLUSTER: {c.name: c for c in res.clusters},
         rt.ENDPOINT: {e.cluster_name: e for e in res.endpoints},
         rt.LISTENER: {x.name: x for x in res.listeners},
         rt.ROUTE: {r.name: r for r in res.routes},
+        rt.SECRET: {x.name: x for x in res.secrets},
     }[type_url]
 
     def packed(msg: Message) -> any_pb2.Any:

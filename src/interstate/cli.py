@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ import click
 from interstate import config as mesh_config
 from interstate.client import AdminClient, AdminError
 from interstate.errors import ConfigError, InterstateError
+from interstate.model.base import parse_duration
 from interstate.settings import DEFAULT_ADMIN_PORT, DEFAULT_INGRESS_PORT, DEFAULT_XDS_PORT, Settings
 
 EXIT_INVALID = 1
+EXIT_USAGE = 2
 EXIT_FAILURE = 3
+MIN_CERT_TTL = timedelta(minutes=1)
 ADMIN_DEFAULT = os.environ.get("INTERSTATE_ADMIN", f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}")
 
 
@@ -67,6 +71,27 @@ def validate(path: str) -> None:
 @click.option("--run-dir", type=click.Path(), default=None, help="Logs and Envoy bootstraps [.interstate/run].")
 @click.option("--envoy", "envoy_path", envvar="INTERSTATE_ENVOY", default=None, help="Envoy binary to use.")
 @click.option("--envoy-log-level", default="warning", show_default=True)
+@click.option(
+    "--ca-dir",
+    type=click.Path(),
+    default=".interstate/ca",
+    show_default=True,
+    help="Where the mesh root CA is kept (created on first start).",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Use your own CA: its certificate (then any chain up to the root).",
+)
+@click.option("--ca-key", type=click.Path(exists=True, dir_okay=False), default=None, help="The key of --ca-cert.")
+@click.option(
+    "--ca-bundle",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Roots that peers trust, if not the last certificate of --ca-cert.",
+)
+@click.option("--cert-ttl", default="24h", show_default=True, help="Workload certificate lifetime (rotated at half).")
 def up(
     path: str,
     ingress_port: int,
@@ -76,9 +101,22 @@ def up(
     run_dir: str | None,
     envoy_path: str | None,
     envoy_log_level: str,
+    ca_dir: str,
+    ca_cert: str | None,
+    ca_key: str | None,
+    ca_bundle: str | None,
+    cert_ttl: str,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     config = _load(path)
+    if (ca_cert is None) != (ca_key is None):
+        _fail("--ca-cert and --ca-key go together", EXIT_USAGE)
+    try:
+        ttl = parse_duration(cert_ttl)
+    except ValueError as exc:
+        _fail(f"--cert-ttl: {exc}", EXIT_USAGE)
+    if ttl < MIN_CERT_TTL:
+        _fail(f"--cert-ttl: {cert_ttl} is too short; at least {MIN_CERT_TTL.total_seconds():.0f}s", EXIT_USAGE)
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
@@ -88,6 +126,11 @@ def up(
         xds_port=xds_port,
         envoy_path=envoy_path,
         envoy_log_level=envoy_log_level,
+        ca_dir=Path(ca_dir).resolve(),
+        ca_cert=Path(ca_cert).resolve() if ca_cert else None,
+        ca_key=Path(ca_key).resolve() if ca_key else None,
+        ca_bundle=Path(ca_bundle).resolve() if ca_bundle else None,
+        cert_ttl=ttl,
     )
     if auto_ports:
         settings = settings.auto_ports()

@@ -7,6 +7,7 @@ gives every port 0 so several meshes can run side by side (tests, scripts).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 
 DEFAULT_INGRESS_PORT = 8080
@@ -30,6 +31,11 @@ class Settings:
     restart_backoff_s: float = 0.25  # first restart delay of a crashed app; doubles
     restart_backoff_max_s: float = 10.0
     restart_reset_s: float = 10.0  # a run this long resets the back-off
+    ca_dir: Path = Path(".interstate/ca")  # the mesh root CA, created on first start
+    ca_cert: Path | None = None  # an operator's CA instead: signing cert (+ chain to the root)
+    ca_key: Path | None = None
+    ca_bundle: Path | None = None  # the roots peers trust, when not the last cert of ca_cert
+    cert_ttl: timedelta = timedelta(hours=24)  # workload certificates; rotated at half life
 
     def auto_ports(self) -> Settings:
         return replace(self, ingress_port=0, admin_port=0, xds_port=0)

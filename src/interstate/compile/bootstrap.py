@@ -5,14 +5,28 @@ Everything else arrives over ADS. Returned as a JSON-able dict (Envoy reads JSON
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 XDS_CLUSTER = "interstate-xds"
 
 
-def build(node_id: str, cluster: str, admin_port: int, xds_host: str, xds_port: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class XdsTls:
+    """Mutual TLS to the control plane: the proxy's bootstrap certificate (its common name is
+    the node ID, which the control plane checks) and the control plane's expected identity."""
+
+    cert_path: str
+    key_path: str
+    ca_path: str
+    server_identity: str
+
+
+def build(
+    node_id: str, cluster: str, admin_port: int, xds_host: str, xds_port: int, xds_tls: XdsTls | None = None
+) -> dict[str, Any]:
     ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    bootstrap = {
         "node": {"id": node_id, "cluster": cluster or "ingress"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "dynamic_resources": {
@@ -59,7 +73,32 @@ def build(node_id: str, cluster: str, admin_port: int, xds_host: str, xds_port: 
                 }
             ]
         },
-        "layered_runtime": {
-            "layers": [{"name": "static", "static_layer": {"overload.global_downstream_max_connections": 50000}}]
-        },
     }
+    if xds_tls is not None:
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] = {  # type: ignore[index]
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "xds.interstate",
+                "common_tls_context": {
+                    "tls_params": {
+                        "tls_minimum_protocol_version": "TLSv1_3",
+                        "tls_maximum_protocol_version": "TLSv1_3",
+                    },
+                    "alpn_protocols": ["h2"],  # gRPC servers insist on it
+                    "tls_certificates": [
+                        {
+                            "certificate_chain": {"filename": xds_tls.cert_path},
+                            "private_key": {"filename": xds_tls.key_path},
+                        }
+                    ],
+                    "validation_context": {
+                        "trusted_ca": {"filename": xds_tls.ca_path},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "URI", "matcher": {"exact": xds_tls.server_identity}}
+                        ],
+                    },
+                },
+            },
+        }
+    return bootstrap

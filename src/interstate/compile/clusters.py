@@ -12,17 +12,17 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from interstate.compile import names
+from interstate.compile import names, tls
 from interstate.compile.common import ads, duration, socket_address
-from interstate.compile.proxy import Proxy, Role
+from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.index import MeshIndex
 from interstate.model.traffic_policy import OutlierDetection
 
 CONNECT_TIMEOUT_S = 1.0
 
 
-def build(index: MeshIndex, proxy: Proxy) -> list[cluster_pb2.Cluster]:
-    clusters = [outbound(index, service) for service in callees(index, proxy)]
+def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[cluster_pb2.Cluster]:
+    clusters = [outbound(index, service, secure=credentials is not None) for service in callees(index, proxy)]
     if proxy.role is Role.SIDECAR:
         clusters.append(local_app(proxy))
     return clusters
@@ -37,13 +37,18 @@ def callees(index: MeshIndex, proxy: Proxy) -> list[str]:
     return sorted(workload.spec.calls) if workload else []
 
 
-def outbound(index: MeshIndex, service: str) -> cluster_pb2.Cluster:
+def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb2.Cluster:
+    """How callers reach `service`: EDS endpoints, its TrafficPolicy, and mutual TLS when this
+    proxy has credentials and `service` runs with a side-car."""
     cluster = cluster_pb2.Cluster(
         name=names.outbound_cluster(service),
         type=cluster_pb2.Cluster.EDS,
         connect_timeout=duration(CONNECT_TIMEOUT_S),
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads()),
     )
+    workload = index.workloads.get(service)
+    if secure and workload is not None and workload.injected:
+        cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
     policy = index.traffic_policies.get(service)
     if policy is not None and policy.spec.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(outlier_detection(policy.spec.outlier_detection))

@@ -7,33 +7,57 @@ Paths are normalized and slashes merged before routing, so `//x` and `/a/../x` r
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import protocol_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import names
+from interstate.compile import names, tls
 from interstate.compile.common import ads, pack, socket_address
-from interstate.compile.proxy import Proxy, Role
+from interstate.compile.proxy import Credentials, Proxy, Role
+from interstate.model.base import MtlsMode
 from interstate.model.index import MeshIndex
 
-HCM = hcm_pb2.HttpConnectionManager
+HCM: TypeAlias = hcm_pb2.HttpConnectionManager
 
 
-def build(index: MeshIndex, proxy: Proxy) -> list[listener_pb2.Listener]:
+def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[listener_pb2.Listener]:
     if proxy.role is Role.INGRESS:
-        return [
-            http_listener(index, names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, names.INGRESS_ROUTE, proxy)
-        ]
+        manager = http_manager(index, names.INGRESS_LISTENER, names.INGRESS_ROUTE, proxy)
+        return [listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])]
+    outbound = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
     return [
-        http_listener(index, names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, names.INBOUND_ROUTE, proxy),
-        http_listener(index, names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, names.OUTBOUND_ROUTE, proxy),
+        inbound(index, proxy, credentials),
+        listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound)]),
     ]
+
+
+def inbound(index: MeshIndex, proxy: Proxy, credentials: Credentials | None) -> listener_pb2.Listener:
+    """Other proxies -> this replica. With credentials: mutual TLS required (STRICT), or TLS and
+    plaintext side by side (PERMISSIVE, told apart by the TLS inspector)."""
+    manager = http_manager(index, names.INBOUND_LISTENER, names.INBOUND_ROUTE, proxy, inbound=True)
+    if credentials is None:
+        return listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [chain(manager)])
+    secure = chain(manager, tls.downstream(index.mesh.trust_domain))
+    workload = index.workloads.get(proxy.service)
+    if workload is None or index.mtls_mode(workload) is MtlsMode.STRICT:
+        return listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [secure])
+    secure.filter_chain_match.transport_protocol = "tls"
+    plain = http_manager(index, names.INBOUND_LISTENER + "_plaintext", names.INBOUND_ROUTE, proxy, inbound=True)
+    inspector = listener_components_pb2.ListenerFilter(
+        name="envoy.filters.listener.tls_inspector", typed_config=pack(tls_inspector_pb2.TlsInspector())
+    )
+    out = listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [secure, chain(plain)])
+    out.listener_filters.append(inspector)
+    return out
 
 
 def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.AccessLog:
@@ -51,6 +75,9 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
         "duration_ms": "%DURATION%",
         "request_id": "%REQ(X-REQUEST-ID)%",
         "policy": f"%REQ({index.mesh.policy_header.upper()})%",
+        "peer": "%DOWNSTREAM_PEER_URI_SAN%",
+        "tls": "%DOWNSTREAM_TLS_VERSION%",
+        "upstream_peer": "%UPSTREAM_PEER_URI_SAN%",
     }
     json_format = struct_pb2.Struct()
     json_format.update(fields)
@@ -60,32 +87,40 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(stdout))
 
 
-def http_listener(
-    index: MeshIndex, name: str, address: str, port: int, route: str, proxy: Proxy
-) -> listener_pb2.Listener:
+def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, inbound: bool = False) -> HCM:
     manager = HCM(
-        stat_prefix=name,
+        stat_prefix=stat_prefix,
         codec_type=HCM.AUTO,
         rds=hcm_pb2.Rds(config_source=ads(), route_config_name=route),
         http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
-        access_log=[access_log(index, name, proxy)],
+        access_log=[access_log(index, stat_prefix, proxy)],
         normalize_path={"value": True},
         merge_slashes=True,
         path_with_escaped_slashes_action=HCM.UNESCAPE_AND_REDIRECT,
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(allow_absolute_url={"value": True}),
         generate_request_id={"value": True},
     )
-    return listener_pb2.Listener(
-        name=name,
-        address=socket_address(address, port),
-        filter_chains=[
-            listener_components_pb2.FilterChain(
-                filters=[
-                    listener_components_pb2.Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=pack(manager),
-                    )
-                ]
+    if inbound:
+        # The app learns who called it (URI= the caller's SPIFFE ID); a caller cannot forge it.
+        manager.forward_client_cert_details = HCM.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
+    return manager
+
+
+def chain(manager: HCM, transport: base_pb2.TransportSocket | None = None) -> listener_components_pb2.FilterChain:
+    out = listener_components_pb2.FilterChain(
+        filters=[
+            listener_components_pb2.Filter(
+                name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
             )
-        ],
+        ]
     )
+    if transport is not None:
+        out.transport_socket.CopyFrom(transport)
+    return out
+
+
+def listener(
+    name: str, address: str, port: int, chains: list[listener_components_pb2.FilterChain]
+) -> listener_pb2.Listener:
+    return listener_pb2.Listener(name=name, address=socket_address(address, port), filter_chains=chains)

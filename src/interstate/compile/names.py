@@ -6,6 +6,9 @@ INBOUND_LISTENER = "inbound"
 OUTBOUND_LISTENER = "outbound"
 INGRESS_LISTENER = "ingress"
 
+SECRET_CERT = "default"  # a proxy's own certificate and key (SDS)
+SECRET_ROOT = "ROOTCA"  # the mesh trust bundle (SDS)
+
 INBOUND_ROUTE = "inbound"
 OUTBOUND_ROUTE = "outbound"
 INGRESS_ROUTE = "ingress"

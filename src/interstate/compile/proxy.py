@@ -10,6 +10,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """What a proxy proves itself with and trusts: its X.509-SVID, key and the trust bundle."""
+
+    spiffe_id: str
+    chain_pem: str
+    key_pem: str
+    bundle_pem: str
+
+
 class Role(StrEnum):
     SIDECAR = "sidecar"
     INGRESS = "ingress"

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -40,7 +41,8 @@ def _check_name(value: str) -> str:
     return value
 
 
-def _parse_duration(value: Any) -> timedelta:
+def parse_duration(value: Any) -> timedelta:
+    """'250ms', '30s', '1h30m' -> timedelta; ValueError naming the value otherwise."""
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool) or not isinstance(value, str):
@@ -56,9 +58,19 @@ def _parse_duration(value: Any) -> timedelta:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
+
+
+class MtlsMode(StrEnum):
+    STRICT = "STRICT"  # side-cars accept only mutual TLS from mesh identities
+    PERMISSIVE = "PERMISSIVE"  # also plaintext, for migrating clients into the mesh
+
+
+class Mtls(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    mode: MtlsMode
 
 
 class Strict(BaseModel):

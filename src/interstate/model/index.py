@@ -12,7 +12,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import TypeVar
 
-from interstate.model.base import Resource
+from interstate.model.base import MtlsMode, Resource
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh, MeshSpec
 from interstate.model.traffic_policy import TrafficPolicy
@@ -71,6 +71,11 @@ class MeshIndex:
         if workload is not None and workload.policy:
             return workload.policy
         return self.mesh.default_policy
+
+    def mtls_mode(self, workload: Workload) -> MtlsMode:
+        if workload.spec.mtls is not None:
+            return workload.spec.mtls.mode
+        return self.mesh.mtls.mode
 
     def endpoints_of(self, service: str) -> tuple[Endpoint, ...]:
         return tuple(sorted(self.endpoints.get(service, ())))

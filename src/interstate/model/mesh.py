@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field
 
-from interstate.model.base import Resource, Strict
+from interstate.model.base import Mtls, MtlsMode, Resource, Strict
 
 _HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _POLICY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -39,6 +39,7 @@ class MeshSpec(Strict):
     trust_domain: str = Field(default="interstate.local", pattern=r"^[a-z0-9.-]+$")
     policy_header: HeaderName = "x-policy-ctx"
     default_policy: PolicyId | None = None
+    mtls: Mtls = Mtls(mode=MtlsMode.STRICT)
 
 
 class Mesh(Resource):

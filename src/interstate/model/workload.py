@@ -15,6 +15,7 @@ from interstate.model.base import (
     API_GROUP,
     Duration,
     Metadata,
+    Mtls,
     Name,
     Port,
     Reference,
@@ -56,6 +57,7 @@ class WorkloadSpec(Strict):
     run: Run
     calls: list[Name] = Field(default_factory=list)
     readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
+    mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
 
     @field_validator("calls")
     @classmethod

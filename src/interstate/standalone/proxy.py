@@ -6,10 +6,11 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from interstate.compile import Proxy, bootstrap
+from interstate.compile import Proxy
 from interstate.settings import Settings
 from interstate.standalone.envoy import envoy_command
 from interstate.standalone.process import Child, http_probe, wait_ready
@@ -17,8 +18,15 @@ from interstate.standalone.process import Child, http_probe, wait_ready
 
 class EnvoyProcess:
     def __init__(
-        self, proxy: Proxy, admin_port: int, binary: Path, settings: Settings, xds_port: int, http: httpx.AsyncClient
+        self,
+        proxy: Proxy,
+        admin_port: int,
+        config: dict[str, Any],
+        binary: Path,
+        settings: Settings,
+        http: httpx.AsyncClient,
     ) -> None:
+        """`config` is the Envoy bootstrap (see `compile.bootstrap`), written to the run folder."""
         self.proxy = proxy
         self.admin_port = admin_port
         self.settings = settings
@@ -26,9 +34,7 @@ class EnvoyProcess:
         name = proxy.node_id.replace("~", "-")
         self.bootstrap_path = settings.run_dir / "envoy" / f"{name}.json"
         self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
-        self.bootstrap_path.write_text(
-            json.dumps(bootstrap.build(proxy.node_id, proxy.service, admin_port, settings.host, xds_port), indent=1)
-        )
+        self.bootstrap_path.write_text(json.dumps(config, indent=1))
         self.child = Child(
             f"envoy {proxy.node_id}",
             envoy_command(binary, self.bootstrap_path, settings.envoy_log_level),

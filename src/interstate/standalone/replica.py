@@ -14,7 +14,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import httpx
 
@@ -89,8 +88,7 @@ class Replica:
         index: int,
         settings: Settings,
         ports: PortAllocator,
-        envoy_binary: Path,
-        xds_port: int,
+        make_envoy: Callable[[Proxy], EnvoyProcess],
         http: httpx.AsyncClient,
         on_change: Callable[[], None],
     ) -> None:
@@ -108,7 +106,7 @@ class Replica:
             self.proxy: Proxy | None = Proxy.sidecar(
                 workload.name, index, inbound_port=ports.take(), outbound_port=ports.take(), app_port=self.app_port
             )
-            self.sidecar = EnvoyProcess(self.proxy, ports.take(), envoy_binary, settings, xds_port, http)
+            self.sidecar = make_envoy(self.proxy)
         else:
             self.proxy = None
         env = app_environment(workload, index, self.app_port, self.proxy.outbound_port if self.proxy else None)

@@ -17,13 +17,15 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
-from interstate.compile import Proxy, compile_proxy
+from interstate.ca.authority import utcnow
+from interstate.compile import Proxy, bootstrap, compile_proxy
 from interstate.errors import InterstateError, PermanentError
 from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
 from interstate.model.workload import Workload
 from interstate.settings import Settings
 from interstate.standalone.envoy import find_envoy
+from interstate.standalone.identity import MeshIdentity
 from interstate.standalone.ports import PortAllocator
 from interstate.standalone.process import port_is_free
 from interstate.standalone.proxy import EnvoyProcess
@@ -58,6 +60,8 @@ class Supervisor:
         self._lock = asyncio.Lock()
         self._http = httpx.AsyncClient(trust_env=False)
         self._envoy: Path | None = None
+        self.identity: MeshIdentity | None = None
+        self._rotation: asyncio.Task[None] | None = None
         self.pushes = Counter("interstate_snapshot_updates", "proxy snapshots changed", registry=self.registry)
 
     # ---- views -----------------------------------------------------------------------------
@@ -81,9 +85,16 @@ class Supervisor:
 
     # ---- the push --------------------------------------------------------------------------
     def push(self) -> None:
-        """Recompile every proxy from one index; set changed snapshots. All or nothing."""
+        """Recompile every proxy from one index; set changed snapshots. All or nothing.
+        Certificates past half their life are re-issued on the way (that is rotation)."""
         index = self.index
-        snapshots = {p.node_id: Snapshot.from_resources(compile_proxy(index, p)) for p in self.proxies()}
+        assert self.identity is not None, "start_control_plane() first"
+        now = utcnow()
+        snapshots = {
+            p.node_id: Snapshot.from_resources(compile_proxy(index, p, self.identity.credentials(p, now)))
+            for p in self.proxies()
+        }
+        self.identity.certs.keep_only(set(snapshots))
         for node_id, snapshot in snapshots.items():
             if self.cache.set(node_id, snapshot):
                 self.pushes.inc()
@@ -100,8 +111,35 @@ class Supervisor:
                     f"(--{what.lower()}-port) or let interstate pick free ports (--auto-ports)"
                 )
         self._envoy = find_envoy(self.settings.envoy_path)
-        self.xds_port = await self.ads.start(self.settings.host, self.ports.take(self.settings.xds_port))
+        self.identity = MeshIdentity(self.settings, self.index.mesh.trust_domain)
+        self.xds_port = await self.ads.start(
+            self.settings.host, self.ports.take(self.settings.xds_port), self.identity.server_credentials()
+        )
+        self._rotation = asyncio.create_task(self._rotate(), name="certificate rotation")
         return self.xds_port
+
+    async def _rotate(self) -> None:
+        """Push whenever a certificate reaches half its life; the push re-issues it (SDS only)."""
+        assert self.identity is not None
+        while True:
+            due = self.identity.certs.next_rotation()
+            wait = 1.0 if due is None else (due - utcnow()).total_seconds()
+            await asyncio.sleep(min(max(wait, 0.05), 30.0))
+            if due is not None and utcnow() >= due:
+                self._replica_changed()
+
+    def _make_envoy(self, proxy: Proxy) -> EnvoyProcess:
+        assert self._envoy is not None and self.identity is not None
+        admin_port = self.ports.take()
+        config = bootstrap.build(
+            proxy.node_id,
+            proxy.service,
+            admin_port,
+            self.settings.host,
+            self.xds_port,
+            self.identity.bootstrap_tls(proxy),
+        )
+        return EnvoyProcess(proxy, admin_port, config, self._envoy, self.settings, self._http)
 
     async def start_mesh(self) -> None:
         """Start every workload's replicas, then the ingress; returns when all are ready."""
@@ -114,7 +152,7 @@ class Supervisor:
         assert self._envoy is not None
         self.ingress_port = self.ports.take(self.settings.ingress_port)
         proxy = Proxy.ingress(self.ingress_port)
-        self.ingress = EnvoyProcess(proxy, self.ports.take(), self._envoy, self.settings, self.xds_port, self._http)
+        self.ingress = self._make_envoy(proxy)
         self.push()
         await self.ingress.start()
 
@@ -132,6 +170,8 @@ class Supervisor:
         replicas = [r for rs in self.replicas.values() for r in rs]
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
         self.replicas.clear()
+        if self._rotation is not None:
+            self._rotation.cancel()
         await self.ads.stop()
         await self._http.aclose()
 
@@ -204,7 +244,7 @@ class Supervisor:
         index = self._next_index.get(workload.name, 0)
         self._next_index[workload.name] = index + 1
         replica = Replica(
-            workload, index, self.settings, self.ports, self._envoy, self.xds_port, self._http, self._replica_changed
+            workload, index, self.settings, self.ports, self._make_envoy, self._http, self._replica_changed
         )
         self.replicas.setdefault(workload.name, []).append(replica)
         return replica
@@ -247,6 +287,7 @@ class Supervisor:
                 "ready": sum(1 for r in replicas if r.state is State.READY),
                 "injected": workload.injected,
                 "policy": self.index.policy_for(workload),
+                "mtls": self.index.mtls_mode(workload).value if workload.injected else "DISABLED (not injected)",
                 "replicas": [r.status() | {"xds": xds.get(r.proxy.node_id) if r.proxy else None} for r in replicas],
             }
         out: dict[str, Any] = {"services": services, "xds": {"port": self.xds_port, "nodes": len(xds)}}

@@ -82,10 +82,22 @@ class AdsServer:
         self.stale = Counter(
             "interstate_xds_stale_requests", "requests with a stale nonce, ignored", ["type"], registry=self.registry
         )
+        self.refused = Counter(
+            "interstate_xds_refused_streams",
+            "streams whose node ID did not match their certificate",
+            registry=self.registry,
+        )
+        self.require_identity = False
         self.connected = Gauge("interstate_xds_connected_streams", "open ADS streams", registry=self.registry)
 
     # ---- lifecycle -------------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> int:
+        """Listen on host:port (0 = any free port). With `credentials` (mutual TLS), each stream's
+        node ID must equal the common name of the client certificate it connected with: what a
+        proxy receives is decided by the identity it proved, not the one it claims."""
+        self.require_identity = credentials is not None
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -98,7 +110,8 @@ class AdsServer:
             },
         )
         server.add_generic_rpc_handlers((handler,))
-        self.port = server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        self.port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         await server.start()
         self._server = server
         log.info("ADS server listening on %s:%d", host, self.port)
@@ -130,12 +143,16 @@ class AdsServer:
         return out
 
     def acked(self, node_id: str, type_url: str) -> bool:
-        """True when some stream of `node_id` has ACKed the node's current version of `type_url`."""
+        """True when some stream of `node_id` has ACKed the node's current version of `type_url`,
+        or does not subscribe to that type at all (nothing to wait for)."""
         snap = self.cache.get(node_id)
         if snap is None:
             return False
         want = snap.version(type_url)
-        return any(s.node_id == node_id and s.types[type_url].acked == want for s in self._streams.values())
+        return any(
+            s.node_id == node_id and (not s.types[type_url].subscribed or s.types[type_url].acked == want)
+            for s in self._streams.values()
+        )
 
     async def wait_acked(self, node_ids: list[str], type_url: str, timeout: float) -> bool:
         """Wait until every connected node in `node_ids` ACKed its current `type_url` version."""
@@ -147,6 +164,11 @@ class AdsServer:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.01)
+
+    @staticmethod
+    def _proven_node(context: grpc.aio.ServicerContext) -> str:
+        names = context.auth_context().get("x509_common_name", [])
+        return names[0].decode() if len(names) == 1 else ""
 
     # ---- the stream ------------------------------------------------------------------------
     async def _stream(
@@ -203,6 +225,19 @@ class AdsServer:
                         if not state.node_id:
                             await context.abort(
                                 grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id"
+                            )
+                        proven = self._proven_node(context)
+                        if self.require_identity and proven != state.node_id:
+                            self.refused.inc()
+                            log.error(
+                                "refused ADS stream from %s: node %r does not match its certificate (%r)",
+                                state.peer,
+                                state.node_id,
+                                proven,
+                            )
+                            await context.abort(
+                                grpc.StatusCode.PERMISSION_DENIED,
+                                f"node {state.node_id!r} does not match the client certificate ({proven or 'none'})",
                             )
                         log.info("ADS stream opened: %s (%s)", state.node_id, state.peer)
                     if changed is None:

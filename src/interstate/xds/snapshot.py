@@ -19,6 +19,8 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from interstate.compile import ProxyResources
@@ -105,6 +107,7 @@ class Snapshot:
                     rt.ENDPOINT: TypeSet.build(rt.ENDPOINT, ((e.cluster_name, e) for e in res.endpoints)),
                     rt.LISTENER: TypeSet.build(rt.LISTENER, ((x.name, x) for x in res.listeners)),
                     rt.ROUTE: TypeSet.build(rt.ROUTE, ((r.name, r) for r in res.routes)),
+                    rt.SECRET: TypeSet.build(rt.SECRET, ((s.name, s) for s in res.secrets)),
                 }
             )
         )
@@ -131,8 +134,31 @@ def _rds_names(listener: listener_pb2.Listener) -> Iterable[str]:
                 yield manager.rds.route_config_name
 
 
+def _sds_names(res: ProxyResources) -> Iterable[tuple[str, str]]:
+    """(what, secret name) for every SDS secret a cluster or listener refers to."""
+    contexts: list[tuple[str, Message, any_pb2.Any]] = [
+        (f"cluster {c.name!r}", tls_pb2.UpstreamTlsContext(), c.transport_socket.typed_config)
+        for c in res.clusters
+        if c.HasField("transport_socket")
+    ]
+    contexts += [
+        (f"listener {lst.name!r}", tls_pb2.DownstreamTlsContext(), chain.transport_socket.typed_config)
+        for lst in res.listeners
+        for chain in lst.filter_chains
+        if chain.HasField("transport_socket")
+    ]
+    for what, context, packed in contexts:
+        if packed.Unpack(context):
+            common = context.common_tls_context
+            for sds in common.tls_certificate_sds_secret_configs:
+                yield what, sds.name
+            if common.combined_validation_context.HasField("validation_context_sds_secret_config"):
+                yield what, common.combined_validation_context.validation_context_sds_secret_config.name
+
+
 def check_consistent(res: ProxyResources) -> None:
-    """Every EDS cluster has its endpoints, every RDS name its route, and nothing is empty."""
+    """Every EDS cluster has its endpoints, every RDS name its route, every SDS name its secret,
+    and nothing is empty."""
     problems = []
     if not res.listeners:
         problems.append("no listeners (an empty LDS response would remove every listener)")
@@ -148,5 +174,9 @@ def check_consistent(res: ProxyResources) -> None:
         for name in _rds_names(listener):
             if name not in routes:
                 problems.append(f"listener {listener.name!r} refers to missing route {name!r}")
+    secrets = {s.name for s in res.secrets}
+    for what, name in _sds_names(res):
+        if name not in secrets:
+            problems.append(f"{what} refers to missing secret {name!r}")
     if problems:
         raise SnapshotError("inconsistent snapshot: " + "; ".join(problems))

@@ -1,0 +1,103 @@
+"""Identity of a standalone mesh: its CA, each proxy's X.509-SVID, and mTLS to the control plane.
+
+- Workload certificates (SDS): one per proxy, from `CertStore`, rotated at half life.
+- Bootstrap certificates: one per Envoy, common name = its node ID, written (0600) for the
+  Envoy's static xDS cluster; the ADS server accepts a stream only for the node ID it proves.
+- The control plane's own server certificate, for the gRPC listener.
+Called by the supervisor; calls `ca`.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from interstate.ca import spiffe
+from interstate.ca.authority import Authority, Issued, utcnow
+from interstate.ca.store import CertStore
+from interstate.compile import Credentials, Proxy, Role
+from interstate.compile.bootstrap import XdsTls
+from interstate.settings import Settings
+
+BOOTSTRAP_TTL = timedelta(days=30)  # for the xDS connection only; see README "Identity"
+XDS_SERVER_NAME = "xds.interstate"
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def load_authority(settings: Settings, trust_domain: str, now: datetime) -> Authority:
+    if settings.ca_cert is not None and settings.ca_key is not None:
+        return Authority.from_files(settings.ca_cert, settings.ca_key, settings.ca_bundle)
+    return Authority.load_or_create(settings.ca_dir, trust_domain, now)
+
+
+class MeshIdentity:
+    def __init__(self, settings: Settings, trust_domain: str) -> None:
+        now = utcnow()
+        self.trust_domain = trust_domain
+        self.authority = load_authority(settings, trust_domain, now)
+        self.certs = CertStore(self.authority, settings.cert_ttl)
+        self.folder = settings.run_dir / "certs"
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.folder, 0o700)
+        self.bundle_path = self.folder / "bundle.pem"
+        self.bundle_path.write_text(self.authority.bundle_pem)
+        self.server_identity = spiffe.system_id(trust_domain, "control-plane")
+        self._server_cert = self.authority.issue(self.server_identity, BOOTSTRAP_TTL, now, dns_names=(XDS_SERVER_NAME,))
+
+    def identity_of(self, proxy: Proxy) -> str:
+        if proxy.role is Role.INGRESS:
+            return spiffe.system_id(self.trust_domain, "ingress")
+        return spiffe.workload_id(self.trust_domain, proxy.service)
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        cert = self._server_cert
+        return grpc.ssl_server_credentials(
+            [(cert.key_pem.encode(), cert.chain_pem.encode())],
+            root_certificates=self.authority.bundle_pem.encode(),
+            require_client_auth=True,
+        )
+
+    def bootstrap_tls(self, proxy: Proxy) -> XdsTls:
+        """Issue and write the certificate an Envoy uses to connect to the control plane."""
+        cert = self.authority.issue(self.identity_of(proxy), BOOTSTRAP_TTL, utcnow(), common_name=proxy.node_id)
+        stem = proxy.node_id.replace("~", "-")
+        cert_path, key_path = self.folder / f"{stem}.crt", self.folder / f"{stem}.key"
+        _write_private(key_path, cert.key_pem)
+        _write_private(cert_path, cert.chain_pem)
+        return XdsTls(str(cert_path), str(key_path), str(self.bundle_path), self.server_identity)
+
+    def credentials(self, proxy: Proxy, now: datetime) -> Credentials:
+        """The proxy's workload certificate now: issued on first use and again at half life."""
+        cert = self.certs.current(proxy.node_id, self.identity_of(proxy), now)
+        return Credentials(cert.identity, cert.chain_pem, cert.key_pem, self.authority.bundle_pem)
+
+    def status(self, now: datetime) -> dict[str, Any]:
+        def one(node: str, cert: Issued) -> dict[str, Any]:
+            return {
+                "node": node,
+                "spiffe_id": cert.identity,
+                "serial": f"{cert.serial:x}",
+                "not_after": cert.not_after.isoformat(),
+                "rotates_in_s": round((cert.rotate_at() - now).total_seconds(), 1),
+            }
+
+        return {
+            "ca": {
+                "fingerprint": self.authority.fingerprint,
+                "not_after": self.authority.not_after.isoformat(),
+                "trust_domain": self.trust_domain,
+                "issued": self.certs.issued_total,
+            },
+            "certs": [one(node, cert) for node, cert in self.certs.items()],
+        }
