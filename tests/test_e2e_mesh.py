@@ -259,3 +259,38 @@ def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_co
         assert "ingress" not in status and status["services"]["results"]["ready"] == 2
         with pytest.raises(httpx.ConnectError):
             get(mesh.ingress + "/results")
+
+
+def test_a_failing_apply_leaves_the_mesh_as_it_was(tmp_path: Path, mesh_copy: Path) -> None:
+    with running_mesh(mesh_copy, tmp_path / "run") as mesh:
+        before = mesh.status()
+        gateway_file = mesh_copy / "mesh.yaml"
+        gateway_text = gateway_file.read_text()
+        # Remove the Gateway and add a workload whose app dies at once: the apply must fail and
+        # put everything back, ingress included.
+        gateway_file.write_text(gateway_text.split("---")[0])
+        (mesh_copy / "broken.yaml").write_text(
+            "apiVersion: mesh.codifyhq.io/v1\nkind: Workload\nmetadata: {name: broken}\n"
+            "spec: {port: 8080, run: {command: [python, -c, 'raise SystemExit(3)']}}\n"
+        )
+        failed = cli("apply", str(mesh_copy), "--admin", mesh.admin)
+        assert failed.returncode == 3, failed.stdout + failed.stderr
+        assert "app broken-0 exited with 3 before it was ready" in failed.stderr
+        assert "previous mesh is back in force" in failed.stderr
+        after = mesh.status()
+        assert set(after["services"]) == set(before["services"]) == {"results", "stats"}
+        assert after["ingress"]["pid"] == before["ingress"]["pid"]
+        assert get(mesh.ingress + "/results").status_code == 200
+
+        # The ingress still takes new config after the rollback.
+        (mesh_copy / "broken.yaml").unlink()
+        gateway_file.write_text(
+            gateway_text.replace(
+                "- { pathPrefix: /results, service: results }",
+                "- { pathPrefix: /results, service: results }\n    - { pathPrefix: /stats, service: stats }",
+            )
+        )
+        applied = cli("apply", str(mesh_copy), "--admin", mesh.admin)
+        assert applied.returncode == 0, applied.stderr
+        response = get(mesh.ingress + "/stats")
+        assert response.status_code == 200 and response.json()["served_by"] == "stats-0"

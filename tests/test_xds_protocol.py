@@ -583,3 +583,49 @@ def test_first_request_without_node_id_is_refused() -> None:
             assert await wait_until(closed, 2.0)
 
     run(body())
+
+
+def test_a_snapshot_removed_and_set_again_reaches_the_open_stream() -> None:
+    # The supervisor removes a proxy's snapshot (e.g. the Gateway went away) and may set it
+    # again later (the change was rolled back); the proxy's open stream must get the new state.
+    async def body() -> None:
+        cache = SnapshotCache()
+        cache.set(NODE, first())
+        async with ads_server(cache) as server, AdsClient(server.port, NODE) as client:
+            await subscribe_all(client)
+            cache.remove(NODE)
+            await client.expect_nothing()  # nothing to send: Envoy keeps what it has
+            cache.set(NODE, every_type_changed())
+            got = {(await client.recv()).type_url for _ in rt.ORDER}
+            assert got == set(rt.ORDER)
+            assert server.acked(NODE, rt.CLUSTER) is False  # sent, not yet ACKed
+
+    run(body())
+
+
+def test_rejections_reports_pending_and_nacked_nodes() -> None:
+    async def body() -> None:
+        cache = SnapshotCache()
+        cache.set(NODE, first())
+        async with ads_server(cache) as server, AdsClient(server.port, NODE) as client:
+            await subscribe_all(client)
+            assert server.rejections([NODE]) == (set(), {})
+            cache.set(NODE, every_type_changed())
+            pushed = [await client.recv() for _ in rt.ORDER]
+            assert server.rejections([NODE])[0] == {NODE}  # answers outstanding
+            for resp in pushed:
+                if resp.type_url == rt.ROUTE:
+                    # Envoy's NACK: the version it still holds, the nonce it answers, the error
+                    await client.send(
+                        rt.ROUTE,
+                        version=first().version(rt.ROUTE),
+                        nonce=resp.nonce,
+                        names=NAMES[rt.ROUTE],
+                        error="route rejected for the test",
+                    )
+                else:
+                    await client.ack(resp, names=NAMES[resp.type_url])
+            nacks = await server.wait_settled([NODE], timeout=2.0)
+            assert nacks == {NODE: ["RDS: route rejected for the test"]}
+
+    run(body())

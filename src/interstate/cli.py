@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_FAILURE = 3
 MIN_CERT_TTL = timedelta(minutes=1)
-ADMIN_DEFAULT = os.environ.get("INTERSTATE_ADMIN", f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}")
+ADMIN_DEFAULT = f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:
@@ -32,9 +32,16 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> None:
     sys.exit(code)
 
 
-def _load(path: str) -> Any:
+def _load(path: str, machine_check: Path | None = None) -> Any:
+    """Load and validate mesh files; with `machine_check` (the mesh folder), also check that the
+    workloads' folders and programs exist on this machine."""
     try:
-        return mesh_config.load(path)
+        config = mesh_config.load(path)
+        if machine_check is not None:
+            from interstate.standalone import preflight
+
+            preflight.check(config, machine_check)
+        return config
     except ConfigError as exc:
         for issue in exc.issues:
             click.echo(f"error: {issue}", err=True)
@@ -53,8 +60,9 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("path", type=click.Path(exists=False))
 def validate(path: str) -> None:
-    """Check mesh files (a file or a folder); report every error with file, document and field."""
-    config = _load(path)
+    """Check mesh files (a file or a folder); report every error with file, document and field.
+    Also checks that each workload's folder and program exist on this machine."""
+    config = _load(path, (Path(path) if Path(path).is_dir() else Path(path).parent).resolve())
     kinds: dict[str, int] = {}
     for resource in config.resources:
         kinds[resource.KIND] = kinds.get(resource.KIND, 0) + 1
@@ -108,7 +116,8 @@ def up(
     cert_ttl: str,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
-    config = _load(path)
+    mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
+    config = _load(path, mesh_dir.resolve())
     if (ca_cert is None) != (ca_key is None):
         _fail("--ca-cert and --ca-key go together", EXIT_USAGE)
     try:
@@ -117,7 +126,6 @@ def up(
         _fail(f"--cert-ttl: {exc}", EXIT_USAGE)
     if ttl < MIN_CERT_TTL:
         _fail(f"--cert-ttl: {cert_ttl} is too short; at least {MIN_CERT_TTL.total_seconds():.0f}s", EXIT_USAGE)
-    mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
         run_dir=Path(run_dir or ".interstate/run").resolve(),
@@ -134,7 +142,7 @@ def up(
     )
     if auto_ports:
         settings = settings.auto_ports()
-    from interstate.standalone.run import run  # grpc/Envoy parts only for `up`
+    from interstate.up import run  # grpc/Envoy parts only for `up`
 
     def say(line: str) -> None:
         click.echo(line)
@@ -144,11 +152,20 @@ def up(
         asyncio.run(run(settings, config, say))
     except InterstateError as exc:
         _fail(f"interstate: {exc}")
+    except Exception:  # a bug: say so plainly, with the traceback, and a distinct exit code
+        click.echo(traceback.format_exc(), err=True)
+        _fail("interstate: stopped by an unexpected error (above); every child was stopped")
 
 
 @main.command()
 @click.argument("path", type=click.Path(exists=False))
-@click.option("--admin", default=ADMIN_DEFAULT, show_default=True, help="Admin API of the running mesh.")
+@click.option(
+    "--admin",
+    default=ADMIN_DEFAULT,
+    envvar="INTERSTATE_ADMIN",
+    show_default=True,
+    help="Admin API of the running mesh.",
+)
 def apply(path: str, admin: str) -> None:
     """Validate PATH and make it the running mesh; on any error nothing changes."""
     _load(path)  # same validation, locally first
@@ -167,7 +184,7 @@ def apply(path: str, admin: str) -> None:
 @main.command()
 @click.argument("service")
 @click.argument("replicas", type=click.IntRange(0, 1000))
-@click.option("--admin", default=ADMIN_DEFAULT, show_default=True)
+@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
 def scale(service: str, replicas: int, admin: str) -> None:
     """Set the replica count of SERVICE in the running mesh."""
     try:
@@ -180,7 +197,7 @@ def scale(service: str, replicas: int, admin: str) -> None:
 
 
 @main.command()
-@click.option("--admin", default=ADMIN_DEFAULT, show_default=True)
+@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def status(admin: str, as_json: bool) -> None:
     """Show services, replicas and what each Envoy has accepted."""

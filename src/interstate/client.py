@@ -28,7 +28,10 @@ class AdminClient:
             raise TemporaryError(
                 f"cannot reach the admin API at {self.url} ({exc}); is `interstate up` running?"
             ) from None
-        body = response.json()
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": f"HTTP {response.status_code}: {response.text[:500]}"}
         if response.status_code >= 400:
             raise AdminError(response.status_code, body)
         return dict(body)

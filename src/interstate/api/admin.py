@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from interstate.config.loader import decode_sources
 from interstate.errors import ConfigError, InterstateError, PermanentError
-from interstate.standalone.supervisor import Supervisor, UnknownService
+from interstate.standalone.supervisor import Rejected, Supervisor, UnknownService
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,12 @@ def create_app(supervisor: Supervisor) -> Starlette:
             return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
         try:
             changes = await supervisor.apply(config)
+        except ConfigError as exc:
+            return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
+        except Rejected as exc:
+            return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
         except InterstateError as exc:
-            return JSONResponse({"error": str(exc)}, 409)
+            return JSONResponse({"error": f"{exc}; the previous mesh is back in force"}, 409)
         return JSONResponse({"applied": True, **changes})
 
     async def scale(request: Request) -> Response:

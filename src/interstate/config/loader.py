@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -75,7 +76,10 @@ def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
     issues.extend(check(located, invalid))
     if issues:
         raise ConfigError(issues)
-    return MeshConfig(tuple(item.resource for item in located))
+    return MeshConfig(
+        tuple(item.resource for item in located),
+        MappingProxyType({item.resource.ref: (item.file, item.document) for item in located}),
+    )
 
 
 def _decode_document(file: str, number: int, document: Any, issues: list[Issue]) -> Resource | None:

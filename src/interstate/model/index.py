@@ -23,9 +23,18 @@ T = TypeVar("T", bound=Resource)
 
 @dataclass(frozen=True)
 class MeshConfig:
-    """All validated resources of one mesh, in file order."""
+    """All validated resources of one mesh, in file order, and where each came from."""
 
     resources: tuple[Resource, ...]
+    # ref -> (file, document); not part of equality: the same resources are the same mesh
+    origins: Mapping[str, tuple[str, int]] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+    def origin(self, resource: Resource) -> tuple[str, int]:
+        return self.origins.get(resource.ref, ("<mesh>", 0))
+
+    def replace(self, old: Resource, new: Resource) -> MeshConfig:
+        """The same mesh with `old` swapped for `new` (same kind and name)."""
+        return MeshConfig(tuple(new if r is old else r for r in self.resources), self.origins)
 
     def of_kind(self, cls: type[T]) -> tuple[T, ...]:
         return tuple(r for r in self.resources if isinstance(r, cls))

@@ -13,7 +13,26 @@ _HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _POLICY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+# Envoy refuses to add these, or they mean something to HTTP itself.
+_FORBIDDEN_HEADERS = frozenset(
+    {
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "content-length",
+        "expect",
+        "trailer",
+    }
+)
+
+
 def _check_header(value: str) -> str:
+    if value in _FORBIDDEN_HEADERS or value.startswith("x-envoy-"):
+        raise ValueError(f"{value!r} cannot carry the policy; choose your own header name, e.g. 'x-policy-ctx'")
     if not _HEADER_RE.match(value):
         raise ValueError(
             f"{value!r} is not a valid header name; use lower-case letters, digits and '-' "

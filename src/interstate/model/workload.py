@@ -6,7 +6,9 @@ Its annotations are the chapter's: `mesh.codifyhq.io/inject` ("enabled" | "disab
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import ClassVar
 
 from pydantic import Field, field_validator, model_validator
@@ -28,6 +30,21 @@ INJECT_ANNOTATION = f"{API_GROUP}/inject"
 POLICY_ANNOTATION = f"{API_GROUP}/policy"
 KNOWN_ANNOTATIONS = (INJECT_ANNOTATION, POLICY_ANNOTATION)
 INJECT_VALUES = ("enabled", "disabled")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What interstate itself gives every app; a workload may not redefine them.
+RESERVED_ENV = frozenset(
+    {
+        "PORT",
+        "HOST",
+        "HTTP_PROXY",
+        "http_proxy",
+        "NO_PROXY",
+        "no_proxy",
+        "INTERSTATE_SERVICE",
+        "INTERSTATE_REPLICA",
+        "INTERSTATE_VERSION",
+    }
+)
 
 
 class Run(Strict):
@@ -38,16 +55,40 @@ class Run(Strict):
     working_dir: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("command")
+    @classmethod
+    def _program(cls, command: list[str]) -> list[str]:
+        if not command[0].strip():
+            raise ValueError("the first word (the program) is empty")
+        return command
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid variable name; use letters, digits and '_'")
+            if name in RESERVED_ENV:
+                raise ValueError(f"{name!r} is set by interstate; choose another name")
+        return env
+
 
 class HttpGet(Strict):
-    path: str = Field(pattern=r"^/")
+    path: str = Field(pattern=r"^/[!-~]*$")  # printable ASCII, no spaces
 
 
 class ReadinessProbe(Strict):
     """When an app replica may receive traffic: an HTTP GET answering 2xx/3xx, else a TCP connect."""
 
     http_get: HttpGet | None = None
-    timeout: Duration | None = None
+    timeout: Duration | None = None  # how long a starting replica may take; default 30s
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be more than 0s, e.g. 30s")
+        return value
 
 
 class WorkloadSpec(Strict):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import socket
 
+from interstate.errors import TemporaryError
+
 
 class PortAllocator:
     def __init__(self, host: str = "127.0.0.1") -> None:
@@ -26,7 +28,7 @@ class PortAllocator:
             if port not in self._given:
                 self._given.add(port)
                 return port
-        raise RuntimeError("no free port found on " + self.host)
+        raise TemporaryError(f"no free port found on {self.host}")
 
     def release(self, *ports: int) -> None:
         self._given.difference_update(ports)

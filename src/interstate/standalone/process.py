@@ -69,15 +69,18 @@ class Child:
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
-            self.proc = await asyncio.create_subprocess_exec(
-                *dies_with_parent(self.argv),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                env=self.env,
-                cwd=self.cwd,
-                start_new_session=True,
-            )
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *dies_with_parent(self.argv),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=self.env,
+                    cwd=self.cwd,
+                    start_new_session=True,
+                )
+            except (OSError, ValueError) as exc:
+                raise StartupError(f"{self.name} could not be started: {exc}") from None
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 

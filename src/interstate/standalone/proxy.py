@@ -68,7 +68,7 @@ class EnvoyProcess:
             await self.http.post(self.admin_url + "/drain_listeners", params={"graceful": ""}, timeout=2.0)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                active = await self.stats(r"^http\..*\.downstream_rq_active$")
+                active = await self.stats(r"^http\.(inbound|inbound_plaintext|outbound|ingress)\.downstream_rq_active$")
                 if sum(active.values()) == 0:
                     return
                 await asyncio.sleep(0.05)

@@ -150,7 +150,7 @@ class Replica:
     async def _start_app(self) -> None:
         await self.app.start()
         probe = self.workload.spec.readiness_probe
-        timeout = probe.timeout.total_seconds() if probe.timeout else self.settings.ready_timeout_s
+        timeout = probe.timeout.total_seconds() if probe.timeout is not None else self.settings.ready_timeout_s
         if probe.http_get is not None:
             check = http_probe(self.http, f"http://127.0.0.1:{self.app_port}{probe.http_get.path}")
         else:
@@ -180,8 +180,9 @@ class Replica:
                 return
             try:
                 await start()
-            except Exception as exc:
+            except Exception as exc:  # keep supervising whatever went wrong
                 log.error("%s failed to restart: %s", child.name, exc)
+                await child.stop(self.settings.stop_timeout_s)  # started but never ready: try again
                 continue
             self.restarts[child.name] = self.restarts.get(child.name, 0) + 1
             self._down.discard(child.name)

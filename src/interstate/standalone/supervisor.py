@@ -24,6 +24,7 @@ from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
 from interstate.model.workload import Workload
 from interstate.settings import Settings
+from interstate.standalone import preflight
 from interstate.standalone.envoy import find_envoy
 from interstate.standalone.identity import MeshIdentity
 from interstate.standalone.ports import PortAllocator
@@ -38,10 +39,20 @@ from interstate.xds.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 EDS_ACK_TIMEOUT_S = 2.0
+SETTLE_TIMEOUT_S = 10.0  # how long apply/up wait for every Envoy to ACK or NACK
 
 
 class UnknownService(PermanentError):
     pass
+
+
+class Rejected(PermanentError):
+    """Envoy refused the configuration compiled for it (a NACK); the previous one stays."""
+
+    def __init__(self, nacks: dict[str, list[str]]) -> None:
+        self.nacks = nacks
+        detail = "; ".join(f"{node}: {' | '.join(msgs)}" for node, msgs in sorted(nacks.items()))
+        super().__init__(f"Envoy rejected the new configuration ({detail}); the previous one is in force")
 
 
 class Supervisor:
@@ -147,6 +158,7 @@ class Supervisor:
             await self._reconcile()
             if self.index.gateway is not None:
                 await self._start_ingress()
+            await self._settle()
 
     async def _start_ingress(self) -> None:
         assert self._envoy is not None
@@ -177,29 +189,46 @@ class Supervisor:
 
     # ---- changes ---------------------------------------------------------------------------
     async def apply(self, config: MeshConfig) -> dict[str, Any]:
-        """Make `config` the running mesh. It was validated already; if compiling it fails the
-        previous config stays in force and nothing was pushed."""
+        """Make `config` the running mesh, or leave the running mesh as it was: if compiling
+        fails, a new replica does not start, or any Envoy rejects its new config, the previous
+        config is put back (replicas started for the new one are stopped) and the error raised."""
+        preflight.check(config, self.settings.mesh_dir)
         async with self._lock:
             previous = self.config
             self.config = config
             try:
                 self.push()
+                changes = await self._reconcile()
+                if self.index.gateway is not None and self.ingress is None:
+                    await self._start_ingress()
+                await self._settle()
             except InterstateError:
-                self.config = previous
+                await self._restore(previous)
                 raise
-            changes = await self._reconcile()
-            if self.index.gateway is not None and self.ingress is None:
-                await self._start_ingress()
-            elif self.index.gateway is None and self.ingress is not None:
+            if self.index.gateway is None and self.ingress is not None:
                 await self._stop_ingress()
             return changes
+
+    async def _settle(self) -> None:
+        """Wait until every Envoy answered its new snapshot; raise `Rejected` on any NACK."""
+        nacks = await self.ads.wait_settled([p.node_id for p in self.proxies()], SETTLE_TIMEOUT_S)
+        if nacks:
+            raise Rejected(nacks)
+
+    async def _restore(self, previous: MeshConfig) -> None:
+        self.config = previous
+        try:
+            self.push()
+            await self._reconcile()
+        except InterstateError as exc:
+            log.error("could not fully restore the previous mesh: %s", exc)
 
     async def scale(self, service: str, replicas: int) -> dict[str, Any]:
         async with self._lock:
             workload = self.workload(service)
             spec = workload.spec.model_copy(update={"replicas": replicas})
             updated = workload.model_copy(update={"spec": spec})
-            self.config = MeshConfig(tuple(updated if r is workload else r for r in self.config.resources))
+            self.config = self.config.replace(workload, updated)
             return await self._reconcile()
 
     def workload(self, service: str) -> Workload:

@@ -44,7 +44,13 @@ class SnapshotCache:
         return self._entry(node_id).changed
 
     def remove(self, node_id: str) -> None:
-        self._entries.pop(node_id, None)
+        """Forget the node's snapshot (its open streams keep their last config and are woken, so
+        a later `set` for the same node reaches them)."""
+        entry = self._entries.get(node_id)
+        if entry is not None and entry.snapshot is not None:
+            entry.snapshot = None
+            old, entry.changed = entry.changed, asyncio.Event()
+            old.set()
 
     def nodes(self) -> list[str]:
         return sorted(n for n, e in self._entries.items() if e.snapshot is not None)

@@ -154,6 +154,36 @@ class AdsServer:
             for s in self._streams.values()
         )
 
+    def rejections(self, node_ids: list[str]) -> tuple[set[str], dict[str, list[str]]]:
+        """For the connected nodes among `node_ids`: which have not yet answered their current
+        snapshot, and the NACK messages of those that rejected it ({node: [message]})."""
+        pending: set[str] = set()
+        nacked: dict[str, list[str]] = {}
+        wanted = set(node_ids)
+        for stream in self._streams.values():
+            snap = self.cache.get(stream.node_id)
+            if stream.node_id not in wanted or snap is None:
+                continue
+            for type_url, ts in stream.types.items():
+                if not ts.subscribed:
+                    continue
+                want = snap.version(type_url)
+                if ts.nack is not None and ts.nack.version == want:
+                    nacked.setdefault(stream.node_id, []).append(f"{rt.SHORT[type_url]}: {ts.nack.message}")
+                elif ts.acked != want:
+                    pending.add(stream.node_id)
+        return pending, nacked
+
+    async def wait_settled(self, node_ids: list[str], timeout: float) -> dict[str, list[str]]:
+        """Wait (bounded) until every connected node answered its current snapshot; return the
+        NACKs, if any, by node."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pending, nacked = self.rejections(node_ids)
+            if not pending or time.monotonic() >= deadline:
+                return nacked
+            await asyncio.sleep(0.01)
+
     async def wait_acked(self, node_ids: list[str], type_url: str, timeout: float) -> bool:
         """Wait until every connected node in `node_ids` ACKed its current `type_url` version."""
         deadline = time.monotonic() + timeout

@@ -1,5 +1,6 @@
 """`interstate up`: start the control plane, admin API, every replica and the ingress; print one
-ready line; on SIGINT/SIGTERM drain and stop every child. Called by the CLI only."""
+ready line; on SIGINT/SIGTERM drain and stop every child. An edge like the CLI (which alone
+calls it): it wires the standalone supervisor to the admin API."""
 
 from __future__ import annotations
 
