@@ -211,8 +211,9 @@ def status(admin: str, as_json: bool) -> None:
     if "ingress" in data:
         click.echo(f"ingress {data['ingress']['url']}")
     for name, svc in data["services"].items():
+        mtls = svc["mtls"] if svc["mtls"] != "PERMISSIVE" else "PERMISSIVE (plaintext accepted!)"
         click.echo(
-            f"{name}: {svc['ready']}/{svc['desired']} ready, policy {svc['policy'] or '-'}"
+            f"{name}: {svc['ready']}/{svc['desired']} ready, policy {svc['policy'] or '-'}, mTLS {mtls}"
             + ("" if svc["injected"] else ", NOT injected")
         )
         for replica in svc["replicas"]:
@@ -226,6 +227,55 @@ def status(admin: str, as_json: bool) -> None:
             )
             for nack in nacks:
                 click.echo(f"    {nack}")
+
+
+@main.command()
+@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def certs(admin: str, as_json: bool) -> None:
+    """Each proxy's workload certificate: SPIFFE ID, serial, expiry, time to rotation."""
+    try:
+        data = AdminClient(admin).certs()
+    except InterstateError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    authority = data["ca"]
+    click.echo(
+        f"CA {authority['fingerprint']} (trust domain {authority['trust_domain']}), "
+        f"{authority['issued']} certificates issued"
+    )
+    for cert in data["certs"]:
+        click.echo(
+            f"{cert['node']:24} {cert['spiffe_id']:50} serial {cert['serial'][:16]} "
+            f"not after {cert['not_after']}  rotates in {cert['rotates_in_s']:.0f}s"
+        )
+
+
+@main.group()
+def ca() -> None:
+    """The mesh certificate authority."""
+
+
+@ca.command("show")
+@click.option("--ca-dir", type=click.Path(), default=".interstate/ca", show_default=True)
+@click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), default=None)
+def ca_show(ca_dir: str, ca_cert: str | None) -> None:
+    """The root's SHA-256 fingerprint, subject and expiry (from the files; no mesh needed)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    path = Path(ca_cert) if ca_cert else Path(ca_dir) / "ca.pem"
+    if not path.is_file():
+        _fail(f"no CA at {path}; `interstate up` creates one on first start", EXIT_INVALID)
+    chain = x509.load_pem_x509_certificates(path.read_bytes())
+    root = chain[-1]
+    click.echo(f"root        {root.subject.rfc4514_string()}")
+    click.echo(f"fingerprint SHA256 {root.fingerprint(hashes.SHA256()).hex(':')}")
+    click.echo(f"not after   {root.not_valid_after_utc.isoformat()}")
+    if len(chain) > 1:
+        click.echo(f"signing     {chain[0].subject.rfc4514_string()} (intermediate)")
 
 
 if __name__ == "__main__":

@@ -42,5 +42,8 @@ class AdminClient:
     def apply(self, sources: dict[str, str]) -> dict[str, Any]:
         return self._call("POST", "/apply", {"sources": sources})
 
+    def certs(self) -> dict[str, Any]:
+        return self._call("GET", "/certs")
+
     def scale(self, service: str, replicas: int) -> dict[str, Any]:
         return self._call("POST", f"/services/{service}/scale", {"replicas": replicas})

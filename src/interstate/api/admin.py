@@ -4,6 +4,7 @@ GET  /healthz                      200 when the control plane runs
 GET  /status                       services, replicas, ports, xDS versions, NACKs
 POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
 POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
+GET  /certs                        the CA, and each proxy's SPIFFE ID, serial, expiry, rotation
 GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
 """
 
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from interstate.ca.authority import utcnow
 from interstate.config.loader import decode_sources
 from interstate.errors import ConfigError, InterstateError, PermanentError
 from interstate.standalone.supervisor import Rejected, Supervisor, UnknownService
@@ -93,6 +95,11 @@ def create_app(supervisor: Supervisor) -> Starlette:
             return JSONResponse({"error": str(exc)}, 503)
         return JSONResponse({"service": name, "replicas": replicas, **changes})
 
+    async def certs(request: Request) -> Response:
+        if supervisor.identity is None:
+            return JSONResponse({"error": "the control plane is starting"}, 503)
+        return JSONResponse(supervisor.identity.status(utcnow()))
+
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(supervisor.registry), media_type="text/plain; version=0.0.4")
 
@@ -102,6 +109,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
             Route("/status", status),
             Route("/apply", apply, methods=["POST"]),
             Route("/services/{name}/scale", scale, methods=["POST"]),
+            Route("/certs", certs),
             Route("/metrics", metrics),
         ]
     )

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import names, tls
+from interstate.compile import authz, names, tls
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -104,6 +104,13 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         # The app learns who called it (URI= the caller's SPIFFE ID); a caller cannot forge it.
         manager.forward_client_cert_details = HCM.SANITIZE_SET
         manager.set_current_client_cert_details.uri = True
+        # Authorization decides on the decoded path: `/a%2Fb` is `/a/b`, not a way around it.
+        manager.path_with_escaped_slashes_action = HCM.UNESCAPE_AND_FORWARD
+        checks = [authz.svid_filter(), authz.access_filter(index, proxy.service)]
+        router = list(manager.http_filters)
+        del manager.http_filters[:]
+        manager.http_filters.extend([f for f in checks if f is not None] + router)
+        manager.local_reply_config.CopyFrom(authz.local_reply(proxy.service))
     return manager
 
 

@@ -6,6 +6,7 @@ the class to `KINDS` below. Validation and the index pick it up from there.
 
 from __future__ import annotations
 
+from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import API_VERSION, Resource
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh
@@ -13,7 +14,7 @@ from interstate.model.traffic_policy import TrafficPolicy
 from interstate.model.workload import Workload
 
 KINDS: dict[tuple[str, str], type[Resource]] = {
-    (cls.API_VERSION, cls.KIND): cls for cls in (Mesh, Workload, Gateway, TrafficPolicy)
+    (cls.API_VERSION, cls.KIND): cls for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy)
 }
 
-__all__ = ["API_VERSION", "KINDS", "Gateway", "Mesh", "Resource", "TrafficPolicy", "Workload"]
+__all__ = ["API_VERSION", "KINDS", "AccessPolicy", "Gateway", "Mesh", "Resource", "TrafficPolicy", "Workload"]

@@ -12,6 +12,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import TypeVar
 
+from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import MtlsMode, Resource
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh, MeshSpec
@@ -74,6 +75,14 @@ class MeshIndex:
     @cached_property
     def traffic_policies(self) -> Mapping[str, TrafficPolicy]:
         return MappingProxyType({p.spec.destination.service: p for p in self.config.of_kind(TrafficPolicy)})
+
+    @cached_property
+    def access_policies(self) -> Mapping[str, tuple[AccessPolicy, ...]]:
+        """AccessPolicies by destination service (a service with none accepts any mesh caller)."""
+        out: dict[str, list[AccessPolicy]] = {}
+        for policy in self.config.of_kind(AccessPolicy):
+            out.setdefault(policy.spec.destination.service, []).append(policy)
+        return MappingProxyType({k: tuple(v) for k, v in out.items()})
 
     def policy_for(self, workload: Workload | None) -> str | None:
         """The policy ID a proxy adds when the request carries none."""

@@ -131,6 +131,13 @@ class Workload(Resource):
                     raise ValueError(f"{where}: {exc}") from None
         return metadata
 
+    @field_validator("metadata")
+    @classmethod
+    def _not_reserved(cls, metadata: Metadata) -> Metadata:
+        if metadata.name == "ingress":
+            raise ValueError("metadata.name: 'ingress' is reserved for the mesh's ingress gateway; choose another name")
+        return metadata
+
     @model_validator(mode="after")
     def _not_self(self) -> Workload:
         if self.name in self.spec.calls:
