@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .interstate
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_ca.py

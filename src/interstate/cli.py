@@ -169,7 +169,7 @@ def up(
 def apply(path: str, admin: str) -> None:
     """Validate PATH and make it the running mesh; on any error nothing changes."""
     _load(path)  # same validation, locally first
-    sources = mesh_config.read_sources(path)
+    sources = {str(Path(name).resolve()): text for name, text in mesh_config.read_sources(path).items()}
     try:
         result = AdminClient(admin).apply(sources)
     except AdminError as exc:

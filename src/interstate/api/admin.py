@@ -62,7 +62,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"sources": {"file name": "yaml text"}}'}, 400)
         try:
-            config = decode_sources(sources)
+            config = decode_sources(sources, supervisor.settings.mesh_dir)
         except ConfigError as exc:
             log.warning("apply rejected: %d issue(s); the running mesh is unchanged", len(exc.issues))
             return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import authz, names, tls
+from interstate.compile import authz, jwt, names, tls
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -32,6 +32,11 @@ HCM: TypeAlias = hcm_pb2.HttpConnectionManager
 def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[listener_pb2.Listener]:
     if proxy.role is Role.INGRESS:
         manager = http_manager(index, names.INGRESS_LISTENER, names.INGRESS_ROUTE, proxy)
+        tokens = jwt.filters(index)
+        if tokens:
+            before_router(manager, tokens)
+            manager.local_reply_config.CopyFrom(authz.local_reply("the gateway"))
+            manager.local_reply_config.mappers.insert(0, jwt.failure_is_401())
         return [listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])]
     outbound = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
     return [
@@ -107,11 +112,16 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         # Authorization decides on the decoded path: `/a%2Fb` is `/a/b`, not a way around it.
         manager.path_with_escaped_slashes_action = HCM.UNESCAPE_AND_FORWARD
         checks = [authz.svid_filter(), authz.access_filter(index, proxy.service)]
-        router = list(manager.http_filters)
-        del manager.http_filters[:]
-        manager.http_filters.extend([f for f in checks if f is not None] + router)
+        before_router(manager, [f for f in checks if f is not None])
         manager.local_reply_config.CopyFrom(authz.local_reply(proxy.service))
     return manager
+
+
+def before_router(manager: HCM, filters: list[hcm_pb2.HttpFilter]) -> None:
+    """Put `filters` in front of the router (always last), in the given order."""
+    router = list(manager.http_filters)
+    del manager.http_filters[:]
+    manager.http_filters.extend([*filters, *router])
 
 
 def chain(manager: HCM, transport: base_pb2.TransportSocket | None = None) -> listener_components_pb2.FilterChain:

@@ -51,8 +51,10 @@ def load(path: str | Path) -> MeshConfig:
     return decode_sources(read_sources(path))
 
 
-def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
-    """Decode {file name: YAML text} into a validated MeshConfig, or raise ConfigError."""
+def decode_sources(sources: Mapping[str, str], base_dir: Path | None = None) -> MeshConfig:
+    """Decode {file name: YAML text} into a validated MeshConfig, or raise ConfigError.
+    Files a document names (a JWKS) are read relative to that document's file when it exists
+    here, else relative to `base_dir` (the running mesh's folder, for `apply`)."""
     issues: list[Issue] = []
     located: list[Located] = []
     invalid: set[tuple[str, str]] = set()  # (kind, name) of documents that failed to decode
@@ -68,7 +70,9 @@ def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
         for number, document in enumerate(documents, start=1):
             if document is None:
                 continue
-            resource = _decode_document(file, number, document, issues)
+            folder = Path(file).parent
+            context = {"base_dir": folder if folder.is_dir() or base_dir is None else base_dir}
+            resource = _decode_document(file, number, document, issues, context)
             if resource is not None:
                 located.append(Located(resource, file, number))
             elif isinstance(document, dict) and isinstance(document.get("metadata"), dict):
@@ -82,7 +86,9 @@ def decode_sources(sources: Mapping[str, str]) -> MeshConfig:
     )
 
 
-def _decode_document(file: str, number: int, document: Any, issues: list[Issue]) -> Resource | None:
+def _decode_document(
+    file: str, number: int, document: Any, issues: list[Issue], context: dict[str, Any]
+) -> Resource | None:
     if not isinstance(document, dict):
         issues.append(
             Issue(file, number, "", "", f"expected a mapping with apiVersion and kind, got {type(document).__name__}")
@@ -105,7 +111,7 @@ def _decode_document(file: str, number: int, document: Any, issues: list[Issue])
         return None
     try:
         # YAML is camelCase only (as the Kubernetes CRDs will be); field names are for Python.
-        return cls.model_validate(document, by_alias=True, by_name=False)
+        return cls.model_validate(document, by_alias=True, by_name=False, context=context)
     except ValidationError as exc:
         for error in exc.errors():
             field, message = _describe(cls, error)

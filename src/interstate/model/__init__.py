@@ -10,11 +10,22 @@ from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import API_VERSION, Resource
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh
+from interstate.model.token_policy import TokenPolicy
 from interstate.model.traffic_policy import TrafficPolicy
 from interstate.model.workload import Workload
 
 KINDS: dict[tuple[str, str], type[Resource]] = {
-    (cls.API_VERSION, cls.KIND): cls for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy)
+    (cls.API_VERSION, cls.KIND): cls for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy, TokenPolicy)
 }
 
-__all__ = ["API_VERSION", "KINDS", "AccessPolicy", "Gateway", "Mesh", "Resource", "TrafficPolicy", "Workload"]
+__all__ = [
+    "API_VERSION",
+    "KINDS",
+    "AccessPolicy",
+    "Gateway",
+    "Mesh",
+    "Resource",
+    "TokenPolicy",
+    "TrafficPolicy",
+    "Workload",
+]

@@ -16,6 +16,7 @@ from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import MtlsMode, Resource
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh, MeshSpec
+from interstate.model.token_policy import TokenPolicy
 from interstate.model.traffic_policy import TrafficPolicy
 from interstate.model.workload import Workload
 
@@ -83,6 +84,10 @@ class MeshIndex:
         for policy in self.config.of_kind(AccessPolicy):
             out.setdefault(policy.spec.destination.service, []).append(policy)
         return MappingProxyType({k: tuple(v) for k, v in out.items()})
+
+    @cached_property
+    def token_policies(self) -> tuple[TokenPolicy, ...]:
+        return self.config.of_kind(TokenPolicy)
 
     def policy_for(self, workload: Workload | None) -> str | None:
         """The policy ID a proxy adds when the request carries none."""
