@@ -19,7 +19,7 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from interstate.model.base import Name, Reference, Resource, Strict
+from interstate.model.base import Name, PathPrefix, Reference, Resource, Strict
 from interstate.model.traffic_policy import Destination
 
 INGRESS_CALLER = "ingress"  # the mesh's ingress gateway as a caller
@@ -29,7 +29,7 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class AllowRule(Strict):
     from_: list[Name] = Field(alias="from", min_length=1)
     methods: list[str] = Field(default_factory=list)
-    path_prefixes: list[str] = Field(default_factory=list)
+    path_prefixes: list[PathPrefix] = Field(default_factory=list)
 
     @field_validator("methods")
     @classmethod

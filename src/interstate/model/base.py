@@ -61,6 +61,19 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
+_PATH_PREFIX_RE = re.compile(r"^/[!-~]*$")
+
+
+def _check_path_prefix(prefix: str) -> str:
+    if not _PATH_PREFIX_RE.match(prefix) or "?" in prefix or "#" in prefix:
+        raise ValueError(
+            f"{prefix!r} is not a path prefix; start with '/', use printable ASCII without spaces "
+            "(percent-encode anything else, as it travels on the wire), no '?' or '#' part"
+        )
+    return prefix
+
+
+PathPrefix = Annotated[str, AfterValidator(_check_path_prefix)]
 
 
 class MtlsMode(StrEnum):

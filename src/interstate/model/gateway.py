@@ -7,11 +7,11 @@ from typing import ClassVar
 
 from pydantic import Field, field_validator
 
-from interstate.model.base import Name, Reference, Resource, Strict
+from interstate.model.base import Name, PathPrefix, Reference, Resource, Strict
 
 
 class GatewayRoute(Strict):
-    path_prefix: str = Field(pattern=r"^/[^\s?#]*$")
+    path_prefix: PathPrefix
     service: Name
 
 

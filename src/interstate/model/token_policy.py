@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from interstate.model.base import Claim, Resource, Strict
+from interstate.model.base import Claim, PathPrefix, Resource, Strict
 
 JWKS_KEY_TYPES = ("RSA", "EC", "OKP")
 
@@ -81,7 +81,7 @@ class Issuer(Strict):
 
 
 class Requirement(Strict):
-    path_prefix: str = Field(pattern=r"^/[!-~]*$")
+    path_prefix: PathPrefix
     roles: list[str] = Field(default_factory=list)
 
 
