@@ -24,5 +24,17 @@ SYSTEM_NAMESPACE = "interstate-system"
 
 
 def system_id(trust_domain: str, name: str) -> str:
-    """Identities of the mesh's own parts (control plane, ingress), apart from any workload."""
+    """Data-plane identities of the mesh's own parts (the ingress), apart from any workload."""
     return workload_id(trust_domain, name, SYSTEM_NAMESPACE)
+
+
+def control_plane_id(trust_domain: str) -> str:
+    """The control plane's xDS server identity. Not of the workload form, so no side-car ever
+    accepts it as a caller."""
+    return f"spiffe://{trust_domain}/interstate/control-plane"
+
+
+def xds_client_id(trust_domain: str, node_id: str) -> str:
+    """An Envoy's identity towards the control plane only (its bootstrap certificate). Not of
+    the workload form either: a long-lived bootstrap certificate must not pass for a workload."""
+    return f"spiffe://{trust_domain}/interstate/xds-client/{node_id}"

@@ -7,7 +7,7 @@
 2. `access`: the service's AccessPolicies as an ALLOW list (absent when it has none). Callers are
    matched by the SPIFFE ID their mTLS certificate proves; paths after normalization.
 Denials get 403 with a body that says why (see `local_reply`) and are counted by Envoy as
-`http.inbound.rbac.<svid_|access_>denied`.
+`http.inbound.rbac.svid_.denied` and `http.inbound.rbac.access_.denied`.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class MeshIdentity:
         os.chmod(self.folder, 0o700)
         self.bundle_path = self.folder / "bundle.pem"
         self.bundle_path.write_text(self.authority.bundle_pem)
-        self.server_identity = spiffe.system_id(trust_domain, "control-plane")
+        self.server_identity = spiffe.control_plane_id(trust_domain)
         self._server_cert = self.authority.issue(self.server_identity, BOOTSTRAP_TTL, now, dns_names=(XDS_SERVER_NAME,))
 
     def identity_of(self, proxy: Proxy) -> str:
@@ -70,7 +70,8 @@ class MeshIdentity:
 
     def bootstrap_tls(self, proxy: Proxy) -> XdsTls:
         """Issue and write the certificate an Envoy uses to connect to the control plane."""
-        cert = self.authority.issue(self.identity_of(proxy), BOOTSTRAP_TTL, utcnow(), common_name=proxy.node_id)
+        identity = spiffe.xds_client_id(self.trust_domain, proxy.node_id)
+        cert = self.authority.issue(identity, BOOTSTRAP_TTL, utcnow(), common_name=proxy.node_id)
         stem = proxy.node_id.replace("~", "-")
         cert_path, key_path = self.folder / f"{stem}.crt", self.folder / f"{stem}.key"
         _write_private(key_path, cert.key_pem)
