@@ -31,6 +31,24 @@ class CAError(PermanentError):
     pass
 
 
+_KEY_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def key_usage(*allowed: str) -> x509.KeyUsage:
+    """A KeyUsage extension with exactly `allowed` set."""
+    return x509.KeyUsage(**{name: name in allowed for name in _KEY_USAGES})
+
+
 def _pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -95,17 +113,7 @@ class Authority:
             .not_valid_after(now + ROOT_TTL)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage("digital_signature", "key_cert_sign", "crl_sign"),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
@@ -196,17 +204,7 @@ class Authority:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
+                key_usage("digital_signature", "key_agreement"),
                 critical=True,
             )
             .add_extension(
