@@ -192,11 +192,13 @@ def test_a_workload_that_calls_nothing_may_call_nothing() -> None:
     )
 
 
-def test_retries_only_failures_the_app_never_saw_and_times_out_after_15s() -> None:
-    outcome = call(mesh(), "results", "http://stats:8080/x")
+def test_by_default_only_idempotent_calls_are_retried_after_reaching_the_app() -> None:
+    get = call(mesh(), "results", "http://stats:8080/x")
+    post = simulate(compile_proxy(mesh(), sidecar("results")), "outbound", "stats:8080", "/x", method="POST")
 
-    assert outcome.retry == Retry("connect-failure,refused-stream,reset-before-request", 2)
-    assert outcome.timeout == timedelta(seconds=15)
+    assert get.retry == Retry("connect-failure,refused-stream,reset,gateway-error", 2)
+    assert post.retry == Retry("connect-failure,refused-stream,reset-before-request", 2)
+    assert get.timeout == post.timeout == timedelta(seconds=15)
 
 
 # --- outlier detection (circuit breaking) -----------------------------------------------------
@@ -466,11 +468,11 @@ def test_describe_reads_as_an_explanation() -> None:
     text = call(mesh(), "results", "http://stats:8080/x").describe()
 
     assert text.splitlines() == [
-        "GET http://stats:8080/x on outbound: route 'stats' of virtual host 'stats'",
+        "GET http://stats:8080/x on outbound: route 'stats|idempotent' of virtual host 'stats'",
         "  -> cluster outbound|stats: 127.0.0.1:15001",
         "  adds x-policy-ctx: FEC-F101",
         "  timeout 15s",
-        "  retries 2x on connect-failure,refused-stream,reset-before-request",
+        "  retries 2x on connect-failure,refused-stream,reset,gateway-error",
         "  ejects a replica after 3 consecutive 5xx for 30s, at most 100%",
         "  panic threshold 0%",
     ]

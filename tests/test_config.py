@@ -392,14 +392,14 @@ def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
             ("consecutiveErrors: 3", "consecutive5xx: 3"),
             5,
             "spec.outlierDetection.consecutive5xx",
-            "baseEjectionTime, consecutiveErrors, interval, maxEjectionPercent",
+            "baseEjectionTime, consecutiveErrors, consecutiveGatewayErrors, interval, maxEjectionPercent",
         ),
         # YAML is camelCase, as the Kubernetes CRDs are; Python's field names are not accepted.
         (
             ("consecutiveErrors: 3", "consecutive_errors: 3"),
             5,
             "spec.outlierDetection.consecutive_errors",
-            "baseEjectionTime, consecutiveErrors, interval, maxEjectionPercent",
+            "baseEjectionTime, consecutiveErrors, consecutiveGatewayErrors, interval, maxEjectionPercent",
         ),
         (
             ("  name: stats\n", "  name: stats\n  namespace: default\n"),

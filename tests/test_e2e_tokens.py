@@ -118,5 +118,5 @@ def test_a_jwks_file_that_is_not_a_jwks_is_a_validation_error(tmp_path: Path) ->
     (tmp_path / "tokens.yaml").write_text(POLICY)
     result = cli("validate", str(tmp_path / "tokens.yaml"))
     assert result.returncode == 1
-    assert "document 1 (TokenPolicy newsroom-tokens): spec.issuers[0].jwks: file:" in result.stderr
+    assert "document 1 (TokenPolicy newsroom-tokens): spec.issuers[0].jwks.file: " in result.stderr
     assert 'needs a non-empty "keys" list' in result.stderr

@@ -120,7 +120,8 @@ def simulate(
     vhost = select_virtual_host(config, host)
     if vhost is None:
         return Outcome(request, status=404, flag="NR")
-    route = next((r for r in vhost.routes if route_matches(r.match, path)), None)
+    request_headers = {k.lower(): v for k, v in (headers or {}).items()} | {":method": method}
+    route = next((r for r in vhost.routes if route_matches(r.match, path, request_headers)), None)
     if route is None:
         return Outcome(request, vhost.name, status=404, flag="NR")
     if route.HasField("direct_response"):
@@ -194,10 +195,13 @@ def select_virtual_host(config: route_pb2.RouteConfiguration, host: str) -> rc.V
     return default
 
 
-def route_matches(match: rc.RouteMatch, path: str) -> bool:
-    """Path matching as Envoy does it; `path` and `path_separated_prefix` ignore the query."""
-    if match.headers or match.query_parameters or match.HasField("runtime_fraction"):
-        raise NotImplementedError("header, query and runtime route matches are not simulated")
+def route_matches(match: rc.RouteMatch, path: str, headers: Mapping[str, str] | None = None) -> bool:
+    """Path matching as Envoy does it; `path` and `path_separated_prefix` ignore the query.
+    Header matchers (exact, prefix or regex on one value, e.g. `:method`) must all match."""
+    if match.query_parameters or match.HasField("runtime_fraction"):
+        raise NotImplementedError("query and runtime route matches are not simulated")
+    if not all(_header_matches(h, (headers or {}).get(h.name.lower())) for h in match.headers):
+        return False
     sensitive = match.case_sensitive.value if match.HasField("case_sensitive") else True
     fold = str if sensitive else str.lower
     bare = fold(path.partition("?")[0])
@@ -210,6 +214,24 @@ def route_matches(match: rc.RouteMatch, path: str) -> bool:
         prefix = fold(match.path_separated_prefix)
         return bare == prefix or bare.startswith(prefix + "/")
     raise NotImplementedError(f"route match {kind!r} is not simulated")
+
+
+def _header_matches(matcher: rc.HeaderMatcher, value: str | None) -> bool:
+    kind = matcher.string_match.WhichOneof("match_pattern") if matcher.HasField("string_match") else None
+    if kind is None:
+        raise NotImplementedError(f"header matcher on {matcher.name!r} is not simulated")
+    if value is None:
+        return bool(matcher.invert_match)
+    pattern = matcher.string_match
+    if kind == "exact":
+        found = value == pattern.exact
+    elif kind == "prefix":
+        found = value.startswith(pattern.prefix)
+    elif kind == "safe_regex":
+        found = re.fullmatch(pattern.safe_regex.regex, value) is not None
+    else:
+        raise NotImplementedError(f"header match {kind!r} is not simulated")
+    return bool(found) != bool(matcher.invert_match)
 
 
 def _named(items: Iterable[T], name: str, what: str) -> T:

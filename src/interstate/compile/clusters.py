@@ -7,16 +7,18 @@ once every replica is ejected Envoy answers 503 at once (flag UH) instead of try
 
 from __future__ import annotations
 
-from envoy.config.cluster.v3 import cluster_pb2, outlier_detection_pb2
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
 from interstate.compile import names, tls
-from interstate.compile.common import ads, duration, socket_address
+from interstate.compile.common import ads, duration, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.index import MeshIndex
-from interstate.model.traffic_policy import OutlierDetection
+from interstate.model.traffic_policy import ConnectionPool, LbPolicy, OutlierDetection, RetryBudget
 
 CONNECT_TIMEOUT_S = 1.0
 
@@ -50,22 +52,71 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     if secure and workload is not None and workload.injected:
         cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
     policy = index.traffic_policies.get(service)
-    if policy is not None and policy.spec.outlier_detection is not None:
-        cluster.outlier_detection.CopyFrom(outlier_detection(policy.spec.outlier_detection))
+    if policy is None:
+        return cluster
+    spec = policy.spec
+    if spec.outlier_detection is not None:
+        cluster.outlier_detection.CopyFrom(outlier_detection(spec.outlier_detection))
         cluster.common_lb_config.healthy_panic_threshold.CopyFrom(percent_pb2.Percent(value=0))
+    thresholds = circuit_breakers(spec.connection_pool, spec.retries.budget if spec.retries else None)
+    if thresholds is not None:
+        cluster.circuit_breakers.thresholds.append(thresholds)
+    if spec.connection_pool is not None and spec.connection_pool.max_requests_per_connection is not None:
+        options = http_options_pb2.HttpProtocolOptions(
+            common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+                max_requests_per_connection={"value": spec.connection_pool.max_requests_per_connection}
+            ),
+            explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+                http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+            ),
+        )
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    if spec.load_balancer is not None:
+        cluster.lb_policy = _LB_POLICIES[spec.load_balancer.policy]
     return cluster
 
 
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_LB_POLICIES = {
+    LbPolicy.ROUND_ROBIN: cluster_pb2.Cluster.ROUND_ROBIN,
+    LbPolicy.LEAST_REQUEST: cluster_pb2.Cluster.LEAST_REQUEST,
+    LbPolicy.RING_HASH: cluster_pb2.Cluster.RING_HASH,
+}
+
+
+def circuit_breakers(
+    pool: ConnectionPool | None, budget: RetryBudget | None
+) -> circuit_breaker_pb2.CircuitBreakers.Thresholds | None:
+    """Connection-pool limits (over them: an immediate 503, flag UO) and the retry budget."""
+    if pool is None and budget is None:
+        return None
+    out = circuit_breaker_pb2.CircuitBreakers.Thresholds()
+    if pool is not None:
+        for field in ("max_connections", "max_pending_requests", "max_requests"):
+            value = getattr(pool, field)
+            if value is not None:
+                getattr(out, field).value = value
+    if budget is not None:
+        out.retry_budget.budget_percent.value = float(budget.percent)
+        out.retry_budget.min_retry_concurrency.value = budget.min_concurrency
+    return out
+
+
 def outlier_detection(spec: OutlierDetection) -> outlier_detection_pb2.OutlierDetection:
-    return outlier_detection_pb2.OutlierDetection(
+    out = outlier_detection_pb2.OutlierDetection(
         consecutive_5xx=wrappers_pb2.UInt32Value(value=spec.consecutive_errors),
         interval=duration(spec.interval),
         base_ejection_time=duration(spec.base_ejection_time),
         max_ejection_percent=wrappers_pb2.UInt32Value(value=spec.max_ejection_percent),
         enforcing_consecutive_5xx=wrappers_pb2.UInt32Value(value=100),
-        # Only the 5xx rule ejects; success-rate ejection needs volume a small mesh lacks.
+        # Only the 5xx (and gateway) rules eject; success-rate ejection needs volume a small
+        # mesh lacks.
         enforcing_success_rate=wrappers_pb2.UInt32Value(value=0),
     )
+    if spec.consecutive_gateway_errors is not None:
+        out.consecutive_gateway_failure.value = spec.consecutive_gateway_errors
+        out.enforcing_consecutive_gateway_failure.value = 100
+    return out
 
 
 def local_app(proxy: Proxy) -> cluster_pb2.Cluster:

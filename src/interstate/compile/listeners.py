@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import authz, jwt, names, tls
+from interstate.compile import authz, jwt, names, resilience, tls
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -32,6 +32,7 @@ HCM: TypeAlias = hcm_pb2.HttpConnectionManager
 def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[listener_pb2.Listener]:
     if proxy.role is Role.INGRESS:
         manager = http_manager(index, names.INGRESS_LISTENER, names.INGRESS_ROUTE, proxy)
+        before_router(manager, [resilience.fault_filter()])
         tokens = jwt.filters(index)
         if tokens:
             before_router(manager, tokens)
@@ -39,6 +40,7 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
             manager.local_reply_config.mappers.insert(0, jwt.failure_is_401())
         return [listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])]
     outbound = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
+    before_router(outbound, [resilience.fault_filter()])
     return [
         inbound(index, proxy, credentials),
         listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound)]),
@@ -78,6 +80,8 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
         "upstream": "%UPSTREAM_HOST%",
         "cluster": "%UPSTREAM_CLUSTER%",
         "duration_ms": "%DURATION%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "request_id": "%REQ(X-REQUEST-ID)%",
         "policy": f"%REQ({index.mesh.policy_header.upper()})%",
         "peer": "%DOWNSTREAM_PEER_URI_SAN%",

@@ -17,16 +17,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from interstate.compile import clusters, names
+from interstate.compile import clusters, names, resilience
 from interstate.compile.common import duration
 from interstate.compile.proxy import Proxy, Role
 from interstate.model.index import MeshIndex
 
-ROUTE_TIMEOUT_S = 15.0
-# Safe by default: only failures where the request never reached an app are retried, so a
-# POST is never replayed after the app saw it.
-SAFE_RETRY_ON = "connect-failure,refused-stream,reset-before-request"
-SAFE_RETRIES = 2
+ROUTE_TIMEOUT_S = 15.0  # side-car -> its own app; calls between services: see `resilience`
 
 
 def build(index: MeshIndex, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
@@ -44,19 +40,6 @@ def policy_header(index: MeshIndex, policy: str | None) -> list[base_pb2.HeaderV
             append_action=base_pb2.HeaderValueOption.ADD_IF_ABSENT,
         )
     ]
-
-
-def to_cluster(cluster: str, *, retries: bool = True) -> rc.RouteAction:
-    action = rc.RouteAction(cluster=cluster, timeout=duration(ROUTE_TIMEOUT_S))
-    if retries:
-        action.retry_policy.CopyFrom(
-            rc.RetryPolicy(
-                retry_on=SAFE_RETRY_ON,
-                num_retries={"value": SAFE_RETRIES},
-                retry_back_off=rc.RetryPolicy.RetryBackOff(base_interval=duration(0.025), max_interval=duration(0.25)),
-            )
-        )
-    return action
 
 
 def not_found(message: str) -> rc.Route:
@@ -84,13 +67,7 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
             rc.VirtualHost(
                 name=service,
                 domains=[service, f"{service}:{port}"],
-                routes=[
-                    rc.Route(
-                        name=service,
-                        match=rc.RouteMatch(prefix="/"),
-                        route=to_cluster(names.outbound_cluster(service)),
-                    )
-                ],
+                routes=resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
                 request_headers_to_add=headers,
             )
         )
@@ -116,7 +93,9 @@ def inbound(proxy: Proxy) -> route_pb2.RouteConfiguration:
                     rc.Route(
                         name="app",
                         match=rc.RouteMatch(prefix="/"),
-                        route=to_cluster(names.inbound_cluster(proxy.service), retries=False),
+                        route=rc.RouteAction(
+                            cluster=names.inbound_cluster(proxy.service), timeout=duration(ROUTE_TIMEOUT_S)
+                        ),
                     )
                 ],
             )
@@ -130,12 +109,8 @@ def ingress(index: MeshIndex) -> route_pb2.RouteConfiguration:
     if gateway is not None:
         ordered = sorted(gateway.spec.routes, key=lambda r: (-len(r.path_prefix), r.path_prefix))
         for route in ordered:
-            routes.append(
-                rc.Route(
-                    name=f"{route.path_prefix}->{route.service}",
-                    match=prefix_match(route.path_prefix),
-                    route=to_cluster(names.outbound_cluster(route.service)),
-                )
+            routes += resilience.routes_to(
+                index, route.service, prefix_match(route.path_prefix), f"{route.path_prefix}->{route.service}"
             )
     routes.append(not_found("no Gateway route matches this path"))
     return route_pb2.RouteConfiguration(

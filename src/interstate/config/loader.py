@@ -6,6 +6,7 @@ the server decodes exactly what the user's files say). Calls `validate.check` fo
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -20,6 +21,7 @@ from interstate.model import KINDS, Resource
 from interstate.model.index import MeshConfig
 
 YAML_SUFFIXES = (".yaml", ".yml")
+_FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\[\]/-]*$")
 
 
 def read_sources(path: str | Path) -> dict[str, str]:
@@ -132,9 +134,13 @@ def _describe(cls: type[BaseModel], error: Mapping[str, Any]) -> tuple[str, str]
     message = str(error["msg"])
     if kind in ("value_error", "assertion_error"):
         message = message.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        # A validator may name the field itself ("perTryTimeout: needs a bound"): a path from
+        # the document's root, or one relative to where pydantic found the error.
         head, sep, rest = message.partition(": ")
-        if sep and " " not in head and (not field or head.startswith(field)):
-            return head, rest
+        if sep and _FIELD_PATH.match(head):
+            if not field or head.startswith(field):
+                return head, rest
+            return f"{field}.{head}", rest
         return field, message
     return field, f"{message} (got {error.get('input')!r})"
 

@@ -1,0 +1,123 @@
+"""Route-level resilience for calls to a service: retries, timeouts, sticky hashing, faults.
+
+Each call to a service becomes two routes: idempotent methods (GET, HEAD, OPTIONS, PUT, DELETE)
+retried on the TrafficPolicy's `retryOn`, and every other method retried only when the request
+cannot have reached the app (connect failure, refused stream, reset before the request was
+sent). Retries prefer another replica (previous-hosts predicate) and back off exponentially.
+Cluster-level resilience (outlier detection, connection pool, budget, load balancing) lives in
+`clusters`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
+
+from interstate.compile import names
+from interstate.compile.common import duration, pack
+from interstate.model.index import MeshIndex
+from interstate.model.traffic_policy import IDEMPOTENT_METHODS, SAFE_RETRY_ON, Backoff, Fault, LbPolicy, Retries
+
+FAULT_FILTER = "envoy.filters.http.fault"
+DEFAULT_TIMEOUT = timedelta(seconds=15)
+# Without a TrafficPolicy: two retries, bounded by the 15 s route timeout. (Built without the
+# user-facing rule that a `retries` section must name its own bound.)
+DEFAULT_RETRIES = Retries.model_construct(
+    attempts=2,
+    per_try_timeout=None,
+    retry_on=["connect-failure", "refused-stream", "reset", "gateway-error"],
+    backoff=Backoff(),
+    budget=None,
+)
+_IDEMPOTENT = rc.HeaderMatcher(
+    name=":method",
+    string_match=string_pb2.StringMatcher(
+        safe_regex=regex_pb2.RegexMatcher(regex=f"^({'|'.join(IDEMPOTENT_METHODS)})$")
+    ),
+)
+
+
+def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -> list[rc.Route]:
+    """The routes that send requests matching `match` to `service`, idempotent ones first."""
+    idempotent_match = rc.RouteMatch()
+    idempotent_match.CopyFrom(match)
+    idempotent_match.headers.append(_IDEMPOTENT)
+    policy = index.traffic_policies.get(service)
+    retries = policy.spec.retries if policy and policy.spec.retries else DEFAULT_RETRIES
+    out = []
+    for suffix, route_match, retry_on in (
+        ("idempotent", idempotent_match, retries.retry_on),
+        ("other", match, list(SAFE_RETRY_ON)),
+    ):
+        route = rc.Route(name=f"{name}|{suffix}", match=route_match, route=action(index, service, retries, retry_on))
+        if policy is not None and policy.spec.fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.spec.fault)))
+        out.append(route)
+    return out
+
+
+def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]) -> rc.RouteAction:
+    policy = index.traffic_policies.get(service)
+    timeout = policy.spec.timeout if policy and policy.spec.timeout else DEFAULT_TIMEOUT
+    out = rc.RouteAction(cluster=names.outbound_cluster(service), timeout=duration(timeout))
+    if retries.attempts > 0:
+        retry = rc.RetryPolicy(
+            retry_on=",".join(retry_on),
+            num_retries={"value": retries.attempts},
+            retry_back_off=rc.RetryPolicy.RetryBackOff(
+                base_interval=duration(retries.backoff.base_interval),
+                max_interval=duration(retries.backoff.max_interval),
+            ),
+            retry_host_predicate=[
+                rc.RetryPolicy.RetryHostPredicate(
+                    name="envoy.retry_host_predicates.previous_hosts",
+                    typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate()),
+                )
+            ],
+            host_selection_retry_max_attempts=3,
+        )
+        if retries.per_try_timeout is not None:
+            retry.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
+        out.retry_policy.CopyFrom(retry)
+    balancer = policy.spec.load_balancer if policy else None
+    if balancer is not None and balancer.policy is LbPolicy.RING_HASH and balancer.hash_on is not None:
+        if balancer.hash_on.header is not None:
+            out.hash_policy.append(
+                rc.RouteAction.HashPolicy(header=rc.RouteAction.HashPolicy.Header(header_name=balancer.hash_on.header))
+            )
+        elif balancer.hash_on.cookie is not None:
+            out.hash_policy.append(
+                rc.RouteAction.HashPolicy(
+                    cookie=rc.RouteAction.HashPolicy.Cookie(
+                        name=balancer.hash_on.cookie.name, ttl=duration(balancer.hash_on.cookie.ttl)
+                    )
+                )
+            )
+    return out
+
+
+def _percent(value: int) -> percent_pb2.FractionalPercent:
+    return percent_pb2.FractionalPercent(numerator=value, denominator=percent_pb2.FractionalPercent.HUNDRED)
+
+
+def fault(spec: Fault) -> fault_pb2.HTTPFault:
+    out = fault_pb2.HTTPFault()
+    if spec.abort is not None:
+        out.abort.http_status = spec.abort.status
+        out.abort.percentage.CopyFrom(_percent(spec.abort.percent))
+    if spec.delay is not None:
+        out.delay.fixed_delay.CopyFrom(duration(spec.delay.fixed_delay))
+        out.delay.percentage.CopyFrom(_percent(spec.delay.percent))
+    return out
+
+
+def fault_filter() -> hcm_pb2.HttpFilter:
+    """The (empty) fault filter every outbound and ingress connection manager carries, so
+    turning a rehearsal on or off changes routes only, never listeners."""
+    return hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_pb2.HTTPFault()))
