@@ -230,6 +230,57 @@ def status(admin: str, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("service")
+@click.option(
+    "--abort",
+    "abort_percent",
+    type=click.IntRange(0, 100),
+    default=None,
+    help="Percent of calls to SERVICE that get --status at once.",
+)
+@click.option("--status", "abort_status", type=click.IntRange(200, 599), default=503, show_default=True)
+@click.option("--delay", default=None, help="Added delay, e.g. 2s (with --delay-percent).")
+@click.option("--delay-percent", type=click.IntRange(0, 100), default=100, show_default=True)
+@click.option("--off", is_flag=True, help="End the rehearsal: calls to SERVICE behave normally again.")
+@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+def fault(
+    service: str,
+    abort_percent: int | None,
+    abort_status: int,
+    delay: str | None,
+    delay_percent: int,
+    off: bool,
+    admin: str,
+) -> None:
+    """Rehearse a failure of SERVICE in the running mesh (a "stats hiccup"), or end it with --off.
+    Callers' side-cars abort or delay that share of calls; nothing restarts."""
+    if off == (abort_percent is not None or delay is not None):
+        _fail("give --abort and/or --delay, or --off", EXIT_USAGE)
+    body: dict[str, Any] | None = None
+    if not off:
+        body = {}
+        if abort_percent is not None:
+            body["abort"] = {"percent": abort_percent, "status": abort_status}
+        if delay is not None:
+            body["delay"] = {"percent": delay_percent, "fixedDelay": delay}
+    try:
+        AdminClient(admin).fault(service, body)
+    except InterstateError as exc:
+        _fail(
+            f"fault refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE
+        )
+    if off:
+        click.echo(f"{service}: rehearsal off; calls behave normally")
+    else:
+        parts = []
+        if abort_percent is not None:
+            parts.append(f"{abort_percent}% get {abort_status}")
+        if delay is not None:
+            parts.append(f"{delay_percent}% delayed {delay}")
+        click.echo(f"{service}: rehearsal on: {', '.join(parts)} of calls")
+
+
+@main.command()
 @click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
 def certs(admin: str, as_json: bool) -> None:

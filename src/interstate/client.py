@@ -42,6 +42,9 @@ class AdminClient:
     def apply(self, sources: dict[str, str]) -> dict[str, Any]:
         return self._call("POST", "/apply", {"sources": sources})
 
+    def fault(self, service: str, fault: dict[str, Any] | None) -> dict[str, Any]:
+        return self._call("POST", f"/services/{service}/fault", {"fault": fault})
+
     def certs(self) -> dict[str, Any]:
         return self._call("GET", "/certs")
 

@@ -4,6 +4,7 @@ GET  /healthz                      200 when the control plane runs
 GET  /status                       services, replicas, ports, xDS versions, NACKs
 POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
 POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
+POST /services/{name}/fault {"fault": {"abort": {"percent": 50, "status": 503}} | null}
 GET  /certs                        the CA, and each proxy's SPIFFE ID, serial, expiry, rotation
 GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import uvicorn
 from prometheus_client import generate_latest
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -27,6 +29,7 @@ from starlette.routing import Route
 from interstate.ca.authority import utcnow
 from interstate.config.loader import decode_sources
 from interstate.errors import ConfigError, InterstateError, PermanentError
+from interstate.model.traffic_policy import Fault
 from interstate.standalone.supervisor import Rejected, Supervisor, UnknownService
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,30 @@ def create_app(supervisor: Supervisor) -> Starlette:
             return JSONResponse({"error": str(exc)}, 503)
         return JSONResponse({"service": name, "replicas": replicas, **changes})
 
+    async def fault(request: Request) -> Response:
+        """Body: {"fault": the TrafficPolicy `fault` section, or null to end the rehearsal}."""
+        name = request.path_params["name"]
+        try:
+            body = (await request.json())["fault"]
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse(
+                {"error": 'expected JSON {"fault": {"abort": {"percent": 50}}} or {"fault": null}'}, 400
+            )
+        try:
+            spec = None if body is None else Fault.model_validate(body, by_alias=True, by_name=False)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+            return JSONResponse({"error": "invalid fault: " + "; ".join(problems)}, 422)
+        try:
+            result = await supervisor.set_fault(name, spec)
+        except UnknownService as exc:
+            return JSONResponse({"error": str(exc)}, 404)
+        except Rejected as exc:
+            return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
+        except InterstateError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse(result)
+
     async def certs(request: Request) -> Response:
         if supervisor.identity is None:
             return JSONResponse({"error": "the control plane is starting"}, 503)
@@ -109,6 +136,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
             Route("/status", status),
             Route("/apply", apply, methods=["POST"]),
             Route("/services/{name}/scale", scale, methods=["POST"]),
+            Route("/services/{name}/fault", fault, methods=["POST"]),
             Route("/certs", certs),
             Route("/metrics", metrics),
         ]

@@ -34,6 +34,9 @@ class MeshConfig:
     def origin(self, resource: Resource) -> tuple[str, int]:
         return self.origins.get(resource.ref, ("<mesh>", 0))
 
+    def add(self, new: Resource) -> MeshConfig:
+        return MeshConfig((*self.resources, new), self.origins)
+
     def replace(self, old: Resource, new: Resource) -> MeshConfig:
         """The same mesh with `old` swapped for `new` (same kind and name)."""
         return MeshConfig(tuple(new if r is old else r for r in self.resources), self.origins)

@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry, Counter
 from interstate.ca.authority import utcnow
 from interstate.compile import Proxy, bootstrap, compile_proxy
 from interstate.errors import InterstateError, PermanentError
+from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
+from interstate.model.traffic_policy import Destination, Fault, TrafficPolicy, TrafficPolicySpec
 from interstate.model.workload import Workload
 from interstate.settings import Settings
 from interstate.standalone import preflight
@@ -230,6 +232,28 @@ class Supervisor:
             updated = workload.model_copy(update={"spec": spec})
             self.config = self.config.replace(workload, updated)
             return await self._reconcile()
+
+    async def set_fault(self, service: str, fault: Fault | None) -> dict[str, Any]:
+        """Turn a rehearsal fault for calls to `service` on (or off, with None): the service's
+        TrafficPolicy gets (or loses) its `fault` section; only routes change."""
+        self.workload(service)
+        policy = self.index.traffic_policies.get(service)
+        if policy is not None:
+            spec = policy.spec.model_copy(update={"fault": fault})
+            config = self.config.replace(policy, policy.model_copy(update={"spec": spec}))
+        elif fault is not None:
+            config = self.config.add(
+                TrafficPolicy(
+                    api_version=TrafficPolicy.API_VERSION,
+                    kind=TrafficPolicy.KIND,
+                    metadata=Metadata(name=f"{service}-rehearsal"),
+                    spec=TrafficPolicySpec(destination=Destination(service=service), fault=fault),
+                )
+            )
+        else:
+            return {"service": service, "fault": None}
+        await self.apply(config)
+        return {"service": service, "fault": fault is not None}
 
     def workload(self, service: str) -> Workload:
         workload = self.index.workloads.get(service)
