@@ -216,6 +216,7 @@ def status(admin: str, as_json: bool) -> None:
             f"{name}: {svc['ready']}/{svc['desired']} ready, policy {svc['policy'] or '-'}, mTLS {mtls}"
             + ("" if svc["injected"] else ", NOT injected")
         )
+        _print_resilience(svc.get("resilience"))
         for replica in svc["replicas"]:
             xds = replica.get("xds") or {}
             types = xds.get("types", {})
@@ -227,6 +228,24 @@ def status(admin: str, as_json: bool) -> None:
             )
             for nack in nacks:
                 click.echo(f"    {nack}")
+
+
+def _print_resilience(facts: dict[str, Any] | None) -> None:
+    """What callers' side-cars saw of calls to a service, in words."""
+    if not facts:
+        return
+    c = facts["counters"]
+    click.echo(
+        f"  calls: {c['requests']} requests, {c['retries']} retries ({c['retries_succeeded']} succeeded, "
+        f"{c['retries_refused_by_budget']} refused by the budget), {c['pool_overflows']} pool overflows, "
+        f"{c['timeouts']} timeouts, {c['connect_failures']} connect failures, {c['ejections_total']} ejections"
+    )
+    if facts.get("fault"):
+        click.echo(f"  REHEARSAL ON: {facts['fault']}  (end it: interstate fault SERVICE --off)")
+    for e in facts["ejected"]:
+        click.echo(f"  EJECTED {e['replica']} ({e['host']}) since {e['since']}: {e['reason']}, by {e['by']}")
+    for f in facts["recent_failures"]:
+        click.echo(f"  failed {f['count']}x {f['status']} {f['flags']}: {f['why']} (last {f['last']})")
 
 
 @main.command()

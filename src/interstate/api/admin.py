@@ -54,7 +54,10 @@ def create_app(supervisor: Supervisor) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def status(request: Request) -> Response:
-        return JSONResponse(supervisor.status())
+        out = supervisor.status()
+        for service, facts in (await supervisor.resilience()).items():
+            out["services"][service]["resilience"] = facts
+        return JSONResponse(out)
 
     async def apply(request: Request) -> Response:
         try:

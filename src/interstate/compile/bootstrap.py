@@ -23,8 +23,15 @@ class XdsTls:
 
 
 def build(
-    node_id: str, cluster: str, admin_port: int, xds_host: str, xds_port: int, xds_tls: XdsTls | None = None
+    node_id: str,
+    cluster: str,
+    admin_port: int,
+    xds_host: str,
+    xds_port: int,
+    xds_tls: XdsTls | None = None,
+    outlier_event_log: str | None = None,
 ) -> dict[str, Any]:
+    """`outlier_event_log`: a file where Envoy appends a JSON line per ejection and return."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     bootstrap = {
         "node": {"id": node_id, "cluster": cluster or "ingress"},
@@ -74,6 +81,8 @@ def build(
             ]
         },
     }
+    if outlier_event_log is not None:
+        bootstrap["cluster_manager"] = {"outlier_detection": {"event_log_path": outlier_event_log}}
     if xds_tls is not None:
         bootstrap["static_resources"]["clusters"][0]["transport_socket"] = {  # type: ignore[index]
             "name": "envoy.transport_sockets.tls",

@@ -14,6 +14,14 @@ from interstate.compile import Proxy
 from interstate.settings import Settings
 from interstate.standalone.envoy import envoy_command
 from interstate.standalone.process import Child, http_probe, wait_ready
+from interstate.telemetry.envoys import read_stats
+
+
+def log_paths(settings: Settings, proxy: Proxy) -> tuple[Path, Path]:
+    """Where a proxy's Envoy writes its log (access log lines included) and its outlier events."""
+    name = proxy.node_id.replace("~", "-")
+    folder = settings.run_dir / "logs"
+    return folder / f"{name}.envoy.log", folder / f"{name}.outlier.log"
 
 
 class EnvoyProcess:
@@ -35,10 +43,11 @@ class EnvoyProcess:
         self.bootstrap_path = settings.run_dir / "envoy" / f"{name}.json"
         self.bootstrap_path.parent.mkdir(parents=True, exist_ok=True)
         self.bootstrap_path.write_text(json.dumps(config, indent=1))
+        self.log_path, self.outlier_log = log_paths(settings, proxy)
         self.child = Child(
             f"envoy {proxy.node_id}",
             envoy_command(binary, self.bootstrap_path, settings.envoy_log_level),
-            settings.run_dir / "logs" / f"{name}.envoy.log",
+            self.log_path,
         )
 
     @property
@@ -51,14 +60,7 @@ class EnvoyProcess:
 
     async def stats(self, pattern: str) -> dict[str, int]:
         """Counters and gauges whose name matches `pattern` (Envoy's regex filter)."""
-        response = await self.http.get(
-            self.admin_url + "/stats", params={"filter": pattern, "format": "json"}, timeout=2.0
-        )
-        out: dict[str, int] = {}
-        for stat in response.json().get("stats", []):
-            if "value" in stat:
-                out[stat["name"]] = int(stat["value"])
-        return out
+        return await read_stats(self.http, self.admin_url, pattern)
 
     async def drain(self, timeout: float) -> None:
         """Stop taking new connections gracefully, then wait for in-flight requests to finish."""

@@ -18,7 +18,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, bootstrap, compile_proxy
+from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names
 from interstate.errors import InterstateError, PermanentError
 from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
@@ -31,8 +31,9 @@ from interstate.standalone.envoy import find_envoy
 from interstate.standalone.identity import MeshIdentity
 from interstate.standalone.ports import PortAllocator
 from interstate.standalone.process import port_is_free
-from interstate.standalone.proxy import EnvoyProcess
+from interstate.standalone.proxy import EnvoyProcess, log_paths
 from interstate.standalone.replica import Replica, State
+from interstate.telemetry import envoys as envoys_t
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.server import AdsServer
@@ -42,6 +43,15 @@ log = logging.getLogger(__name__)
 
 EDS_ACK_TIMEOUT_S = 2.0
 SETTLE_TIMEOUT_S = 10.0  # how long apply/up wait for every Envoy to ACK or NACK
+
+
+def describe_fault(fault: Fault) -> str:
+    parts = []
+    if fault.abort is not None:
+        parts.append(f"{fault.abort.percent}% of calls get {fault.abort.status}")
+    if fault.delay is not None:
+        parts.append(f"{fault.delay.percent}% delayed {fault.delay.fixed_delay.total_seconds():g}s")
+    return ", ".join(parts)
 
 
 class UnknownService(PermanentError):
@@ -151,6 +161,7 @@ class Supervisor:
             self.settings.host,
             self.xds_port,
             self.identity.bootstrap_tls(proxy),
+            outlier_event_log=str(log_paths(self.settings, proxy)[1]),
         )
         return EnvoyProcess(proxy, admin_port, config, self._envoy, self.settings, self._http)
 
@@ -330,6 +341,44 @@ class Supervisor:
             self.replicas.pop(replica.workload.name, None)
 
     # ---- status ----------------------------------------------------------------------------
+    def _envoys(self) -> list[EnvoyProcess]:
+        sidecars = [r.sidecar for rs in self.replicas.values() for r in rs if r.sidecar is not None]
+        return [e for e in [*sidecars, self.ingress] if e is not None and e.child.running]
+
+    async def resilience(self) -> dict[str, dict[str, Any]]:
+        """Per service, what its callers' Envoys saw: retries (and those the budget refused),
+        overflows, timeouts, who is ejected now and since when, recent failures in words."""
+        index = self.index
+        envoys = self._envoys()
+        replica_at = {
+            f"{ep.address}:{ep.port}": f"{ep.service}-{ep.replica}" for eps in index.endpoints.values() for ep in eps
+        }
+        out: dict[str, dict[str, Any]] = {}
+        for service in index.workloads:
+            cluster = names.outbound_cluster(service)
+            callers = [
+                envoys_t.Caller(e.proxy.node_id, e.admin_url, e.log_path, e.outlier_log)
+                for e in envoys
+                if service in clusters.callees(index, e.proxy)
+            ]
+            if not callers:
+                continue
+            counts = await asyncio.gather(*(envoys_t.counters(self._http, c, cluster) for c in callers))
+            totals = {key: sum(c.get(key, 0) for c in counts) for key in envoys_t.COUNTERS}
+            ejected = [
+                e | {"replica": replica_at.get(e["host"], "?")} for c in callers for e in envoys_t.ejections(c, cluster)
+            ]
+            policy = index.traffic_policies.get(service)
+            fault = policy.spec.fault if policy else None
+            out[service] = {
+                "callers": [c.node for c in callers],
+                "counters": totals,
+                "ejected": ejected,
+                "recent_failures": envoys_t.recent_failures(callers, cluster),
+                "fault": None if fault is None else describe_fault(fault),
+            }
+        return out
+
     def status(self) -> dict[str, Any]:
         xds = self.ads.status()
         services = {}

@@ -1,0 +1,38 @@
+"""Envoy's response flags in words: why a request failed in the mesh (the 503 UH/UF/UO/UT
+debugging that mesh users ask for). Used by `interstate status` and the access-log reader."""
+
+from __future__ import annotations
+
+FLAGS = {
+    "UH": "no healthy upstream: every replica is ejected or none is ready (circuit open)",
+    "UF": "upstream connection failure: could not connect to the replica",
+    "UO": "upstream overflow: the connection-pool limit was reached (circuit breaker)",
+    "NR": "no route: nothing is configured for this host or path",
+    "URX": "retry limit reached: every attempt failed",
+    "UT": "upstream request timeout: the route timeout passed",
+    "UC": "upstream connection terminated",
+    "UR": "upstream remote reset: the replica reset the stream",
+    "LR": "local reset: Envoy reset the stream",
+    "LH": "local service failed its health check",
+    "DC": "downstream connection terminated: the caller went away",
+    "FI": "fault injected (abort): a rehearsal is on",
+    "DI": "fault injected (delay): a rehearsal is on",
+    "RL": "rate limited",
+    "UAEX": "denied by external authorization",
+    "RLSE": "rate limit service error",
+    "IH": "invalid header value rejected",
+    "SI": "stream idle timeout",
+    "DPE": "downstream protocol error",
+    "UPE": "upstream protocol error",
+    "UMSDR": "upstream stream duration limit reached",
+    "OM": "overload manager shed the request",
+    "DF": "DNS resolution failed",
+    "NC": "no cluster: the service is unknown to this proxy",
+}
+
+
+def explain(flags: str) -> str:
+    """'UH' -> words; several flags ('UF,URX') are explained in order; '-' means none."""
+    if not flags or flags == "-":
+        return "no Envoy flag (the app answered this status itself)"
+    return "; ".join(FLAGS.get(f, f"Envoy flag {f}") for f in flags.split(","))

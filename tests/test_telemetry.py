@@ -1,0 +1,105 @@
+"""Reading what Envoys report: flags in words, ejections from the outlier event log, failures
+from the access log. The files are written as Envoy writes them (JSON lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from interstate.telemetry import envoys
+from interstate.telemetry.flags import explain
+
+
+def test_flags_are_explained_in_words() -> None:
+    assert explain("UH").startswith("no healthy upstream")
+    assert explain("UO").startswith("upstream overflow")
+    assert explain("UT").startswith("upstream request timeout")
+    assert explain("UF,URX") == (
+        "upstream connection failure: could not connect to the replica; retry limit reached: every attempt failed"
+    )
+    assert explain("-").startswith("no Envoy flag")
+    assert explain("ZZ") == "Envoy flag ZZ"
+
+
+def caller(tmp_path: Path) -> envoys.Caller:
+    return envoys.Caller("sidecar~results-0", "http://127.0.0.1:1", tmp_path / "access.log", tmp_path / "outlier.log")
+
+
+def test_ejections_are_the_hosts_whose_last_event_is_an_eject(tmp_path: Path) -> None:
+    events = [
+        {
+            "type": "CONSECUTIVE_5XX",
+            "cluster_name": "outbound|stats",
+            "upstream_url": "127.0.0.1:1001",
+            "action": "EJECT",
+            "num_ejections": 1,
+            "enforced": True,
+            "timestamp": "2026-11-03T19:00:01Z",
+        },
+        {
+            "type": "CONSECUTIVE_5XX",
+            "cluster_name": "outbound|stats",
+            "upstream_url": "127.0.0.1:1002",
+            "action": "EJECT",
+            "num_ejections": 1,
+            "enforced": True,
+            "timestamp": "2026-11-03T19:00:02Z",
+        },
+        {
+            "cluster_name": "outbound|stats",
+            "upstream_url": "127.0.0.1:1001",
+            "action": "UNEJECT",
+            "num_ejections": 1,
+            "timestamp": "2026-11-03T19:00:31Z",
+        },
+        {
+            "type": "CONSECUTIVE_5XX",
+            "cluster_name": "outbound|audit",
+            "upstream_url": "127.0.0.1:2001",
+            "action": "EJECT",
+            "num_ejections": 1,
+            "enforced": True,
+            "timestamp": "2026-11-03T19:00:03Z",
+        },
+    ]
+    c = caller(tmp_path)
+    c.outlier_log.write_text("\n".join(json.dumps(e) for e in events) + "\nnot json\n")
+    assert envoys.ejections(c, "outbound|stats") == [
+        {
+            "host": "127.0.0.1:1002",
+            "since": "2026-11-03T19:00:02Z",
+            "reason": "CONSECUTIVE_5XX",
+            "times": 1,
+            "by": "sidecar~results-0",
+        }
+    ]
+    assert envoys.ejections(caller(tmp_path / "missing"), "outbound|stats") == []
+
+
+def test_recent_failures_are_grouped_by_status_and_flag(tmp_path: Path) -> None:
+    def line(status: int, flags: str, time: str, cluster: str = "outbound|stats", direction: str = "outbound") -> str:
+        return json.dumps(
+            {"status": status, "flags": flags, "time": time, "cluster": cluster, "direction": direction, "details": "x"}
+        )
+
+    c = caller(tmp_path)
+    c.access_log.write_text(
+        "\n".join(
+            [
+                "[2026-11-03 19:00:00.000][1][warning][main] an Envoy log line, not JSON",
+                line(200, "-", "19:00:00"),
+                line(503, "UH", "19:00:01"),
+                line(503, "UH", "19:00:02"),
+                line(504, "UT", "19:00:03"),
+                line(503, "UH", "19:00:04", cluster="outbound|audit"),
+                line(500, "-", "19:00:05", cluster="inbound|stats", direction="inbound"),
+            ]
+        )
+        + "\n"
+    )
+    failures = envoys.recent_failures([c], "outbound|stats")
+    assert [(f["status"], f["flags"], f["count"], f["last"]) for f in failures] == [
+        (504, "UT", 1, "19:00:03"),
+        (503, "UH", 2, "19:00:02"),
+    ]
+    assert failures[1]["why"].startswith("no healthy upstream")
