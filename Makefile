@@ -31,3 +31,4 @@ clean:
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ca.py
+	$(BIN)/python bench/bench_fastfail.py
