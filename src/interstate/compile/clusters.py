@@ -52,15 +52,18 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     if secure and workload is not None and workload.injected:
         cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
     policy = index.traffic_policies.get(service)
-    if policy is None:
+    spec = policy.spec if policy is not None else None
+    cluster.circuit_breakers.thresholds.append(
+        circuit_breakers(spec.connection_pool if spec else None, spec.retries.budget if spec and spec.retries else None)
+    )
+    if spec is None:
         return cluster
-    spec = policy.spec
     if spec.outlier_detection is not None:
         cluster.outlier_detection.CopyFrom(outlier_detection(spec.outlier_detection))
         cluster.common_lb_config.healthy_panic_threshold.CopyFrom(percent_pb2.Percent(value=0))
-    thresholds = circuit_breakers(spec.connection_pool, spec.retries.budget if spec.retries else None)
-    if thresholds is not None:
-        cluster.circuit_breakers.thresholds.append(thresholds)
+        # Apply an ejection (and any endpoint change) at once: Envoy's default 1 s merge window
+        # would keep calls going to a just-ejected replica right after the replicas changed.
+        cluster.common_lb_config.update_merge_window.CopyFrom(duration(0))
     if spec.connection_pool is not None and spec.connection_pool.max_requests_per_connection is not None:
         options = http_options_pb2.HttpProtocolOptions(
             common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
@@ -84,13 +87,18 @@ _LB_POLICIES = {
 }
 
 
+# Without a budget, concurrent retries are limited only by each request's own attempts: Envoy's
+# default (3 retries in flight per cluster) would refuse retries under any real concurrency.
+UNBUDGETED_MAX_RETRIES = 100_000
+
+
 def circuit_breakers(
     pool: ConnectionPool | None, budget: RetryBudget | None
-) -> circuit_breaker_pb2.CircuitBreakers.Thresholds | None:
+) -> circuit_breaker_pb2.CircuitBreakers.Thresholds:
     """Connection-pool limits (over them: an immediate 503, flag UO) and the retry budget."""
-    if pool is None and budget is None:
-        return None
     out = circuit_breaker_pb2.CircuitBreakers.Thresholds()
+    if budget is None:
+        out.max_retries.value = UNBUDGETED_MAX_RETRIES
     if pool is not None:
         for field in ("max_connections", "max_pending_requests", "max_requests"):
             value = getattr(pool, field)
