@@ -281,6 +281,11 @@ def test_the_circuit_opens_after_3_errors_answers_503_at_once_and_closes_by_itse
         assert mesh.stat("breaker", "upstream_rq_total") == attempts
         assert mesh.stat("breaker", "outlier_detection.ejections_active") == 1
         assert len(mesh.seen("breaker")) == 3
+        # `interstate status` says who is ejected since when, and why calls fail, in words.
+        shown = cli("status", "--admin", mesh.admin)
+        assert shown.returncode == 0, shown.stderr
+        assert "EJECTED breaker-0" in shown.stdout and "CONSECUTIVE_5XX" in shown.stdout
+        assert "503 UH: no healthy upstream: every replica is ejected" in shown.stdout
 
         # After baseEjectionTime (checked every `interval`, 1 s) the replica is tried again.
         def resumed() -> float | None:

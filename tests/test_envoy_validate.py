@@ -115,8 +115,57 @@ MANY_ROUTES = gateway(
     ("/", "results"),
 )
 
+RESILIENCE_FULL = doc(
+    "TrafficPolicy",
+    "stats-resilience",
+    {
+        "destination": {"service": "stats"},
+        "outlierDetection": {"consecutiveErrors": 3, "consecutiveGatewayErrors": 2, "baseEjectionTime": "30s"},
+        "connectionPool": {
+            "maxConnections": 10,
+            "maxPendingRequests": 5,
+            "maxRequests": 20,
+            "maxRequestsPerConnection": 100,
+        },
+        "retries": {
+            "attempts": 3,
+            "perTryTimeout": "300ms",
+            "retryOn": ["5xx", "gateway-error", "reset", "connect-failure", "refused-stream", "retriable-4xx"],
+            "backoff": {"baseInterval": "10ms", "maxInterval": "1s"},
+            "budget": {"percent": 20, "minConcurrency": 1},
+        },
+        "timeout": "2s",
+        "loadBalancer": {"policy": "RING_HASH", "hashOn": {"cookie": {"name": "session", "ttl": "1h"}}},
+        "fault": {"abort": {"percent": 50, "status": 503}, "delay": {"percent": 10, "fixedDelay": "2s"}},
+    },
+)
+RESILIENCE_HEADER = doc(
+    "TrafficPolicy",
+    "audit-sticky",
+    {
+        "destination": {"service": "audit"},
+        "retries": {"attempts": 0},
+        "loadBalancer": {"policy": "RING_HASH", "hashOn": {"header": "x-user"}},
+    },
+)
+RESILIENCE_LEAST = doc(
+    "TrafficPolicy",
+    "results-least",
+    {"destination": {"service": "results"}, "loadBalancer": {"policy": "LEAST_REQUEST"}},
+)
+
 VARIANTS: dict[str, list[dict[str, Any]]] = {
     # "election-night" itself is the example folder, read by interstate.config.load
+    "resilience-everything": [
+        MESH,
+        workload("results", ("stats", "audit"), {POLICY: "FEC-F101"}, replicas=2),
+        STATS,
+        workload("audit"),
+        GATEWAY,
+        RESILIENCE_FULL,
+        RESILIENCE_HEADER,
+        RESILIENCE_LEAST,
+    ],
     "outlier-all-fields": [
         MESH,
         workload("results", ("stats", "audit"), {POLICY: "FEC-F101"}, replicas=2),
@@ -319,6 +368,11 @@ def test_envoy_accepts_the_compiled_config(case: Case, envoy: Path, authority: A
 # What each variant is for, seen in its compiled config (mTLS): (variant, proxy, text, present).
 # Without these a variant could silently stop exercising what it is named for.
 COVERAGE = [
+    ("resilience-everything", "sidecar~results-0", '"lb_policy": "RING_HASH"', True),
+    ("resilience-everything", "sidecar~results-0", '"budget_percent": {"value": 20.0}', True),
+    ("resilience-everything", "sidecar~results-0", "envoy.filters.http.fault", True),
+    ("resilience-everything", "sidecar~results-0", '"header_name": "x-user"', True),
+    ("resilience-everything", "ingress~ingress", '"lb_policy": "LEAST_REQUEST"', True),
     ("election-night", "sidecar~results-0", '"consecutive_5xx": 3', True),
     ("outlier-all-fields", "sidecar~results-0", '"max_ejection_percent": 50', True),
     ("outlier-all-fields", "sidecar~results-0", '"consecutive_5xx": 1000', True),
