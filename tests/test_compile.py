@@ -330,8 +330,27 @@ def test_the_longest_gateway_prefix_wins_whatever_its_position() -> None:
 
 def test_the_ingress_adds_the_mesh_default_policy_only_when_absent() -> None:
     assert from_outside(mesh(), "/results").headers_added == FEC
-    assert from_outside(mesh(), "/results", x_policy_ctx="FEC-F7").headers_added == {}
+    assert from_outside(mesh(), "/results", x_policy_ctx="FEC-F101").headers_added == {}  # a known ID is kept
     assert from_outside(mesh(RESULTS, STATS, GATEWAY), "/results").headers_added == {}
+
+
+@pytest.mark.parametrize("sent", ["FEC-F7", "FEC-F101,FEC-F202", "FEC-F101" + "X" * 80])
+def test_the_ingress_replaces_a_policy_id_it_does_not_know(sent: str) -> None:
+    outcome = from_outside(mesh(), "/results", x_policy_ctx=sent)
+    assert outcome.route.startswith("policy-replaced|")
+    assert outcome.cluster == "outbound|results" and outcome.headers_added == FEC
+
+
+def test_the_ingress_accepts_the_mesh_known_policies_and_rejects_others_when_told() -> None:
+    strict = MESH.replace(
+        "spec: {defaultPolicy: FEC-F101}",
+        "spec: {defaultPolicy: FEC-F101, knownPolicies: [FEC-F202], unknownPolicy: REJECT}",
+    )
+    index = mesh(strict, RESULTS, STATS, GATEWAY)
+    kept = from_outside(index, "/results", x_policy_ctx="FEC-F202")
+    assert kept.cluster == "outbound|results" and kept.headers_added == {}
+    refused = from_outside(index, "/results", x_policy_ctx="FEC-F7")
+    assert refused.status == 400 and "must be one known policy ID (FEC-F101, FEC-F202)" in refused.body
 
 
 def test_an_ingress_without_gateway_answers_404() -> None:

@@ -78,6 +78,37 @@ def test_a_client_policy_header_is_kept_end_to_end(example_mesh: MeshRun) -> Non
     assert response.json()["stats"]["policy_ctx_seen"] == "FEC-F202"
 
 
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        ([("x-policy-ctx", "FEC-FAKE")], "unknown"),
+        ([("x-policy-ctx", "FEC-F101"), ("x-policy-ctx", "FEC-F202")], "two values"),
+        ([("x-policy-ctx", "FEC-F101"), ("x-policy-ctx", "FEC-FAKE")], "a known value next to an unknown one"),
+        ([("x-policy-ctx", "FEC-F101" + "0" * 100)], "oversized"),
+    ],
+)
+def test_the_ingress_replaces_a_policy_context_it_does_not_know(
+    example_mesh: MeshRun, headers: list[tuple[str, str]], why: str
+) -> None:
+    response = httpx.get(example_mesh.ingress + "/results", headers=headers, timeout=10, trust_env=False)
+    assert response.status_code == 200, why
+    assert response.json()["stats"]["policy_ctx_seen"] == "FEC-F101", why  # the default, not the client's
+    # ... and counted (from the ingress's access log, flushed every second)
+    wait_for(
+        lambda: example_mesh.status()["ingress"]["policy_headers"]["policy-replaced"] > 0,
+        timeout=5,
+        what="the replacement to be counted",
+    )
+
+
+def test_a_header_name_with_an_underscore_is_refused(example_mesh: MeshRun) -> None:
+    # `x_policy_ctx` could otherwise reach an app that treats it as `x-policy-ctx` (CGI/WSGI do)
+    response = httpx.get(
+        example_mesh.ingress + "/results", headers={"x_policy_ctx": "FEC-F202"}, timeout=10, trust_env=False
+    )
+    assert response.status_code == 400
+
+
 def test_every_envoy_accepted_its_config_and_is_connected(example_mesh: MeshRun) -> None:
     status = example_mesh.status()
     admins = sidecar_admins(status, "results") + sidecar_admins(status, "stats") + [status["ingress"]["admin"]]

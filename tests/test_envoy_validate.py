@@ -424,7 +424,16 @@ def test_envoy_accepts_the_bootstrap(xds_tls: bool, envoy: Path, authority: Auth
             str(tmp_path / "proxy.ca"),
             spiffe.system_id("interstate.local", "control-plane"),
         )
-    config = bootstrap.build("sidecar~results-0", "results", 0, "127.0.0.1", 15000, tls)
+    config = bootstrap.build(
+        "sidecar~results-0",
+        "results",
+        0,
+        "127.0.0.1",
+        15000,
+        tls,
+        outlier_event_log=str(tmp_path / "outlier.log"),
+        joined_headers=("x-policy-ctx",),
+    )
 
     result = envoy_static.validate(envoy, config, tmp_path / "bootstrap.json")
 

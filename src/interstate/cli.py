@@ -209,7 +209,9 @@ def status(admin: str, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     if "ingress" in data:
-        click.echo(f"ingress {data['ingress']['url']}")
+        counts = data["ingress"].get("policy_headers", {})
+        odd = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        click.echo(f"ingress {data['ingress']['url']}" + (f" (policy header: {odd})" if odd else ""))
     for name, svc in data["services"].items():
         mtls = svc["mtls"] if svc["mtls"] != "PERMISSIVE" else "PERMISSIVE (plaintext accepted!)"
         click.echo(

@@ -217,6 +217,8 @@ def route_matches(match: rc.RouteMatch, path: str, headers: Mapping[str, str] | 
 
 
 def _header_matches(matcher: rc.HeaderMatcher, value: str | None) -> bool:
+    if matcher.WhichOneof("header_match_specifier") == "present_match":
+        return ((value is not None) == bool(matcher.present_match)) != bool(matcher.invert_match)
     kind = matcher.string_match.WhichOneof("match_pattern") if matcher.HasField("string_match") else None
     if kind is None:
         raise NotImplementedError(f"header matcher on {matcher.name!r} is not simulated")

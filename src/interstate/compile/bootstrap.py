@@ -30,8 +30,12 @@ def build(
     xds_port: int,
     xds_tls: XdsTls | None = None,
     outlier_event_log: str | None = None,
+    joined_headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """`outlier_event_log`: a file where Envoy appends a JSON line per ejection and return."""
+    """`outlier_event_log`: a file where Envoy appends a JSON line per ejection and return.
+    `joined_headers`: request headers Envoy keeps as one comma-joined value when a request
+    repeats them, so every matcher sees all values at once (the policy header: two values must
+    not pass a check because one of them is valid)."""
     ads = {"ads": {}, "resource_api_version": "V3"}
     bootstrap = {
         "node": {"id": node_id, "cluster": cluster or "ingress"},
@@ -81,6 +85,10 @@ def build(
             ]
         },
     }
+    if joined_headers:
+        bootstrap["inline_headers"] = [
+            {"inline_header_name": name, "inline_header_type": "REQUEST_HEADER"} for name in joined_headers
+        ]
     if outlier_event_log is not None:
         bootstrap["cluster_manager"] = {"outlier_detection": {"event_log_path": outlier_event_log}}
     if xds_tls is not None:

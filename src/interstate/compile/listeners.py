@@ -81,6 +81,7 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
         "cluster": "%UPSTREAM_CLUSTER%",
         "duration_ms": "%DURATION%",
         "details": "%RESPONSE_CODE_DETAILS%",
+        "route": "%ROUTE_NAME%",
         "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
         "request_id": "%REQ(X-REQUEST-ID)%",
         "policy": f"%REQ({index.mesh.policy_header.upper()})%",
@@ -108,6 +109,10 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         path_with_escaped_slashes_action=HCM.UNESCAPE_AND_REDIRECT,
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(allow_absolute_url={"value": True}),
         generate_request_id={"value": True},
+    )
+    # `x_policy_ctx` must not slip past rules written for `x-policy-ctx`: such names are refused.
+    manager.common_http_protocol_options.headers_with_underscores_action = (
+        protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
     )
     if inbound:
         # The app learns who called it (URI= the caller's SPIFFE ID); a caller cannot forge it.

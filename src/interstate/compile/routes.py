@@ -17,7 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from interstate.compile import clusters, names, resilience
+from interstate.compile import clusters, names, policy_context, resilience
 from interstate.compile.common import duration
 from interstate.compile.proxy import Proxy, Role
 from interstate.model.index import MeshIndex
@@ -109,9 +109,10 @@ def ingress(index: MeshIndex) -> route_pb2.RouteConfiguration:
     if gateway is not None:
         ordered = sorted(gateway.spec.routes, key=lambda r: (-len(r.path_prefix), r.path_prefix))
         for route in ordered:
-            routes += resilience.routes_to(
+            to_service = resilience.routes_to(
                 index, route.service, prefix_match(route.path_prefix), f"{route.path_prefix}->{route.service}"
             )
+            routes += policy_context.guard(index, to_service) + to_service
     routes.append(not_found("no Gateway route matches this path"))
     return route_pb2.RouteConfiguration(
         name=names.INGRESS_ROUTE,

@@ -92,6 +92,14 @@ class MeshIndex:
     def token_policies(self) -> tuple[TokenPolicy, ...]:
         return self.config.of_kind(TokenPolicy)
 
+    @cached_property
+    def known_policies(self) -> tuple[str, ...]:
+        """Policy IDs the ingress accepts from clients: the Mesh's list, its default, and every
+        workload's own (sorted)."""
+        known = set(self.mesh.known_policies)
+        known.update(p for p in [self.mesh.default_policy, *(w.policy for w in self.workloads.values())] if p)
+        return tuple(sorted(known))
+
     def policy_for(self, workload: Workload | None) -> str | None:
         """The policy ID a proxy adds when the request carries none."""
         if workload is not None and workload.policy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field
@@ -54,15 +55,32 @@ HeaderName = Annotated[str, AfterValidator(_check_header)]
 PolicyId = Annotated[str, AfterValidator(check_policy_id)]
 
 
+class UnknownPolicy(StrEnum):
+    REPLACE = "REPLACE"  # the ingress replaces it with the default policy (and counts it)
+    REJECT = "REJECT"  # the ingress answers 400 (and counts it)
+
+
 class MeshSpec(Strict):
     trust_domain: str = Field(default="interstate.local", pattern=r"^[a-z0-9.-]+$")
     policy_header: HeaderName = "x-policy-ctx"
     default_policy: PolicyId | None = None
+    # Policy IDs clients may send in; the default and the workloads' own are always known.
+    known_policies: list[PolicyId] = Field(default_factory=list)
+    unknown_policy: UnknownPolicy = UnknownPolicy.REPLACE
     mtls: Mtls = Mtls(mode=MtlsMode.STRICT)
 
 
 class Mesh(Resource):
-    """Settings for the whole mesh. Optional; the defaults apply when it is absent."""
+    """Settings for the whole mesh. Optional; the defaults apply when it is absent.
+
+    spec.trustDomain      SPIFFE trust domain of every identity
+    spec.policyHeader     the compliance header (default x-policy-ctx)
+    spec.defaultPolicy    added to requests that carry none
+    spec.knownPolicies    IDs clients may send in at the ingress (with the default and the
+                          workloads' own); any other value, two values, or an oversized one is
+    spec.unknownPolicy    REPLACEd by the default (default) or REJECTed with 400, and counted
+    spec.mtls.mode        STRICT (default) or PERMISSIVE
+    """
 
     KIND: ClassVar[str] = "Mesh"
     SINGLETON: ClassVar[bool] = True

@@ -18,7 +18,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names
+from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names, policy_context
 from interstate.errors import InterstateError, PermanentError
 from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
@@ -162,6 +162,7 @@ class Supervisor:
             self.xds_port,
             self.identity.bootstrap_tls(proxy),
             outlier_event_log=str(log_paths(self.settings, proxy)[1]),
+            joined_headers=(self.index.mesh.policy_header,),
         )
         return EnvoyProcess(proxy, admin_port, config, self._envoy, self.settings, self._http)
 
@@ -206,6 +207,12 @@ class Supervisor:
         fails, a new replica does not start, or any Envoy rejects its new config, the previous
         config is put back (replicas started for the new one are stopped) and the error raised."""
         preflight.check(config, self.settings.mesh_dir)
+        header, new_header = self.index.mesh.policy_header, MeshIndex(config).mesh.policy_header
+        if new_header != header and self._envoys():
+            raise PermanentError(
+                f"Mesh spec.policyHeader cannot change from {header!r} to {new_header!r} while the mesh runs "
+                "(every Envoy registered it at start); stop the mesh and start it again"
+            )
         async with self._lock:
             previous = self.config
             self.config = config
@@ -399,5 +406,9 @@ class Supervisor:
                 "admin": self.ingress.admin_port,
                 "pid": self.ingress.child.pid,
                 "xds": xds.get(self.ingress.proxy.node_id),
+                # requests whose policy header was not one known ID (recent access log)
+                "policy_headers": envoys_t.route_counts(
+                    self.ingress.log_path, (policy_context.REPLACED, policy_context.REJECTED)
+                ),
             }
         return out

@@ -1,0 +1,68 @@
+"""The policy header at the mesh boundary: only known policy IDs come in through the ingress.
+
+For each Gateway route, a route in front of it catches requests whose policy header is present
+but not exactly one known ID (an unknown value, two values — Envoy joins them with a comma —
+or an oversized one). Per the Mesh's `unknownPolicy`, they are sent on with the header replaced
+by the default policy, or answered 400. Either way the route's name (`policy-replaced`,
+`policy-rejected`) is in the access log, where `interstate status` counts it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+
+from interstate.model.index import MeshIndex
+from interstate.model.mesh import UnknownPolicy
+
+REPLACED = "policy-replaced"
+REJECTED = "policy-rejected"
+
+
+def _not_known(index: MeshIndex) -> list[rc.HeaderMatcher]:
+    """Header present, and not exactly one known ID."""
+    known = "|".join(re.escape(p) for p in index.known_policies) or "(?!)"  # nothing known: all unknown
+    name = index.mesh.policy_header
+    return [
+        rc.HeaderMatcher(name=name, present_match=True),
+        rc.HeaderMatcher(
+            name=name,
+            string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=f"^(?:{known})$")),
+            invert_match=True,
+        ),
+    ]
+
+
+def guard(index: MeshIndex, routes: list[rc.Route]) -> list[rc.Route]:
+    """Routes to put in front of `routes` (the ingress routes of one Gateway prefix)."""
+    out = []
+    mesh = index.mesh
+    for route in routes:
+        guarded = rc.Route()
+        guarded.CopyFrom(route)
+        guarded.match.headers.extend(_not_known(index))
+        guarded.typed_per_filter_config.clear()
+        if mesh.unknown_policy is UnknownPolicy.REJECT or not mesh.default_policy:
+            guarded.name = f"{REJECTED}|{route.name}"
+            guarded.ClearField("route")
+            known = ", ".join(index.known_policies) or "none"
+            guarded.direct_response.CopyFrom(
+                rc.DirectResponseAction(
+                    status=400,
+                    body={"inline_string": f"interstate: {mesh.policy_header} must be one known policy ID ({known})\n"},
+                )
+            )
+        else:
+            guarded.name = f"{REPLACED}|{route.name}"
+            guarded.typed_per_filter_config.update(route.typed_per_filter_config)
+            guarded.request_headers_to_add.append(
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=mesh.policy_header, value=mesh.default_policy),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            )
+        out.append(guarded)
+    return out
