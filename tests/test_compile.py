@@ -15,6 +15,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from interstate.compile import Proxy, ProxyResources, compile_proxy
 from interstate.config.loader import decode_sources
@@ -499,3 +500,23 @@ def test_describe_reads_as_an_explanation() -> None:
         "GET http://audit/ on outbound: Envoy answers 404: "
         "interstate: results may only call the services in its spec.calls (stats)"
     )
+
+
+def test_a_workload_that_requires_a_policy_gets_a_deny_rule_before_its_app() -> None:
+    strict_stats = STATS.replace("  port: 8080\n", "  port: 8080\n  requirePolicy: true\n")
+    filters = [
+        f.name
+        for f in inbound_manager(
+            compile_proxy(mesh(MESH, RESULTS, strict_stats, GATEWAY), sidecar("stats"))
+        ).http_filters
+    ]
+    relaxed = [f.name for f in inbound_manager(compile_proxy(mesh(), sidecar("stats"))).http_filters]
+    assert filters == ["envoy.filters.http.rbac", "envoy.filters.http.rbac", "envoy.filters.http.router"]
+    assert relaxed == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+
+
+def inbound_manager(resources: ProxyResources) -> hcm_pb2.HttpConnectionManager:
+    listener = next(x for x in resources.listeners if x.name == "inbound")
+    manager = hcm_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return manager

@@ -325,3 +325,19 @@ def test_a_failing_apply_leaves_the_mesh_as_it_was(tmp_path: Path, mesh_copy: Pa
         assert applied.returncode == 0, applied.stderr
         response = get(mesh.ingress + "/stats")
         assert response.status_code == 200 and response.json()["served_by"] == "stats-0"
+
+
+def test_a_service_that_requires_a_policy_fails_closed(tmp_path: Path, mesh_copy: Path) -> None:
+    stats_file = mesh_copy / "stats.yaml"
+    stats_file.write_text(stats_file.read_text().replace("  replicas: 1\n", "  replicas: 1\n  requirePolicy: true\n"))
+    with running_mesh(mesh_copy, tmp_path / "run") as mesh:
+        assert get(mesh.ingress + "/results").status_code == 200  # results' side-car stamps FEC-F101
+        inbound = mesh.status()["services"]["stats"]["replicas"][0]["sidecar"]["inbound"]
+        with mesh.mesh_client("results") as client:
+            missing = client.get(f"https://127.0.0.1:{inbound}/stats")
+            unknown = client.get(f"https://127.0.0.1:{inbound}/stats", headers={"x-policy-ctx": "FEC-FAKE"})
+            known = client.get(f"https://127.0.0.1:{inbound}/stats", headers={"x-policy-ctx": "FEC-F202"})
+        assert missing.status_code == unknown.status_code == 403
+        assert "interstate: access denied:" in missing.text
+        assert "stats-requires-one-known-x-policy-ctx" in missing.text  # the rule that said no
+        assert known.status_code == 200 and known.json()["policy_ctx"] == "FEC-F202"

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import authz, jwt, names, resilience, tls
+from interstate.compile import authz, jwt, names, policy_context, resilience, tls
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -120,7 +120,11 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         manager.set_current_client_cert_details.uri = True
         # Authorization decides on the decoded path: `/a%2Fb` is `/a/b`, not a way around it.
         manager.path_with_escaped_slashes_action = HCM.UNESCAPE_AND_FORWARD
-        checks = [authz.svid_filter(), authz.access_filter(index, proxy.service)]
+        checks = [
+            authz.svid_filter(),
+            policy_context.required_filter(index, proxy.service),
+            authz.access_filter(index, proxy.service),
+        ]
         before_router(manager, [f for f in checks if f is not None])
         manager.local_reply_config.CopyFrom(authz.local_reply(proxy.service))
     return manager

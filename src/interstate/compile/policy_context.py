@@ -12,14 +12,43 @@ from __future__ import annotations
 import re
 
 from envoy.config.core.v3 import base_pb2
+from envoy.config.rbac.v3 import rbac_pb2 as rbac
 from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
+from interstate.compile.common import pack
 from interstate.model.index import MeshIndex
 from interstate.model.mesh import UnknownPolicy
 
 REPLACED = "policy-replaced"
 REJECTED = "policy-rejected"
+
+
+def required_filter(index: MeshIndex, service: str) -> hcm_pb2.HttpFilter | None:
+    """Fail closed at a service's side-car (`Workload.spec.requirePolicy`): an RBAC rule denies
+    (403, counted as `http.inbound.rbac.policy_.denied`) requests without exactly one known ID."""
+    workload = index.workloads.get(service)
+    if workload is None or not workload.spec.require_policy:
+        return None
+    header = index.mesh.policy_header
+    missing = rc.HeaderMatcher(name=header, present_match=True, invert_match=True)
+    unknown = _not_known(index)
+    rules = rbac.RBAC(
+        action=rbac.RBAC.DENY,
+        policies={
+            f"{service}-requires-one-known-{header}": rbac.Policy(
+                permissions=[rbac.Permission(any=True)],
+                principals=[
+                    rbac.Principal(header=missing),
+                    rbac.Principal(and_ids=rbac.Principal.Set(ids=[rbac.Principal(header=h) for h in unknown])),
+                ],
+            )
+        },
+    )
+    config = rbac_filter.RBAC(rules=rules, rules_stat_prefix="policy_")
+    return hcm_pb2.HttpFilter(name="envoy.filters.http.rbac", typed_config=pack(config))
 
 
 def _not_known(index: MeshIndex) -> list[rc.HeaderMatcher]:

@@ -28,7 +28,7 @@ ROUTE_TIMEOUT_S = 15.0  # side-car -> its own app; calls between services: see `
 def build(index: MeshIndex, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
     if proxy.role is Role.INGRESS:
         return [ingress(index)]
-    return [outbound(index, proxy), inbound(proxy)]
+    return [outbound(index, proxy), inbound(index, proxy)]
 
 
 def policy_header(index: MeshIndex, policy: str | None) -> list[base_pb2.HeaderValueOption]:
@@ -82,24 +82,14 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=vhosts)
 
 
-def inbound(proxy: Proxy) -> route_pb2.RouteConfiguration:
+def inbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
+    app = rc.Route(
+        name="app",
+        match=rc.RouteMatch(prefix="/"),
+        route=rc.RouteAction(cluster=names.inbound_cluster(proxy.service), timeout=duration(ROUTE_TIMEOUT_S)),
+    )
     return route_pb2.RouteConfiguration(
-        name=names.INBOUND_ROUTE,
-        virtual_hosts=[
-            rc.VirtualHost(
-                name="app",
-                domains=["*"],
-                routes=[
-                    rc.Route(
-                        name="app",
-                        match=rc.RouteMatch(prefix="/"),
-                        route=rc.RouteAction(
-                            cluster=names.inbound_cluster(proxy.service), timeout=duration(ROUTE_TIMEOUT_S)
-                        ),
-                    )
-                ],
-            )
-        ],
+        name=names.INBOUND_ROUTE, virtual_hosts=[rc.VirtualHost(name="app", domains=["*"], routes=[app])]
     )
 
 

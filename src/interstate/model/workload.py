@@ -99,6 +99,7 @@ class WorkloadSpec(Strict):
     calls: list[Name] = Field(default_factory=list)
     readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
     mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
+    require_policy: bool = False  # fail closed: requests without one known policy ID get 403
 
     @field_validator("calls")
     @classmethod
