@@ -485,11 +485,11 @@ def test_a_document_that_is_not_a_mapping_is_reported(document: str, got: str) -
 
 
 def test_an_unknown_kind_lists_the_known_kinds() -> None:
-    issue = only_issue(mesh_yaml(extra=STATS.replace("Workload", "TrafficSplit")))
+    issue = only_issue(mesh_yaml(extra=STATS.replace("Workload", "VirtualService")))
 
-    assert (issue.document, issue.resource, issue.field) == (6, "TrafficSplit stats", "kind")
-    assert issue.message.startswith("unknown kind 'TrafficSplit'; known kinds: " + KNOWN_KINDS)
-    assert "TrafficPolicy (mesh.codifyhq.io/v1), Workload (mesh.codifyhq.io/v1)" in issue.message
+    assert (issue.document, issue.resource, issue.field) == (6, "VirtualService stats", "kind")
+    assert issue.message.startswith("unknown kind 'VirtualService'; known kinds: " + KNOWN_KINDS)
+    assert "TrafficPolicy (mesh.codifyhq.io/v1), TrafficSplit (mesh.codifyhq.io/v1), Workload" in issue.message
 
 
 def test_a_missing_kind_lists_the_known_kinds() -> None:

@@ -156,6 +156,23 @@ RESILIENCE_LEAST = doc(
 
 VARIANTS: dict[str, list[dict[str, Any]]] = {
     # "election-night" itself is the example folder, read by interstate.config.load
+    "traffic-split": [
+        MESH,
+        RESULTS,
+        STATS,
+        workload("results-v2", ("stats",), version="v2"),
+        workload("newsroom", ("results",)),
+        GATEWAY,
+        doc(
+            "TrafficSplit",
+            "results-canary",
+            {
+                "service": "results",
+                "backends": [{"service": "results", "weight": 90}, {"service": "results-v2", "weight": 10}],
+                "pin": {"header": {"name": "x-canary", "value": "true"}, "backend": "results-v2"},
+            },
+        ),
+    ],
     "resilience-everything": [
         MESH,
         workload("results", ("stats", "audit"), {POLICY: "FEC-F101"}, replicas=2),
@@ -368,6 +385,8 @@ def test_envoy_accepts_the_compiled_config(case: Case, envoy: Path, authority: A
 # What each variant is for, seen in its compiled config (mTLS): (variant, proxy, text, present).
 # Without these a variant could silently stop exercising what it is named for.
 COVERAGE = [
+    ("traffic-split", "ingress~ingress", '"weighted_clusters"', True),
+    ("traffic-split", "sidecar~newsroom-0", '"cluster": "outbound|results-v2"', True),
     ("resilience-everything", "sidecar~results-0", '"lb_policy": "RING_HASH"', True),
     ("resilience-everything", "sidecar~results-0", '"budget_percent": {"value": 20.0}', True),
     ("resilience-everything", "sidecar~results-0", "envoy.filters.http.fault", True),

@@ -30,13 +30,18 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
     return clusters
 
 
-def callees(index: MeshIndex, proxy: Proxy) -> list[str]:
-    """Services this proxy may send requests to, sorted."""
+def called(index: MeshIndex, proxy: Proxy) -> list[str]:
+    """Services this proxy's clients may address (Host names, Gateway routes), sorted."""
     if proxy.role is Role.INGRESS:
         gateway = index.gateway
         return sorted({r.service for r in gateway.spec.routes}) if gateway else []
     workload = index.workloads.get(proxy.service)
     return sorted(workload.spec.calls) if workload else []
+
+
+def callees(index: MeshIndex, proxy: Proxy) -> list[str]:
+    """Services this proxy sends requests to: those called, or their TrafficSplit backends."""
+    return sorted({backend for service in called(index, proxy) for backend, _ in index.backends(service)})
 
 
 def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb2.Cluster:

@@ -51,6 +51,21 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
     policy = index.traffic_policies.get(service)
     retries = policy.spec.retries if policy and policy.spec.retries else DEFAULT_RETRIES
     out = []
+    split = index.traffic_splits.get(service)
+    if split is not None and split.spec.pin is not None:
+        # the sticky canary: requests with the pin header go to one backend, whatever the weights
+        pinned = rc.RouteMatch()
+        pinned.CopyFrom(match)
+        pinned.headers.append(
+            rc.HeaderMatcher(
+                name=split.spec.pin.header.name,
+                string_match=string_pb2.StringMatcher(exact=split.spec.pin.header.value),
+            )
+        )
+        pin_action = action(index, service, retries, list(SAFE_RETRY_ON))
+        pin_action.ClearField("weighted_clusters")
+        pin_action.cluster = names.outbound_cluster(split.spec.pin.backend)
+        out.append(rc.Route(name=f"{name}|pinned", match=pinned, route=pin_action))
     for suffix, route_match, retry_on in (
         ("idempotent", idempotent_match, retries.retry_on),
         ("other", match, list(SAFE_RETRY_ON)),
@@ -65,7 +80,16 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
 def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]) -> rc.RouteAction:
     policy = index.traffic_policies.get(service)
     timeout = policy.spec.timeout if policy and policy.spec.timeout else DEFAULT_TIMEOUT
-    out = rc.RouteAction(cluster=names.outbound_cluster(service), timeout=duration(timeout))
+    out = rc.RouteAction(timeout=duration(timeout))
+    backends = index.backends(service)
+    if len(backends) == 1:
+        out.cluster = names.outbound_cluster(backends[0][0])
+    else:  # a TrafficSplit: Envoy picks a backend per request by weight
+        out.weighted_clusters.clusters.extend(
+            rc.WeightedCluster.ClusterWeight(name=names.outbound_cluster(b), weight={"value": w})
+            for b, w in backends
+            if w > 0
+        )
     if retries.attempts > 0:
         retry = rc.RetryPolicy(
             retry_on=",".join(retry_on),

@@ -61,7 +61,7 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     workload = index.workloads.get(proxy.service)
     headers = policy_header(index, index.policy_for(workload))
     vhosts = []
-    for service in clusters.callees(index, proxy):
+    for service in clusters.called(index, proxy):
         port = index.workloads[service].spec.port
         vhosts.append(
             rc.VirtualHost(
@@ -71,7 +71,7 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
                 request_headers_to_add=headers,
             )
         )
-    declared = ", ".join(clusters.callees(index, proxy)) or "none"
+    declared = ", ".join(clusters.called(index, proxy)) or "none"
     vhosts.append(
         rc.VirtualHost(
             name="undeclared",

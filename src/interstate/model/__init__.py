@@ -12,10 +12,12 @@ from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh
 from interstate.model.token_policy import TokenPolicy
 from interstate.model.traffic_policy import TrafficPolicy
+from interstate.model.traffic_split import TrafficSplit
 from interstate.model.workload import Workload
 
 KINDS: dict[tuple[str, str], type[Resource]] = {
-    (cls.API_VERSION, cls.KIND): cls for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy, TokenPolicy)
+    (cls.API_VERSION, cls.KIND): cls
+    for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy, TokenPolicy, TrafficSplit)
 }
 
 __all__ = [
@@ -27,5 +29,6 @@ __all__ = [
     "Resource",
     "TokenPolicy",
     "TrafficPolicy",
+    "TrafficSplit",
     "Workload",
 ]

@@ -18,6 +18,7 @@ from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh, MeshSpec
 from interstate.model.token_policy import TokenPolicy
 from interstate.model.traffic_policy import TrafficPolicy
+from interstate.model.traffic_split import TrafficSplit
 from interstate.model.workload import Workload
 
 T = TypeVar("T", bound=Resource)
@@ -87,6 +88,17 @@ class MeshIndex:
         for policy in self.config.of_kind(AccessPolicy):
             out.setdefault(policy.spec.destination.service, []).append(policy)
         return MappingProxyType({k: tuple(v) for k, v in out.items()})
+
+    @cached_property
+    def traffic_splits(self) -> Mapping[str, TrafficSplit]:
+        return MappingProxyType({s.spec.service: s for s in self.config.of_kind(TrafficSplit)})
+
+    def backends(self, service: str) -> tuple[tuple[str, int], ...]:
+        """Who serves calls to `service`, with weights: its TrafficSplit's backends, else itself."""
+        split = self.traffic_splits.get(service)
+        if split is None:
+            return ((service, 100),)
+        return tuple((b.service, b.weight) for b in split.spec.backends)
 
     @cached_property
     def token_policies(self) -> tuple[TokenPolicy, ...]:
