@@ -232,6 +232,33 @@ def status(admin: str, as_json: bool) -> None:
                 click.echo(f"    {nack}")
 
 
+@main.command()
+@click.argument("service")
+@click.argument("weights", nargs=-1, required=True)
+@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+def split(service: str, weights: tuple[str, ...], admin: str) -> None:
+    """Share calls to SERVICE among backends, live: `interstate split results results=50 results-v2=50`.
+    A bare version suffix also works: `results v2=50` means results-v2=50 and results=50."""
+    parsed: dict[str, int] = {}
+    for item in weights:
+        name, sep, value = item.partition("=")
+        if not sep or not value.strip().isdigit():
+            _fail(f"{item!r}: write BACKEND=PERCENT, e.g. results-v2=10", EXIT_USAGE)
+        backend = name if name.startswith(service) else f"{service}-{name}"
+        parsed[backend] = int(value)
+    if len(parsed) == 1:  # one canary weight given: the service itself takes the rest
+        ((backend, percent),) = parsed.items()
+        if backend != service and percent <= 100:
+            parsed = {service: 100 - percent, backend: percent}
+    try:
+        AdminClient(admin).split(service, parsed)
+    except InterstateError as exc:
+        _fail(
+            f"split refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE
+        )
+    click.echo(f"{service}: " + ", ".join(f"{b} {w}%" for b, w in parsed.items()))
+
+
 def _print_resilience(facts: dict[str, Any] | None) -> None:
     """What callers' side-cars saw of calls to a service, in words."""
     if not facts:

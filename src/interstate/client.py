@@ -45,6 +45,9 @@ class AdminClient:
     def fault(self, service: str, fault: dict[str, Any] | None) -> dict[str, Any]:
         return self._call("POST", f"/services/{service}/fault", {"fault": fault})
 
+    def split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
+        return self._call("POST", f"/services/{service}/split", {"weights": weights})
+
     def certs(self) -> dict[str, Any]:
         return self._call("GET", "/certs")
 

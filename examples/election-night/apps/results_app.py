@@ -49,7 +49,7 @@ async def results(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             **aggregate(data["precincts"]),
-            "served_by": f"results-{os.environ.get('INTERSTATE_REPLICA', '?')}",
+            "served_by": f"{os.environ.get('INTERSTATE_SERVICE', 'results')}-{os.environ.get('INTERSTATE_REPLICA', '?')}",
             "stats": {"served_by": data["served_by"], "policy_ctx_seen": data["policy_ctx"]},
         }
     )

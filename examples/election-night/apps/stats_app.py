@@ -33,7 +33,7 @@ async def stats(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "precincts": [precinct(n, elapsed) for n in range(1, PRECINCTS + 1)],
-            "served_by": f"stats-{os.environ.get('INTERSTATE_REPLICA', '?')}",
+            "served_by": served_by(),
             "policy_ctx": request.headers.get("x-policy-ctx"),
             "request_id": request.headers.get("x-request-id"),
         }
@@ -41,7 +41,12 @@ async def stats(request: Request) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    return JSONResponse({"ok": True})
+    return JSONResponse({"ok": True, "served_by": served_by()})
+
+
+def served_by() -> str:
+    """Which replica answered: `stats-0`, or `stats-v2-0` for a canary workload."""
+    return f"{os.environ.get('INTERSTATE_SERVICE', 'stats')}-{os.environ.get('INTERSTATE_REPLICA', '?')}"
 
 
 app = Starlette(routes=[Route("/stats", stats), Route("/healthz", healthz)])

@@ -5,6 +5,7 @@ GET  /status                       services, replicas, ports, xDS versions, NACK
 POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
 POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
 POST /services/{name}/fault {"fault": {"abort": {"percent": 50, "status": 503}} | null}
+POST /services/{name}/split {"weights": {"results": 90, "results-v2": 10}}
 GET  /certs                        the CA, and each proxy's SPIFFE ID, serial, expiry, rotation
 GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
 """
@@ -125,6 +126,28 @@ def create_app(supervisor: Supervisor) -> Starlette:
             return JSONResponse({"error": str(exc)}, 409)
         return JSONResponse(result)
 
+    async def split(request: Request) -> Response:
+        """Body: {"weights": {"backend": percent, ...}} (integers summing to 100)."""
+        name = request.path_params["name"]
+        try:
+            weights = (await request.json())["weights"]
+            if not isinstance(weights, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": 'expected JSON {"weights": {"results": 90, "results-v2": 10}}'}, 400)
+        try:
+            result = await supervisor.set_split(name, weights)
+        except ValidationError as exc:
+            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()]
+            return JSONResponse({"error": "invalid split: " + "; ".join(problems)}, 422)
+        except UnknownService as exc:
+            return JSONResponse({"error": str(exc)}, 404)
+        except Rejected as exc:
+            return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
+        except InterstateError as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse(result)
+
     async def certs(request: Request) -> Response:
         if supervisor.identity is None:
             return JSONResponse({"error": "the control plane is starting"}, 503)
@@ -140,6 +163,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
             Route("/apply", apply, methods=["POST"]),
             Route("/services/{name}/scale", scale, methods=["POST"]),
             Route("/services/{name}/fault", fault, methods=["POST"]),
+            Route("/services/{name}/split", split, methods=["POST"]),
             Route("/certs", certs),
             Route("/metrics", metrics),
         ]

@@ -24,6 +24,7 @@ from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
 from interstate.model.traffic_policy import Destination, Fault, TrafficPolicy, TrafficPolicySpec
+from interstate.model.traffic_split import Backend, TrafficSplit, TrafficSplitSpec
 from interstate.model.workload import Workload
 from interstate.settings import Settings
 from interstate.standalone import preflight
@@ -272,6 +273,32 @@ class Supervisor:
             return {"service": service, "fault": None}
         await self.apply(config)
         return {"service": service, "fault": fault is not None}
+
+    async def set_split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
+        """Share calls to `service` among backends by weight ({backend: percent}), live: the
+        service's TrafficSplit gets these backends (one is created if it has none); only routes
+        change. Raises pydantic's ValidationError for weights that do not add up."""
+        self.workload(service)
+        for backend in weights:
+            self.workload(backend)
+        split = self.index.traffic_splits.get(service)
+        backends = [Backend(service=b, weight=w) for b, w in weights.items()]
+        if split is not None:
+            pin = split.spec.pin if split.spec.pin and split.spec.pin.backend in weights else None
+            spec = TrafficSplitSpec(service=service, backends=backends, pin=pin)
+            config = self.config.replace(split, split.model_copy(update={"spec": spec}))
+        else:
+            spec = TrafficSplitSpec(service=service, backends=backends)
+            config = self.config.add(
+                TrafficSplit(
+                    api_version=TrafficSplit.API_VERSION,
+                    kind=TrafficSplit.KIND,
+                    metadata=Metadata(name=f"{service}-split"),
+                    spec=spec,
+                )
+            )
+        await self.apply(config)
+        return {"service": service, "weights": weights}
 
     def workload(self, service: str) -> Workload:
         workload = self.index.workloads.get(service)
