@@ -32,3 +32,4 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ca.py
 	$(BIN)/python bench/bench_fastfail.py
+	$(BIN)/python bench/bench_push.py
