@@ -81,7 +81,7 @@ spec:
 DOCS = [MESH, RESULTS, STATS, GATEWAY, BREAKER]  # documents 1..5 of mesh.yaml
 ELECTION_NIGHT = "---\n".join(DOCS)
 
-KNOWN_KINDS = "AccessPolicy (mesh.codifyhq.io/v1), Gateway (mesh.codifyhq.io/v1), Mesh (mesh.codifyhq.io/v1)"
+KNOWN_KINDS = "AccessPolicy (mesh.codifyhq.io/v1), ExternalService (mesh.codifyhq.io/v1), Gateway (mesh.codifyhq.io/v1)"
 
 
 def mesh_yaml(*replacements: tuple[str, str], extra: str = "") -> str:

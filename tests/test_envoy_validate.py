@@ -156,6 +156,26 @@ RESILIENCE_LEAST = doc(
 
 VARIANTS: dict[str, list[dict[str, Any]]] = {
     # "election-night" itself is the example folder, read by interstate.config.load
+    "egress": [
+        MESH,
+        workload("results", ("stats", "fec-api", "irs-api"), {POLICY: "FEC-F101"}),
+        STATS,
+        GATEWAY,
+        doc(
+            "ExternalService",
+            "fec-api",
+            {
+                "address": "127.0.0.1",
+                "port": 9443,
+                "tls": True,
+                "timeout": "5s",
+                "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": ["5xx"]},
+                "outlierDetection": {"consecutiveErrors": 5},
+                "connectionPool": {"maxConnections": 10},
+            },
+        ),
+        doc("ExternalService", "irs-api", {"address": "localhost", "port": 8080}),
+    ],
     "traffic-split": [
         MESH,
         RESULTS,
@@ -385,6 +405,8 @@ def test_envoy_accepts_the_compiled_config(case: Case, envoy: Path, authority: A
 # What each variant is for, seen in its compiled config (mTLS): (variant, proxy, text, present).
 # Without these a variant could silently stop exercising what it is named for.
 COVERAGE = [
+    ("egress", "sidecar~results-0", '"type": "STRICT_DNS"', True),
+    ("egress", "sidecar~results-0", '"sni": "127.0.0.1"', True),
     ("traffic-split", "ingress~ingress", '"weighted_clusters"', True),
     ("traffic-split", "sidecar~newsroom-0", '"cluster": "outbound|results-v2"', True),
     ("resilience-everything", "sidecar~results-0", '"lb_policy": "RING_HASH"', True),

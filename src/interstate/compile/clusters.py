@@ -54,10 +54,12 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=ads()),
     )
     workload = index.workloads.get(service)
-    if secure and workload is not None and workload.injected:
+    external = index.externals.get(service)
+    if external is not None:
+        outside(cluster, external.spec.address, external.spec.port, external.spec.tls)
+    elif secure and workload is not None and workload.injected:
         cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
-    policy = index.traffic_policies.get(service)
-    spec = policy.spec if policy is not None else None
+    spec = index.policy_spec(service)
     cluster.circuit_breakers.thresholds.append(
         circuit_breakers(spec.connection_pool if spec else None, spec.retries.budget if spec and spec.retries else None)
     )
@@ -82,6 +84,30 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     if spec.load_balancer is not None:
         cluster.lb_policy = _LB_POLICIES[spec.load_balancer.policy]
     return cluster
+
+
+def outside(cluster: cluster_pb2.Cluster, address: str, port: int, originate_tls: bool) -> None:
+    """An ExternalService's cluster: its address resolved by DNS (or taken as an IP), plain HTTP
+    or TLS verified against the system's CA bundle, with SNI set to the address."""
+    cluster.ClearField("eds_cluster_config")
+    is_ip = all(c.isdigit() or c == "." for c in address) or ":" in address
+    cluster.type = cluster_pb2.Cluster.STATIC if is_ip else cluster_pb2.Cluster.STRICT_DNS
+    cluster.load_assignment.CopyFrom(
+        endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=cluster.name,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(
+                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address, port))
+                        )
+                    ]
+                )
+            ],
+        )
+    )
+    if originate_tls:
+        cluster.transport_socket.CopyFrom(tls.to_outside(address))
 
 
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"

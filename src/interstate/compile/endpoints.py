@@ -13,7 +13,8 @@ from interstate.model.index import MeshIndex
 
 
 def build(index: MeshIndex, proxy: Proxy) -> list[endpoint_pb2.ClusterLoadAssignment]:
-    return [assignment(index, service) for service in clusters.callees(index, proxy)]
+    # ExternalServices carry their own address; only mesh services get endpoints over EDS
+    return [assignment(index, service) for service in clusters.callees(index, proxy) if service not in index.externals]
 
 
 def assignment(index: MeshIndex, service: str) -> endpoint_pb2.ClusterLoadAssignment:

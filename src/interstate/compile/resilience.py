@@ -48,8 +48,8 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
     idempotent_match = rc.RouteMatch()
     idempotent_match.CopyFrom(match)
     idempotent_match.headers.append(_IDEMPOTENT)
-    policy = index.traffic_policies.get(service)
-    retries = policy.spec.retries if policy and policy.spec.retries else DEFAULT_RETRIES
+    policy = index.policy_spec(service)
+    retries = policy.retries if policy and policy.retries else DEFAULT_RETRIES
     out = []
     split = index.traffic_splits.get(service)
     if split is not None and split.spec.pin is not None:
@@ -71,15 +71,15 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
         ("other", match, list(SAFE_RETRY_ON)),
     ):
         route = rc.Route(name=f"{name}|{suffix}", match=route_match, route=action(index, service, retries, retry_on))
-        if policy is not None and policy.spec.fault is not None:
-            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.spec.fault)))
+        if policy is not None and policy.fault is not None:
+            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.fault)))
         out.append(route)
     return out
 
 
 def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]) -> rc.RouteAction:
-    policy = index.traffic_policies.get(service)
-    timeout = policy.spec.timeout if policy and policy.spec.timeout else DEFAULT_TIMEOUT
+    policy = index.policy_spec(service)
+    timeout = policy.timeout if policy and policy.timeout else DEFAULT_TIMEOUT
     out = rc.RouteAction(timeout=duration(timeout))
     backends = index.backends(service)
     if len(backends) == 1:
@@ -109,7 +109,7 @@ def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]
         if retries.per_try_timeout is not None:
             retry.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
         out.retry_policy.CopyFrom(retry)
-    balancer = policy.spec.load_balancer if policy else None
+    balancer = policy.load_balancer if policy else None
     if balancer is not None and balancer.policy is LbPolicy.RING_HASH and balancer.hash_on is not None:
         if balancer.hash_on.header is not None:
             out.hash_policy.append(

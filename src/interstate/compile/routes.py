@@ -62,7 +62,8 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     headers = policy_header(index, index.policy_for(workload))
     vhosts = []
     for service in clusters.called(index, proxy):
-        port = index.workloads[service].spec.port
+        external = index.externals.get(service)
+        port = external.spec.port if external is not None else index.workloads[service].spec.port
         vhosts.append(
             rc.VirtualHost(
                 name=service,

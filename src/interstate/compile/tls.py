@@ -43,6 +43,27 @@ def upstream(trust_domain: str, service: str) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def to_outside(host: str) -> base_pb2.TransportSocket:
+    """TLS to a system outside the mesh: its certificate checked against the system's CAs."""
+    context = tls_pb2.UpstreamTlsContext(
+        sni=host,
+        common_tls_context=tls_pb2.CommonTlsContext(
+            validation_context=common_pb2.CertificateValidationContext(
+                trusted_ca={"filename": SYSTEM_CA_BUNDLE},
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.DNS, matcher=string_pb2.StringMatcher(exact=host)
+                    )
+                ],
+            )
+        ),
+    )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
 def downstream(trust_domain: str) -> base_pb2.TransportSocket:
     """Server side of a side-car: require a client certificate of this trust domain."""
     any_workload = string_pb2.StringMatcher(

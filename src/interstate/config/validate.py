@@ -57,9 +57,10 @@ def check(located: Iterable[Located], invalid: Collection[tuple[str, str]] = ())
     claimed: dict[str, Located] = {}
     for item in items:
         for ref in item.resource.references():
-            if (ref.kind, ref.name) not in by_key and (ref.kind, ref.name) not in invalid:
-                valid = sorted(names_by_kind.get(ref.kind, []))
-                hint = f"known: {', '.join(valid)}" if valid else f"no {ref.kind} is defined"
+            kinds = ref.kind.split("|")  # "Workload|ExternalService": either will do
+            if not any((k, ref.name) in by_key or (k, ref.name) in invalid for k in kinds):
+                valid = sorted(n for k in kinds for n in names_by_kind.get(k, []))
+                hint = f"known: {', '.join(valid)}" if valid else f"no {' or '.join(kinds)} is defined"
                 issues.append(item.issue(ref.field, f"unknown service {ref.name!r}; {hint}"))
         for claim in item.resource.claims():
             first = claimed.setdefault(claim.key, item)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import API_VERSION, Resource
+from interstate.model.external_service import ExternalService
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh
 from interstate.model.token_policy import TokenPolicy
@@ -17,13 +18,14 @@ from interstate.model.workload import Workload
 
 KINDS: dict[tuple[str, str], type[Resource]] = {
     (cls.API_VERSION, cls.KIND): cls
-    for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy, TokenPolicy, TrafficSplit)
+    for cls in (Mesh, Workload, Gateway, TrafficPolicy, AccessPolicy, TokenPolicy, TrafficSplit, ExternalService)
 }
 
 __all__ = [
     "API_VERSION",
     "KINDS",
     "AccessPolicy",
+    "ExternalService",
     "Gateway",
     "Mesh",
     "Resource",

@@ -14,10 +14,11 @@ from typing import TypeVar
 
 from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import MtlsMode, Resource
+from interstate.model.external_service import ExternalService
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import Mesh, MeshSpec
 from interstate.model.token_policy import TokenPolicy
-from interstate.model.traffic_policy import TrafficPolicy
+from interstate.model.traffic_policy import TrafficPolicy, TrafficPolicySpec
 from interstate.model.traffic_split import TrafficSplit
 from interstate.model.workload import Workload
 
@@ -88,6 +89,18 @@ class MeshIndex:
         for policy in self.config.of_kind(AccessPolicy):
             out.setdefault(policy.spec.destination.service, []).append(policy)
         return MappingProxyType({k: tuple(v) for k, v in out.items()})
+
+    @cached_property
+    def externals(self) -> Mapping[str, ExternalService]:
+        return MappingProxyType({e.name: e for e in self.config.of_kind(ExternalService)})
+
+    def policy_spec(self, service: str) -> TrafficPolicySpec | None:
+        """How callers treat `service`: its TrafficPolicy, or an ExternalService's own settings."""
+        policy = self.traffic_policies.get(service)
+        if policy is not None:
+            return policy.spec
+        external = self.externals.get(service)
+        return external.policy() if external is not None else None
 
     @cached_property
     def traffic_splits(self) -> Mapping[str, TrafficSplit]:

@@ -159,4 +159,4 @@ class Workload(Resource):
 
     def references(self) -> Iterable[Reference]:
         for i, callee in enumerate(self.spec.calls):
-            yield Reference(f"spec.calls[{i}]", "Workload", callee)
+            yield Reference(f"spec.calls[{i}]", "Workload|ExternalService", callee)
