@@ -161,8 +161,12 @@ class AdsClient:
     _reader: asyncio.Task[None] | None = None
     _node_sent: bool = False
 
+    def open_channel(self) -> grpc.aio.Channel:
+        """Plain gRPC to the server; a subclass may bring TLS."""
+        return grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+
     async def __aenter__(self) -> AdsClient:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = self.open_channel()
         try:
             self.call = self.channel.stream_stream(
                 METHOD,

@@ -15,7 +15,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -166,15 +167,25 @@ def envoy_stats(admin_port: int, pattern: str) -> dict[str, int]:
 
 
 class Load:
-    """Bounded background traffic: `workers` threads sending GETs until stopped or `max_s` passes."""
+    """Bounded background traffic: `workers` threads sending GETs until stopped or `max_s` passes.
+    `client` makes each worker's httpx client (e.g. one that uses a side-car as its proxy);
+    `seen` counts the `served_by` of each good answer."""
 
-    def __init__(self, url: str, workers: int = 4, max_s: float = 60, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        workers: int = 4,
+        max_s: float = 60,
+        headers: dict[str, str] | None = None,
+        client: Callable[[], httpx.Client] | None = None,
+    ) -> None:
         self.url = url
         self.max_s = max_s
         self.headers = headers or {}
+        self.client = client or (lambda: httpx.Client(timeout=10, trust_env=False))
         self.ok = 0
         self.failures: list[str] = []
-        self.seen: dict[str, int] = {}
+        self.seen: Counter[str] = Counter()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
@@ -194,7 +205,7 @@ class Load:
 
     def _work(self) -> None:
         deadline = time.monotonic() + self.max_s
-        with httpx.Client(timeout=10, trust_env=False) as client:
+        with self.client() as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     response = client.get(self.url, headers=self.headers)
@@ -206,6 +217,6 @@ class Load:
                 with self._lock:
                     if good:
                         self.ok += 1
-                        self.seen[served] = self.seen.get(served, 0) + 1
+                        self.seen[served] += 1
                     else:
                         self.failures.append(detail)

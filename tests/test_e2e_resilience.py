@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-from mesh_runner import MeshRun, cli, envoy_stats, running_mesh
+from mesh_runner import Load, MeshRun, cli, envoy_stats, running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -329,50 +329,6 @@ def test_the_circuit_opens_at_once_even_right_after_a_replica_joins(mesh: Mesh) 
 # ---- 2. a killed replica, and no replayed POST ----------------------------------------------------
 
 
-class ProxyLoad:
-    """Bounded background GETs through the caller's side-car until stopped or `max_s` passes."""
-
-    def __init__(self, mesh: Mesh, url: str, workers: int = 4, max_s: float = 60) -> None:
-        self.mesh, self.url, self.max_s = mesh, url, max_s
-        self.ok = 0
-        self.failures: list[str] = []
-        self.served: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
-
-    def __enter__(self) -> ProxyLoad:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
-
-    def _work(self) -> None:
-        deadline = time.monotonic() + self.max_s
-        with self.mesh.client() as client:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                try:
-                    response = client.get(self.url)
-                    good = response.status_code == 200
-                    detail = f"{response.status_code} {response.text[:200]}"
-                    served = response.json()["served_by"] if good else ""
-                except httpx.HTTPError as exc:
-                    good, detail, served = False, repr(exc), ""
-                with self._lock:
-                    if good:
-                        self.ok += 1
-                        self.served[served] += 1
-                    else:
-                        self.failures.append(detail)
-
-
 def trio_settled(mesh: Mesh) -> None:
     """Every trio replica ready, answering, and not ejected by the caller."""
     mesh.set_mode("trio", "ok")
@@ -398,7 +354,7 @@ def test_killing_a_replica_under_load_costs_no_idempotent_get(mesh: Mesh) -> Non
     retries = mesh.stat("trio", "upstream_rq_retry")
     # 6 callers at once: retries are not limited to Envoy's default 3 in flight (see the
     # retry-budget section), so concurrency costs no request either.
-    with ProxyLoad(mesh, "http://trio:8080/load", workers=6) as load:
+    with Load("http://trio:8080/load", workers=6, client=mesh.client) as load:
         wait_for(lambda: load.ok > 100, what="traffic to flow")
 
         # the app of trio-1 dies (its side-car answers 503 until the app is back) ...
@@ -408,8 +364,8 @@ def test_killing_a_replica_under_load_costs_no_idempotent_get(mesh: Mesh) -> Non
             lambda: (r := mesh.replicas("trio")[1])["app"]["restarts"] == app["restarts"] + 1 and r["state"] == "ready",
             what="trio-1's app to be restarted",
         )
-        mark, served = load.ok, load.served["trio-1"]
-        wait_for(lambda: load.ok > mark + 100 and load.served["trio-1"] > served, what="trio-1 to serve again")
+        mark, served = load.ok, load.seen["trio-1"]
+        wait_for(lambda: load.ok > mark + 100 and load.seen["trio-1"] > served, what="trio-1 to serve again")
 
         # ... then the side-car of trio-2 (connections refused and reset until it is back)
         sidecar = mesh.replicas("trio")[2]["sidecar"]
@@ -421,15 +377,15 @@ def test_killing_a_replica_under_load_costs_no_idempotent_get(mesh: Mesh) -> Non
             ),
             what="trio-2's side-car to be restarted",
         )
-        mark, served = load.ok, load.served["trio-2"]
-        wait_for(lambda: load.ok > mark + 100 and load.served["trio-2"] > served, what="trio-2 to serve again")
+        mark, served = load.ok, load.seen["trio-2"]
+        wait_for(lambda: load.ok > mark + 100 and load.seen["trio-2"] > served, what="trio-2 to serve again")
     failed = [f for f in load.failures if CUT_OFF not in f]
     if failed:
         time.sleep(1.2)  # Envoy flushes its access log every second
         lines = [json.dumps(x) for x in mesh.access_log("/load", 1) if x["status"] != 200]
         raise AssertionError("GETs failed:\n" + "\n".join([*failed[:5], "caller's access log:", *lines]))
     assert len(load.failures) <= 2, load.failures  # at most one cut-off body per kill
-    assert set(load.served) == {"trio-0", "trio-1", "trio-2"}
+    assert set(load.seen) == {"trio-0", "trio-1", "trio-2"}
     # the kills were felt: calls to the dead replicas were retried on the others
     assert mesh.stat("trio", "upstream_rq_retry") > retries
 

@@ -10,7 +10,6 @@ certificates like the supervisor hands each Envoy. Everything on 127.0.0.1, ephe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from cryptography import x509
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from helpers_xds import MESH, METHOD, AdsClient, metric, run, snapshot_of
+from helpers_xds import MESH, AdsClient, metric, run, snapshot_of
 
 from interstate.ca import spiffe
 from interstate.ca.authority import Authority, Issued, utcnow
@@ -105,24 +104,13 @@ class SecureAdsClient(AdsClient):
 
     credentials: grpc.ChannelCredentials | None = None
 
-    async def __aenter__(self) -> SecureAdsClient:
+    def open_channel(self) -> grpc.aio.Channel:
         assert self.credentials is not None
-        self.channel = grpc.aio.secure_channel(
+        return grpc.aio.secure_channel(
             f"127.0.0.1:{self.port}",
             self.credentials,
             options=[("grpc.ssl_target_name_override", XDS_SERVER_NAME)],
         )
-        try:
-            self.call = self.channel.stream_stream(
-                METHOD,
-                request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-                response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-            )()
-            self._reader = asyncio.create_task(self._read())
-        except BaseException:
-            await self.channel.close(None)
-            raise
-        return self
 
 
 def secrets_of(response: discovery_pb2.DiscoveryResponse) -> dict[str, secret_pb2.Secret]:

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import uvicorn
@@ -48,6 +48,25 @@ def issues_json(error: ConfigError) -> list[dict[str, Any]]:
         }
         for i in error.issues
     ]
+
+
+def invalid(what: str, exc: ValidationError) -> Response:
+    problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()]
+    return JSONResponse({"error": f"invalid {what}: " + "; ".join(problems)}, 422)
+
+
+async def change(call: Awaitable[dict[str, Any]]) -> Response:
+    """Run a change of the running mesh; its errors as statuses (404 unknown service, 409 refused
+    or rejected by Envoy, with the NACKs)."""
+    try:
+        result = await call
+    except UnknownService as exc:
+        return JSONResponse({"error": str(exc)}, 404)
+    except Rejected as exc:
+        return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
+    except InterstateError as exc:
+        return JSONResponse({"error": str(exc)}, 409)
+    return JSONResponse(result)
 
 
 def create_app(supervisor: Supervisor) -> Starlette:
@@ -114,17 +133,8 @@ def create_app(supervisor: Supervisor) -> Starlette:
         try:
             spec = None if body is None else Fault.model_validate(body, by_alias=True, by_name=False)
         except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-            return JSONResponse({"error": "invalid fault: " + "; ".join(problems)}, 422)
-        try:
-            result = await supervisor.set_fault(name, spec)
-        except UnknownService as exc:
-            return JSONResponse({"error": str(exc)}, 404)
-        except Rejected as exc:
-            return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
-        except InterstateError as exc:
-            return JSONResponse({"error": str(exc)}, 409)
-        return JSONResponse(result)
+            return invalid("fault", exc)
+        return await change(supervisor.set_fault(name, spec))
 
     async def split(request: Request) -> Response:
         """Body: {"weights": {"backend": percent, ...}} (integers summing to 100)."""
@@ -136,17 +146,9 @@ def create_app(supervisor: Supervisor) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"weights": {"results": 90, "results-v2": 10}}'}, 400)
         try:
-            result = await supervisor.set_split(name, weights)
+            return await change(supervisor.set_split(name, weights))
         except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()]
-            return JSONResponse({"error": "invalid split: " + "; ".join(problems)}, 422)
-        except UnknownService as exc:
-            return JSONResponse({"error": str(exc)}, 404)
-        except Rejected as exc:
-            return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
-        except InterstateError as exc:
-            return JSONResponse({"error": str(exc)}, 409)
-        return JSONResponse(result)
+            return invalid("split", exc)
 
     async def certs(request: Request) -> Response:
         if supervisor.identity is None:
