@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -29,10 +29,24 @@ import psutil
 from interstate.ca.authority import Authority, utcnow
 from interstate.ca.spiffe import workload_id
 
+T = TypeVar("T")
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "election-night"
 INTERSTATE = [sys.executable, "-m", "interstate.cli"]
 READY = re.compile(r"mesh ready ingress=(\S+) admin=(\S+)")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 20, what: str = "condition", every: float = 0.05) -> T:
+    """Poll `predicate` until it returns something truthy (returned); fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

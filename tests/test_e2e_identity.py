@@ -16,9 +16,8 @@ import shutil
 import socket
 import ssl
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mesh_runner import EXAMPLE, MeshRun, cli, envoy_stats, running_mesh
+from mesh_runner import EXAMPLE, MeshRun, cli, envoy_stats, running_mesh, wait_for
 
 from interstate.ca.authority import Authority, utcnow
 
@@ -49,18 +48,6 @@ APP_REQUESTS = "cluster.inbound|stats.upstream_rq_total"  # requests the stats s
 
 def get(url: str, **kw: Any) -> httpx.Response:
     return httpx.get(url, timeout=10, trust_env=False, **kw)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    if not value:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-    return value
 
 
 def sidecar(mesh: MeshRun, service: str, index: int = 0) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_stats, running_mesh
+from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_stats, running_mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -23,16 +23,6 @@ def get(url: str, **kw: object) -> httpx.Response:
 
 def sidecar_admins(status: dict, service: str) -> list[int]:
     return [r["sidecar"]["admin"] for r in status["services"][service]["replicas"]]
-
-
-def wait_for(predicate, timeout: float = 20, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- one shared mesh for read-only checks ---------------------------------------------------
@@ -95,7 +85,7 @@ def test_the_ingress_replaces_a_policy_context_it_does_not_know(
     assert response.json()["stats"]["policy_ctx_seen"] == "FEC-F101", why  # the default, not the client's
     # ... and counted (from the ingress's access log, flushed every second)
     wait_for(
-        lambda: example_mesh.status()["ingress"]["policy_headers"]["policy-replaced"] > 0,
+        lambda: example_mesh.status()["boundary"]["policy_headers"].get("replaced", 0) > 0,
         timeout=5,
         what="the replacement to be counted",
     )

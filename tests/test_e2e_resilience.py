@@ -21,14 +21,14 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
-from mesh_runner import Load, MeshRun, cli, envoy_stats, running_mesh
+from mesh_runner import Load, MeshRun, cli, envoy_stats, running_mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -90,16 +90,6 @@ def write_mesh(folder: Path) -> Path:
             text += "---\n" + traffic_policy(name, spec)
         (folder / f"{name}.yaml").write_text(text)
     return folder
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 20, what: str = "condition", every: float = 0.05) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

@@ -176,6 +176,18 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         ),
         doc("ExternalService", "irs-api", {"address": "localhost", "port": 8080}),
     ],
+    "boundary-allow-any": [
+        mesh(
+            defaultPolicy="FEC-F101",
+            allowedHeaders=["x-correlation-id", "x-results-*", "traceparent"],
+            outboundTrafficPolicy={"mode": "ALLOW_ANY"},
+        ),
+        workload("results", ("stats", "fec-api"), {POLICY: "FEC-F101"}),
+        STATS,
+        GATEWAY,
+        doc("ExternalService", "fec-api", {"address": "127.0.0.1", "port": 9443}),
+    ],
+    "boundary-allow-all-headers": [mesh(allowedHeaders=["*"]), RESULTS, STATS, GATEWAY],
     "traffic-split": [
         MESH,
         RESULTS,

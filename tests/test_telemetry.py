@@ -103,19 +103,3 @@ def test_recent_failures_are_grouped_by_status_and_flag(tmp_path: Path) -> None:
         (503, "UH", 2, "19:00:02"),
     ]
     assert failures[1]["why"].startswith("no healthy upstream")
-
-
-def test_route_counts_count_requests_by_route_name_prefix(tmp_path: Path) -> None:
-    log = tmp_path / "ingress.log"
-    routes = [
-        "policy-replaced|/results->results|idempotent",
-        "/results->results|idempotent",
-        "policy-replaced|/results->results|other",
-        "policy-rejected|/stats->stats|idempotent",
-        None,
-    ]
-    log.write_text("\n".join(json.dumps({"route": r, "status": 200}) for r in routes) + "\n")
-    assert envoys.route_counts(log, ("policy-replaced", "policy-rejected")) == {
-        "policy-replaced": 2,
-        "policy-rejected": 1,
-    }

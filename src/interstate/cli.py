@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 
 from interstate import config as mesh_config
 from interstate.client import AdminClient, AdminError
 from interstate.errors import ConfigError, InterstateError
+from interstate.kube import autoscale as kube_autoscale
 from interstate.model.base import parse_duration
 from interstate.settings import DEFAULT_ADMIN_PORT, DEFAULT_INGRESS_PORT, DEFAULT_XDS_PORT, Settings
 
@@ -208,10 +210,15 @@ def status(admin: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    boundary = data.get("boundary", {})
     if "ingress" in data:
-        counts = data["ingress"].get("policy_headers", {})
-        odd = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        odd = ", ".join(f"{n} {what}" for what, n in boundary.get("policy_headers", {}).items() if n)
         click.echo(f"ingress {data['ingress']['url']}" + (f" (policy header: {odd})" if odd else ""))
+    stripped = [f"{s['header']} ({s['side']}) x{s['count']}" for s in boundary.get("headers_stripped", [])]
+    if stripped:
+        click.echo("headers stripped at the boundary: " + ", ".join(stripped))
+    for call in boundary.get("undeclared_hosts", []):
+        click.echo(f"undeclared host: {call['service']} -> {call['host']}: {call['outcome']} x{call['count']}")
     for name, svc in data["services"].items():
         mtls = svc["mtls"] if svc["mtls"] != "PERMISSIVE" else "PERMISSIVE (plaintext accepted!)"
         click.echo(
@@ -375,6 +382,34 @@ def ca_show(ca_dir: str, ca_cert: str | None) -> None:
     click.echo(f"not after   {root.not_valid_after_utc.isoformat()}")
     if len(chain) > 1:
         click.echo(f"signing     {chain[0].subject.rfc4514_string()} (intermediate)")
+
+
+@main.group()
+def manifests() -> None:
+    """Kubernetes manifests for the mesh, printed as YAML (nothing is applied)."""
+
+
+@manifests.command("autoscale")
+@click.argument("config_dir", type=click.Path(exists=False))
+@click.option(
+    "--prometheus",
+    default=kube_autoscale.DEFAULT_PROMETHEUS,
+    show_default=True,
+    help="Prometheus URL for KEDA's request-rate triggers.",
+)
+@click.option("--namespace", default=None, help="Namespace of the objects (and of the side-cars' metrics).")
+def manifests_autoscale(config_dir: str, prometheus: str, namespace: str | None) -> None:
+    """For each HorizontalPodAutoscaler in CONFIG_DIR: an autoscaling/v2 HPA on the app container's
+    CPU, or a KEDA ScaledObject when it has a requests_per_second metric."""
+    config = _load(config_dir)
+    try:
+        objects = kube_autoscale.manifests(config, prometheus=prometheus, namespace=namespace)
+    except ValueError as exc:
+        _fail(f"--namespace: {exc}", EXIT_USAGE)
+    if not objects:
+        click.echo(f"{config_dir}: no HorizontalPodAutoscaler; nothing to print", err=True)
+        return
+    click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
 
 
 if __name__ == "__main__":

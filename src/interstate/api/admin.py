@@ -156,6 +156,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
         return JSONResponse(supervisor.identity.status(utcnow()))
 
     async def metrics(request: Request) -> Response:
+        supervisor.boundary.refresh()
         return Response(generate_latest(supervisor.registry), media_type="text/plain; version=0.0.4")
 
     return Starlette(

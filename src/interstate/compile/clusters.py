@@ -14,7 +14,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from interstate.compile import names, tls
+from interstate.compile import names, passthrough, tls
 from interstate.compile.common import ads, duration, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.index import MeshIndex
@@ -27,6 +27,8 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
     clusters = [outbound(index, service, secure=credentials is not None) for service in callees(index, proxy)]
     if proxy.role is Role.SIDECAR:
         clusters.append(local_app(proxy))
+        if passthrough.allowed(index):
+            clusters.append(passthrough.cluster())
     return clusters
 
 

@@ -20,7 +20,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import authz, jwt, names, policy_context, resilience, tls
+from interstate.compile import authz, boundary, jwt, names, passthrough, policy_context, resilience, tls
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -32,7 +32,7 @@ HCM: TypeAlias = hcm_pb2.HttpConnectionManager
 def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[listener_pb2.Listener]:
     if proxy.role is Role.INGRESS:
         manager = http_manager(index, names.INGRESS_LISTENER, names.INGRESS_ROUTE, proxy)
-        before_router(manager, [resilience.fault_filter()])
+        before_router(manager, present(boundary.filter_for(index, everywhere=True), resilience.fault_filter()))
         tokens = jwt.filters(index)
         if tokens:
             before_router(manager, tokens)
@@ -40,7 +40,14 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
             manager.local_reply_config.mappers.insert(0, jwt.failure_is_401())
         return [listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])]
     outbound = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
-    before_router(outbound, [resilience.fault_filter()])
+    before_router(
+        outbound,
+        present(
+            boundary.filter_for(index, everywhere=False),
+            passthrough.http_filter() if passthrough.allowed(index) else None,
+            resilience.fault_filter(),
+        ),
+    )
     return [
         inbound(index, proxy, credentials),
         listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound)]),
@@ -71,6 +78,7 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
     fields = {
         "time": "%START_TIME%",
         "proxy": proxy.node_id,
+        "service": proxy.service or proxy.role.value,
         "direction": direction,
         "method": "%REQ(:METHOD)%",
         "authority": "%REQ(:AUTHORITY)%",
@@ -88,6 +96,7 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
         "peer": "%DOWNSTREAM_PEER_URI_SAN%",
         "tls": "%DOWNSTREAM_TLS_VERSION%",
         "upstream_peer": "%UPSTREAM_PEER_URI_SAN%",
+        "stripped": boundary.ACCESS_LOG_FIELD,
     }
     json_format = struct_pb2.Struct()
     json_format.update(fields)
@@ -120,12 +129,12 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         manager.set_current_client_cert_details.uri = True
         # Authorization decides on the decoded path: `/a%2Fb` is `/a/b`, not a way around it.
         manager.path_with_escaped_slashes_action = HCM.UNESCAPE_AND_FORWARD
-        checks = [
+        checks = (
             authz.svid_filter(),
             policy_context.required_filter(index, proxy.service),
             authz.access_filter(index, proxy.service),
-        ]
-        before_router(manager, [f for f in checks if f is not None])
+        )
+        before_router(manager, present(*checks))
         manager.local_reply_config.CopyFrom(authz.local_reply(proxy.service))
     return manager
 
@@ -135,6 +144,10 @@ def before_router(manager: HCM, filters: list[hcm_pb2.HttpFilter]) -> None:
     router = list(manager.http_filters)
     del manager.http_filters[:]
     manager.http_filters.extend([*filters, *router])
+
+
+def present(*filters: hcm_pb2.HttpFilter | None) -> list[hcm_pb2.HttpFilter]:
+    return [f for f in filters if f is not None]
 
 
 def chain(manager: HCM, transport: base_pb2.TransportSocket | None = None) -> listener_components_pb2.FilterChain:

@@ -2,7 +2,7 @@
 
 - side-car outbound: one virtual host per service the workload calls, matched on the Host
   header (`stats`, `stats:8080`), so apps keep calling `http://stats:8080/...` through their
-  HTTP proxy. Anything else gets a 404 that says why.
+  HTTP proxy. Anything else gets a 404 that says why, or is passed through (`passthrough`).
 - side-car inbound: everything to the local app.
 - ingress: the Gateway's path prefixes, longest first.
 
@@ -17,7 +17,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from interstate.compile import clusters, names, policy_context, resilience
+from interstate.compile import boundary, clusters, names, passthrough, policy_context, resilience
 from interstate.compile.common import duration
 from interstate.compile.proxy import Proxy, Role
 from interstate.model.index import MeshIndex
@@ -42,9 +42,9 @@ def policy_header(index: MeshIndex, policy: str | None) -> list[base_pb2.HeaderV
     ]
 
 
-def not_found(message: str) -> rc.Route:
+def not_found(message: str, name: str = "not-found") -> rc.Route:
     return rc.Route(
-        name="not-found",
+        name=name,
         match=rc.RouteMatch(prefix="/"),
         direct_response=rc.DirectResponseAction(status=404, body={"inline_string": f"interstate: {message}\n"}),
     )
@@ -64,22 +64,25 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     for service in clusters.called(index, proxy):
         external = index.externals.get(service)
         port = external.spec.port if external is not None else index.workloads[service].spec.port
-        vhosts.append(
-            rc.VirtualHost(
-                name=service,
-                domains=[service, f"{service}:{port}"],
-                routes=resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
-                request_headers_to_add=headers,
-            )
+        vhost = rc.VirtualHost(
+            name=service,
+            domains=[service, f"{service}:{port}"],
+            routes=resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
+            request_headers_to_add=headers,
         )
+        if external is not None:
+            boundary.enable_on(index, vhost)  # leaving the mesh: only allowed headers go out
+        vhosts.append(vhost)
     declared = ", ".join(clusters.called(index, proxy)) or "none"
-    vhosts.append(
-        rc.VirtualHost(
-            name="undeclared",
-            domains=["*"],
-            routes=[not_found(f"{proxy.service} may only call the services in its spec.calls ({declared})")],
-        )
-    )
+    refused = f"{proxy.service} may only call the services in its spec.calls ({declared})"
+    other = rc.VirtualHost(name="undeclared", domains=["*"])
+    if passthrough.allowed(index):
+        other.routes.append(passthrough.route())
+        other.request_headers_to_add.extend(headers)
+        boundary.enable_on(index, other)
+    else:
+        other.routes.append(not_found(refused, passthrough.REFUSED_ROUTE))
+    vhosts.append(other)
     return route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=vhosts)
 
 

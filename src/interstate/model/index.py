@@ -16,7 +16,7 @@ from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import MtlsMode, Resource
 from interstate.model.external_service import ExternalService
 from interstate.model.gateway import Gateway
-from interstate.model.mesh import Mesh, MeshSpec
+from interstate.model.mesh import HTTP_HEADERS, Mesh, MeshSpec
 from interstate.model.token_policy import TokenPolicy
 from interstate.model.traffic_policy import TrafficPolicy, TrafficPolicySpec
 from interstate.model.traffic_split import TrafficSplit
@@ -124,6 +124,26 @@ class MeshIndex:
         known = set(self.mesh.known_policies)
         known.update(p for p in [self.mesh.default_policy, *(w.policy for w in self.workloads.values())] if p)
         return tuple(sorted(known))
+
+    @cached_property
+    def boundary_headers(self) -> tuple[frozenset[str], tuple[str, ...]] | None:
+        """Request headers allowed across the mesh boundary, as (names, prefixes); None when the
+        Mesh allows all (`*`). HTTP's own headers and those the mesh itself reads are included."""
+        listed = self.mesh.allowed_headers
+        if "*" in listed:
+            return None
+        names = set(HTTP_HEADERS) | {h for h in listed if not h.endswith("*")}
+        names.add(self.mesh.policy_header)
+        if self.token_policies:
+            names.add("authorization")
+        for split in self.traffic_splits.values():
+            if split.spec.pin is not None:
+                names.add(split.spec.pin.header.name)
+        for policy in self.traffic_policies.values():
+            hash_on = policy.spec.load_balancer.hash_on if policy.spec.load_balancer else None
+            if hash_on is not None:
+                names.add(hash_on.header if hash_on.header else "cookie")
+        return frozenset(names), tuple(sorted(h[:-1] for h in listed if h.endswith("*")))
 
     def policy_for(self, workload: Workload | None) -> str | None:
         """The policy ID a proxy adds when the request carries none."""

@@ -18,7 +18,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names, policy_context
+from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names, passthrough, policy_context
 from interstate.errors import InterstateError, PermanentError
 from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
@@ -35,6 +35,7 @@ from interstate.standalone.process import port_is_free
 from interstate.standalone.proxy import EnvoyProcess, log_paths
 from interstate.standalone.replica import Replica, State
 from interstate.telemetry import envoys as envoys_t
+from interstate.telemetry.boundary import BoundaryLedger
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.server import AdsServer
@@ -87,6 +88,14 @@ class Supervisor:
         self.identity: MeshIdentity | None = None
         self._rotation: asyncio.Task[None] | None = None
         self.pushes = Counter("interstate_snapshot_updates", "proxy snapshots changed", registry=self.registry)
+        self.boundary = BoundaryLedger(
+            settings.run_dir / "logs",
+            self.registry,
+            refused_route=passthrough.REFUSED_ROUTE,
+            passed_route=passthrough.ROUTE,
+            policy_routes={policy_context.REPLACED: "replaced", policy_context.REJECTED: "rejected"},
+        )
+        self.boundary.skip_existing()
 
     # ---- views -----------------------------------------------------------------------------
     @property
@@ -433,9 +442,6 @@ class Supervisor:
                 "admin": self.ingress.admin_port,
                 "pid": self.ingress.child.pid,
                 "xds": xds.get(self.ingress.proxy.node_id),
-                # requests whose policy header was not one known ID (recent access log)
-                "policy_headers": envoys_t.route_counts(
-                    self.ingress.log_path, (policy_context.REPLACED, policy_context.REJECTED)
-                ),
             }
+        out["boundary"] = self.boundary.summary()
         return out

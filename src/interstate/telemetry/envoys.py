@@ -114,18 +114,6 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
     return sorted(groups.values(), key=lambda g: g["last"] or "", reverse=True)[:limit]
 
 
-def route_counts(access_log: Path, prefixes: Iterable[str]) -> dict[str, int]:
-    """How many requests in the tail of an access log took a route whose name starts with each
-    prefix (e.g. the ingress's `policy-replaced` and `policy-rejected` routes)."""
-    counts = dict.fromkeys(prefixes, 0)
-    for entry in _tail_json(access_log):
-        route = entry.get("route") or ""
-        for prefix in counts:
-            if route.startswith(prefix):
-                counts[prefix] += 1
-    return counts
-
-
 def _tail_json(path: Path) -> list[dict[str, Any]]:
     try:
         with path.open("rb") as handle:

@@ -1,0 +1,158 @@
+"""What the mesh boundary stopped or changed, counted for auditors from the proxies' access logs.
+
+Every proxy writes one JSON access-log line per request (see `compile.listeners.access_log`).
+`BoundaryLedger` follows the log files of a run folder — each read picks up only the bytes added
+since the last one, so counts are cumulative over the whole run, including proxies that have
+since stopped — and counts:
+
+- headers stripped at the boundary, per header *name* and side (`in`: at the ingress, `out`:
+  leaving a side-car for an ExternalService or a passed-through host); never values;
+- calls to hosts no resource declares, per calling service, host and outcome (`refused`, or
+  `passed` under `outboundTrafficPolicy: ALLOW_ANY`);
+- requests whose policy header the ingress `replaced` or `rejected`.
+
+Names and hosts come from clients, so each counter keeps at most `MAX_LABELS` distinct values;
+later ones are counted as `(other)`. Counters are Prometheus counters in the given registry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+MAX_LABELS = 200
+OTHER = "(other)"
+_CLIENT_LABEL = {"stripped": 0, "undeclared": 1}  # which label's values come from clients
+_MARKERS = (b'"stripped":"', b"undeclared", b"passthrough", b"policy-re")
+
+
+@dataclass
+class _Follow:
+    inode: int
+    offset: int
+    rest: bytes = b""
+
+
+class BoundaryLedger:
+    def __init__(
+        self,
+        folder: Path,
+        registry: CollectorRegistry,
+        refused_route: str,
+        passed_route: str,
+        policy_routes: dict[str, str],
+        pattern: str = "*.envoy.log",
+    ) -> None:
+        """`policy_routes`: route-name prefix -> outcome (e.g. `policy-replaced` -> `replaced`)."""
+        self.folder = folder
+        self.pattern = pattern
+        self.refused_route = refused_route
+        self.passed_route = passed_route
+        self.policy_routes = policy_routes
+        self._files: dict[Path, _Follow] = {}
+        self._seen: dict[str, set[str]] = {}
+        self.stripped = Counter(
+            "interstate_boundary_headers_stripped",
+            "request headers removed at the mesh boundary, by header name (never the value)",
+            ["header", "side"],
+            registry=registry,
+        )
+        self.undeclared = Counter(
+            "interstate_undeclared_host_calls",
+            "calls from a service to a host no resource declares",
+            ["service", "host", "outcome"],
+            registry=registry,
+        )
+        self.policy = Counter(
+            "interstate_ingress_policy_header",
+            "requests whose policy header the ingress replaced or rejected",
+            ["outcome"],
+            registry=registry,
+        )
+        self.totals: dict[str, dict[tuple[str, ...], int]] = {"stripped": {}, "undeclared": {}, "policy": {}}
+
+    def skip_existing(self) -> None:
+        """Count only what is written from now on (a run folder may hold an earlier run's logs)."""
+        for path in self.folder.glob(self.pattern):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            self._files[path] = _Follow(stat.st_ino, stat.st_size)
+
+    def refresh(self) -> None:
+        for path in sorted(self.folder.glob(self.pattern)):
+            for line in self._new_lines(path):
+                if any(marker in line for marker in _MARKERS):
+                    try:
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(entry, dict):
+                        self._count(entry)
+
+    def _new_lines(self, path: Path) -> Iterable[bytes]:
+        try:
+            with path.open("rb") as handle:
+                inode = path.stat().st_ino
+                follow = self._files.get(path)
+                if follow is None or follow.inode != inode or handle.seek(0, 2) < follow.offset:
+                    follow = self._files[path] = _Follow(inode, 0)  # new, replaced or truncated
+                handle.seek(follow.offset)
+                data = handle.read()
+        except OSError:
+            return []
+        follow.offset += len(data)
+        data = follow.rest + data
+        complete, _, follow.rest = data.rpartition(b"\n")
+        return complete.split(b"\n") if complete else []
+
+    def _count(self, entry: dict[str, Any]) -> None:
+        direction = entry.get("direction")
+        stripped = entry.get("stripped")
+        if isinstance(stripped, str) and stripped not in ("", "-"):
+            side = "in" if direction == "ingress" else "out"
+            for name in stripped.split(","):
+                self._add("stripped", self.stripped, (name, side))
+        route = entry.get("route") or ""
+        if direction == "outbound" and route in (self.refused_route, self.passed_route):
+            service = str(entry.get("service", "?"))
+            outcome = "refused" if route == self.refused_route else "passed"
+            self._add("undeclared", self.undeclared, (service, str(entry.get("authority")), outcome))
+        if direction == "ingress":
+            for prefix, outcome in self.policy_routes.items():
+                if route.startswith(prefix):
+                    self._add("policy", self.policy, (outcome,))
+
+    def _add(self, family: str, counter: Counter, labels: tuple[str, ...]) -> None:
+        """Count once; the label clients choose (header name, host) is capped at MAX_LABELS values."""
+        free = _CLIENT_LABEL.get(family)
+        if free is not None:
+            seen = self._seen.setdefault(family, set())
+            if labels[free] not in seen:
+                if len(seen) >= MAX_LABELS:
+                    labels = (*labels[:free], OTHER, *labels[free + 1 :])
+                else:
+                    seen.add(labels[free])
+        counter.labels(*labels).inc()
+        totals = self.totals[family]
+        totals[labels] = totals.get(labels, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for `interstate status`, read up to now."""
+        self.refresh()
+        return {
+            "headers_stripped": [
+                {"header": h, "side": s, "count": n} for (h, s), n in sorted(self.totals["stripped"].items())
+            ],
+            "undeclared_hosts": [
+                {"service": svc, "host": host, "outcome": o, "count": n}
+                for (svc, host, o), n in sorted(self.totals["undeclared"].items())
+            ],
+            "policy_headers": {o: n for (o,), n in sorted(self.totals["policy"].items())},
+        }

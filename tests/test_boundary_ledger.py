@@ -1,0 +1,92 @@
+"""BoundaryLedger: cumulative counts from access-log files as Envoy appends to them.
+
+The lines are the JSON the compiled access log writes (see compile.listeners.access_log); the
+end-to-end proof that Envoy writes them is tests/test_e2e_boundary.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from interstate.telemetry.boundary import MAX_LABELS, OTHER, BoundaryLedger
+
+
+def ledger(folder: Path) -> tuple[BoundaryLedger, CollectorRegistry]:
+    registry = CollectorRegistry()
+    out = BoundaryLedger(
+        folder,
+        registry,
+        refused_route="undeclared",
+        passed_route="passthrough",
+        policy_routes={"policy-replaced": "replaced", "policy-rejected": "rejected"},
+    )
+    return out, registry
+
+
+def line(**fields: Any) -> str:
+    return json.dumps({"stripped": None, "route": "app", **fields}, separators=(",", ":")) + "\n"
+
+
+def append(path: Path, text: str) -> None:
+    with path.open("a") as handle:
+        handle.write(text)
+
+
+def test_counts_are_cumulative_across_reads_and_split_lines(tmp_path: Path) -> None:
+    books, registry = ledger(tmp_path)
+    log = tmp_path / "ingress-ingress.envoy.log"
+    first = line(direction="ingress", service="ingress", stripped="x-ssn,x-debug")
+    append(log, "[info] envoy started\n" + first + first[:20])  # Envoy's own lines and half a line
+    books.refresh()
+    assert (
+        registry.get_sample_value("interstate_boundary_headers_stripped_total", {"header": "x-ssn", "side": "in"}) == 1
+    )
+    append(log, first[20:] + line(direction="ingress", service="ingress", route="policy-replaced|/r->r|idempotent"))
+    books.refresh()
+    summary = books.summary()
+    assert {(s["header"], s["count"]) for s in summary["headers_stripped"]} == {("x-ssn", 2), ("x-debug", 2)}
+    assert summary["policy_headers"] == {"replaced": 1}
+
+
+def test_undeclared_hosts_are_counted_per_service_host_and_outcome(tmp_path: Path) -> None:
+    books, registry = ledger(tmp_path)
+    log = tmp_path / "sidecar-results-0.envoy.log"
+    append(log, line(direction="outbound", service="results", route="undeclared", authority="evil.example"))
+    append(log, line(direction="outbound", service="results", route="undeclared", authority="evil.example"))
+    append(log, line(direction="outbound", service="results", route="passthrough", authority="127.0.0.1:9"))
+    append(log, line(direction="outbound", service="results", route="stats|idempotent", authority="stats"))
+    append(log, line(direction="outbound", service="results", stripped="x-ssn", route="fec-api|idempotent"))
+    assert books.summary()["undeclared_hosts"] == [
+        {"service": "results", "host": "127.0.0.1:9", "outcome": "passed", "count": 1},
+        {"service": "results", "host": "evil.example", "outcome": "refused", "count": 2},
+    ]
+    assert books.summary()["headers_stripped"] == [{"header": "x-ssn", "side": "out", "count": 1}]
+    labels = {"service": "results", "host": "evil.example", "outcome": "refused"}
+    assert registry.get_sample_value("interstate_undeclared_host_calls_total", labels) == 2
+
+
+def test_an_earlier_run_is_not_counted_and_a_truncated_log_is_read_again(tmp_path: Path) -> None:
+    log = tmp_path / "ingress-ingress.envoy.log"
+    append(log, line(direction="ingress", stripped="x-old"))
+    books, _ = ledger(tmp_path)
+    books.skip_existing()
+    books.refresh()
+    assert books.summary()["headers_stripped"] == []
+    log.write_text(line(direction="ingress", stripped="x-n"))  # truncated and rewritten, shorter
+    assert books.summary()["headers_stripped"] == [{"header": "x-n", "side": "in", "count": 1}]
+
+
+def test_client_chosen_names_are_capped(tmp_path: Path) -> None:
+    books, registry = ledger(tmp_path)
+    log = tmp_path / "ingress-ingress.envoy.log"
+    append(log, "".join(line(direction="ingress", stripped=f"x-h{i}") for i in range(MAX_LABELS + 50)))
+    summary = books.summary()["headers_stripped"]
+    assert len(summary) == MAX_LABELS + 1
+    assert {"header": OTHER, "side": "in", "count": 50} in summary
+    assert (
+        registry.get_sample_value("interstate_boundary_headers_stripped_total", {"header": OTHER, "side": "in"}) == 50
+    )

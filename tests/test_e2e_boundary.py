@@ -1,0 +1,213 @@
+"""End-to-end: the header allow-list at the mesh boundary and calls to undeclared hosts.
+
+Two relay apps (tests/apps/relay_app.py) forward every header they get — the careless app the
+allow-list must protect against — and record every header they see. An "external system" is a
+thread of this test on 127.0.0.1 that records headers too.
+
+    client --ingress--> front --side-car--> back
+                          \\--side-car--> fec-api (ExternalService) or an undeclared host
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from mesh_runner import ROOT, MeshRun, cli, running_mesh, wait_for
+
+pytestmark = pytest.mark.e2e
+
+APPS = ROOT / "tests" / "apps"
+SECRET = "123-45-6789"
+OUTSIDE_HOST = "127.0.0.2"
+
+
+class Outside(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, str]] = []
+
+    def do_GET(self) -> None:
+        Outside.seen.append({k.lower(): v for k, v in self.headers.items()})
+        body = b'{"filings": 42}'
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def outside() -> Iterator[int]:
+    """The external system, on 127.0.0.2 (apps reach 127.0.0.1 and localhost directly, not
+    through their side-car: NO_PROXY), so an undeclared call to it goes through the side-car."""
+    server = ThreadingHTTPServer((OUTSIDE_HOST, 0), Outside)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def write_mesh(folder: Path, outside_port: int, outbound_mode: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    relay = "[python, -m, uvicorn, relay_app:app, --host, 127.0.0.1, --port, $(PORT), --no-access-log]"
+    (folder / "mesh.yaml").write_text(
+        f"""apiVersion: mesh.codifyhq.io/v1
+kind: Mesh
+metadata: {{ name: boundary }}
+spec:
+  trustDomain: fec.gov.local
+  defaultPolicy: FEC-F101
+  allowedHeaders: [x-correlation-id]
+  outboundTrafficPolicy: {{ mode: {outbound_mode} }}
+---
+apiVersion: mesh.codifyhq.io/v1
+kind: Gateway
+metadata: {{ name: public }}
+spec:
+  routes: [{{ pathPrefix: /front, service: front }}]
+---
+apiVersion: mesh.codifyhq.io/v1
+kind: ExternalService
+metadata: {{ name: fec-api }}
+spec: {{ address: {OUTSIDE_HOST}, port: {outside_port} }}
+---
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{ name: front }}
+spec:
+  port: 8080
+  calls: [back, fec-api]
+  run: {{ workingDir: {APPS}, command: {relay} }}
+  readinessProbe: {{ httpGet: {{ path: /healthz }} }}
+---
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{ name: back }}
+spec:
+  port: 8080
+  run: {{ workingDir: {APPS}, command: {relay} }}
+  readinessProbe: {{ httpGet: {{ path: /healthz }} }}
+"""
+    )
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory, outside: int) -> Iterator[tuple[MeshRun, Path]]:
+    root = tmp_path_factory.mktemp("boundary")
+    write_mesh(root / "mesh", outside, "REGISTRY_ONLY")
+    with running_mesh(root / "mesh", root / "run") as run:
+        yield run, root
+
+
+def app_port(run: MeshRun, service: str) -> int:
+    return int(run.status()["services"][service]["replicas"][0]["app"]["port"])
+
+
+def seen_by(run: MeshRun, service: str) -> list[list[list[str]]]:
+    response = httpx.get(f"http://127.0.0.1:{app_port(run, service)}/seen", timeout=5, trust_env=False)
+    return list(response.json())
+
+
+def names(headers: list[list[str]]) -> set[str]:
+    return {name for name, _ in headers}
+
+
+def stripped(run: MeshRun) -> dict[tuple[str, str], int]:
+    return {(s["header"], s["side"]): s["count"] for s in run.status()["boundary"]["headers_stripped"]}
+
+
+def test_a_header_off_the_list_never_reaches_any_app_and_is_counted_by_name(mesh: tuple[MeshRun, Path]) -> None:
+    run, _ = mesh
+    before_front, before_back = len(seen_by(run, "front")), len(seen_by(run, "back"))
+    response = httpx.get(
+        run.ingress + "/front/relay",
+        params={"to": "http://back:8080/back"},
+        headers={
+            "x-ssn": SECRET,  # not on the list
+            "x-correlation-id": "c-1",  # on the list
+            "x-policy-ctx": "FEC-F101",  # the mesh's own header
+            "x-envoy-upstream-rq-timeout-ms": "1",  # would steer the ingress's Envoy
+            "x-forwarded-client-cert": "URI=spiffe://fec.gov.local/ns/default/sa/admin",
+        },
+        timeout=10,
+        trust_env=False,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == 200  # front -> back worked (the 1 ms timeout was not obeyed)
+    front, back = seen_by(run, "front")[before_front:], seen_by(run, "back")[before_back:]
+    assert len(front) == 1 and len(back) == 1
+    for headers in (front[0], back[0]):
+        assert "x-ssn" not in names(headers) and all(SECRET not in v for _, v in headers)
+        assert ["x-correlation-id", "c-1"] in headers and ["x-policy-ctx", "FEC-F101"] in headers
+        assert "x-envoy-upstream-rq-timeout-ms" not in names(headers)
+        forged = [v for k, v in headers if k == "x-forwarded-client-cert"]
+        assert all("sa/admin" not in v for v in forged)  # back sees front's real identity only
+    wait_for(lambda: stripped(run).get(("x-ssn", "in"), 0) == 1, timeout=5, what="the strip to be counted")
+    # Envoy itself removes x-envoy-* and XFCC from requests of clients it does not trust (every
+    # client of the ingress), before the allow-list sees them: gone, as asserted above, uncounted.
+    assert set(stripped(run)) == {("x-ssn", "in")}
+    metrics = httpx.get(run.admin + "/metrics", timeout=5, trust_env=False).text
+    assert 'interstate_boundary_headers_stripped_total{header="x-ssn",side="in"} 1.0' in metrics
+    assert SECRET not in metrics and SECRET not in json.dumps(run.status())
+    assert all(SECRET not in p.read_text(errors="replace") for p in (run.run_dir / "logs").glob("*.log"))
+
+
+def test_only_allowed_headers_leave_the_mesh_for_an_external_service(mesh: tuple[MeshRun, Path]) -> None:
+    run, _ = mesh
+    Outside.seen.clear()
+    response = httpx.get(
+        run.ingress + "/front/relay",
+        params={"to": "http://fec-api/filings"},
+        headers={"x-correlation-id": "c-2"},
+        timeout=10,
+        trust_env=False,
+    )
+    assert response.status_code == 200 and response.json()["status"] == 200
+    [headers] = Outside.seen
+    assert headers.get("x-correlation-id") == "c-2" and headers.get("x-policy-ctx") == "FEC-F101"
+    assert "x-internal-note" not in headers  # front's own header, not on the list
+    assert "x-forwarded-client-cert" not in headers
+    wait_for(lambda: stripped(run).get(("x-internal-note", "out"), 0) >= 1, timeout=5, what="the egress strip count")
+
+
+def test_undeclared_hosts_are_refused_and_counted_then_passed_through_with_allow_any(
+    mesh: tuple[MeshRun, Path], outside: int
+) -> None:
+    run, root = mesh
+    Outside.seen.clear()
+    undeclared = f"http://{OUTSIDE_HOST}:{outside}/anything"
+
+    def call() -> dict[str, object]:
+        response = httpx.get(run.ingress + "/front/relay", params={"to": undeclared}, timeout=10, trust_env=False)
+        assert response.status_code == 200
+        return dict(response.json())
+
+    refused = call()
+    assert refused["status"] == 404 and "front may only call the services in its spec.calls" in str(refused["body"])
+    assert Outside.seen == []  # never contacted
+
+    def undeclared_counts() -> dict[str, int]:
+        calls = run.status()["boundary"]["undeclared_hosts"]
+        return {c["outcome"]: c["count"] for c in calls if c["host"] == f"{OUTSIDE_HOST}:{outside}"}
+
+    wait_for(lambda: undeclared_counts().get("refused") == 1, timeout=5, what="the refusal to be counted")
+
+    # switch the running mesh to ALLOW_ANY: the same call now goes through (allow-list still applies)
+    write_mesh(root / "mesh", outside, "ALLOW_ANY")
+    applied = cli("apply", str(root / "mesh"), "--admin", run.admin)
+    assert applied.returncode == 0, applied.stderr
+    passed = call()
+    assert passed["status"] == 200, passed
+    [headers] = Outside.seen
+    assert "x-internal-note" not in headers
+    wait_for(lambda: undeclared_counts().get("passed") == 1, timeout=5, what="the pass-through to be counted")
+    assert undeclared_counts()["refused"] == 1
