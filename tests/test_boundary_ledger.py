@@ -90,3 +90,14 @@ def test_client_chosen_names_are_capped(tmp_path: Path) -> None:
     assert (
         registry.get_sample_value("interstate_boundary_headers_stripped_total", {"header": OTHER, "side": "in"}) == 50
     )
+
+
+def test_policy_coverage_counts_inbound_requests_with_and_without_the_header(tmp_path: Path) -> None:
+    books, registry = ledger(tmp_path)
+    log = tmp_path / "sidecar-stats-0.envoy.log"
+    append(log, line(direction="inbound", service="stats", policy="FEC-F101") * 3)
+    append(log, line(direction="inbound", service="stats", policy=None))
+    append(log, line(direction="outbound", service="stats", policy=None))  # not inbound: not counted
+    assert books.summary()["policy_coverage"] == {"stats": {"requests": 4, "with_policy": 3}}
+    labels = {"service": "stats", "policy": "missing"}
+    assert registry.get_sample_value("interstate_inbound_requests_total", labels) == 1

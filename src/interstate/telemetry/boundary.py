@@ -9,7 +9,9 @@ since stopped — and counts:
   leaving a side-car for an ExternalService or a passed-through host); never values;
 - calls to hosts no resource declares, per calling service, host and outcome (`refused`, or
   `passed` under `outboundTrafficPolicy: ALLOW_ANY`);
-- requests whose policy header the ingress `replaced` or `rejected`.
+- requests whose policy header the ingress `replaced` or `rejected`;
+- requests reaching each service's side-cars (inbound), and how many carried the policy header
+  (the "policy context on every hop" evidence). These lines are counted without JSON parsing.
 
 Names and hosts come from clients, so each counter keeps at most `MAX_LABELS` distinct values;
 later ones are counted as `(other)`. Counters are Prometheus counters in the given registry.
@@ -18,6 +20,7 @@ later ones are counted as `(other)`. Counters are Prometheus counters in the giv
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,9 @@ from prometheus_client import CollectorRegistry, Counter
 
 MAX_LABELS = 200
 OTHER = "(other)"
+_INBOUND = b'"direction":"inbound"'
+_NO_POLICY = b'"policy":null'
+_SERVICE = re.compile(rb'"service":"([^"]*)"')
 _CLIENT_LABEL = {"stripped": 0, "undeclared": 1}  # which label's values come from clients
 _MARKERS = (b'"stripped":"', b"undeclared", b"passthrough", b"policy-re")
 
@@ -74,7 +80,18 @@ class BoundaryLedger:
             ["outcome"],
             registry=registry,
         )
-        self.totals: dict[str, dict[tuple[str, ...], int]] = {"stripped": {}, "undeclared": {}, "policy": {}}
+        self.inbound = Counter(
+            "interstate_inbound_requests",
+            "requests that reached a service's side-cars, by whether they carried the policy header",
+            ["service", "policy"],
+            registry=registry,
+        )
+        self.totals: dict[str, dict[tuple[str, ...], int]] = {
+            "stripped": {},
+            "undeclared": {},
+            "policy": {},
+            "inbound": {},
+        }
 
     def skip_existing(self) -> None:
         """Count only what is written from now on (a run folder may hold an earlier run's logs)."""
@@ -88,6 +105,11 @@ class BoundaryLedger:
     def refresh(self) -> None:
         for path in sorted(self.folder.glob(self.pattern)):
             for line in self._new_lines(path):
+                if _INBOUND in line:
+                    service = _SERVICE.search(line)
+                    if service is not None:
+                        present = "missing" if _NO_POLICY in line else "present"
+                        self._add("inbound", self.inbound, (service.group(1).decode(errors="replace"), present))
                 if any(marker in line for marker in _MARKERS):
                     try:
                         entry = json.loads(line)
@@ -155,4 +177,14 @@ class BoundaryLedger:
                 for (svc, host, o), n in sorted(self.totals["undeclared"].items())
             ],
             "policy_headers": {o: n for (o,), n in sorted(self.totals["policy"].items())},
+            "policy_coverage": self._coverage(),
         }
+
+    def _coverage(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (service, present), n in sorted(self.totals["inbound"].items()):
+            counts = out.setdefault(service, {"requests": 0, "with_policy": 0})
+            counts["requests"] += n
+            if present == "present":
+                counts["with_policy"] += n
+        return out
