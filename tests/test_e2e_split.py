@@ -21,6 +21,7 @@ spec:
   service: stats
   backends: [{ service: stats, weight: 90 }, { service: stats-v2, weight: 10 }]
   pin: { header: { name: x-canary, value: "true" }, backend: stats-v2 }
+  stickyBy: { header: x-session }   # without it (all calls below but the sticky test): by weight
 """
 
 
@@ -75,6 +76,13 @@ def test_the_canary_header_always_lands_on_v2(canary: MeshRun) -> None:
     assert calls(canary, 200, {"x-canary": "true"}) == Counter({"stats-v2-0": 200})
 
 
+def test_a_session_keeps_its_version_while_sessions_split_by_weight(canary: MeshRun) -> None:
+    per_session = {f"s-{n}": calls(canary, 10, {"x-session": f"s-{n}"}, workers=2) for n in range(100)}
+    assert all(len(seen) == 1 for seen in per_session.values()), per_session  # sticky
+    on_v2 = sum(1 for seen in per_session.values() if "stats-v2-0" in seen)
+    assert 1 <= on_v2 <= 30, on_v2  # ~10 of 100 sessions (binomial: 0 or >30 is < 1e-4 likely)
+
+
 def test_shifting_to_50_50_under_load_drops_no_request(canary: MeshRun) -> None:
     results: list[Counter[str]] = []
     load = threading.Thread(target=lambda: results.append(calls(canary, 4000, workers=4)))
@@ -87,3 +95,5 @@ def test_shifting_to_50_50_under_load_drops_no_request(canary: MeshRun) -> None:
     after = calls(canary, 2000)
     assert set(after) == {"stats-0", "stats-v2-0"}
     assert 0.45 <= after["stats-v2-0"] / 2000 <= 0.55, after
+    # the split kept its stickiness: each session still sees one version
+    assert all(len(calls(canary, 10, {"x-session": f"s-{n}"}, workers=2)) == 1 for n in range(20))

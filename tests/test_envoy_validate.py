@@ -202,6 +202,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
                 "service": "results",
                 "backends": [{"service": "results", "weight": 90}, {"service": "results-v2", "weight": 10}],
                 "pin": {"header": {"name": "x-canary", "value": "true"}, "backend": "results-v2"},
+                "stickyBy": {"cookie": {"name": "canary-session", "ttl": "1h"}},
             },
         ),
     ],

@@ -22,7 +22,15 @@ from envoy.type.v3 import percent_pb2
 from interstate.compile import names
 from interstate.compile.common import duration, pack
 from interstate.model.index import MeshIndex
-from interstate.model.traffic_policy import IDEMPOTENT_METHODS, SAFE_RETRY_ON, Backoff, Fault, LbPolicy, Retries
+from interstate.model.traffic_policy import (
+    IDEMPOTENT_METHODS,
+    SAFE_RETRY_ON,
+    Backoff,
+    Fault,
+    HashOn,
+    LbPolicy,
+    Retries,
+)
 
 FAULT_FILTER = "envoy.filters.http.fault"
 DEFAULT_TIMEOUT = timedelta(seconds=15)
@@ -90,6 +98,10 @@ def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]
             for b, w in backends
             if w > 0
         )
+        sticky = index.traffic_splits[service].spec.sticky_by
+        if sticky is not None:  # ... by a hash of the session's header or cookie, not at random
+            out.weighted_clusters.use_hash_policy.value = True
+            out.hash_policy.append(hash_policy(sticky))
     if retries.attempts > 0:
         retry = rc.RetryPolicy(
             retry_on=",".join(retry_on),
@@ -111,19 +123,17 @@ def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]
         out.retry_policy.CopyFrom(retry)
     balancer = policy.load_balancer if policy else None
     if balancer is not None and balancer.policy is LbPolicy.RING_HASH and balancer.hash_on is not None:
-        if balancer.hash_on.header is not None:
-            out.hash_policy.append(
-                rc.RouteAction.HashPolicy(header=rc.RouteAction.HashPolicy.Header(header_name=balancer.hash_on.header))
-            )
-        elif balancer.hash_on.cookie is not None:
-            out.hash_policy.append(
-                rc.RouteAction.HashPolicy(
-                    cookie=rc.RouteAction.HashPolicy.Cookie(
-                        name=balancer.hash_on.cookie.name, ttl=duration(balancer.hash_on.cookie.ttl)
-                    )
-                )
-            )
+        out.hash_policy.append(hash_policy(balancer.hash_on))
     return out
+
+
+def hash_policy(on: HashOn) -> rc.RouteAction.HashPolicy:
+    if on.header is not None:
+        return rc.RouteAction.HashPolicy(header=rc.RouteAction.HashPolicy.Header(header_name=on.header))
+    assert on.cookie is not None
+    return rc.RouteAction.HashPolicy(
+        cookie=rc.RouteAction.HashPolicy.Cookie(name=on.cookie.name, ttl=duration(on.cookie.ttl))
+    )
 
 
 def _percent(value: int) -> percent_pb2.FractionalPercent:

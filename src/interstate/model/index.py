@@ -136,13 +136,12 @@ class MeshIndex:
         names.add(self.mesh.policy_header)
         if self.token_policies:
             names.add("authorization")
+        hashed = [s.spec.sticky_by for s in self.traffic_splits.values()]
+        hashed += [p.spec.load_balancer.hash_on for p in self.traffic_policies.values() if p.spec.load_balancer]
         for split in self.traffic_splits.values():
             if split.spec.pin is not None:
                 names.add(split.spec.pin.header.name)
-        for policy in self.traffic_policies.values():
-            hash_on = policy.spec.load_balancer.hash_on if policy.spec.load_balancer else None
-            if hash_on is not None:
-                names.add(hash_on.header if hash_on.header else "cookie")
+        names.update(on.header if on.header else "cookie" for on in hashed if on is not None)
         return frozenset(names), tuple(sorted(h[:-1] for h in listed if h.endswith("*")))
 
     def policy_for(self, workload: Workload | None) -> str | None:

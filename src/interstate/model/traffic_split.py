@@ -5,6 +5,10 @@
     spec.backends[].weight        integer percent; the weights sum to 100
     spec.pin.header{name,value}   optional: requests with this header always go to `pin.backend`
     spec.pin.backend              (a sticky canary: `x-canary: true` always reaches v2)
+    spec.stickyBy{header | cookie{name, ttl}}
+                                  optional: the backend is chosen by a hash of this header or
+                                  cookie instead of at random, so one session keeps its version
+                                  while the weights stay (consistent hashing across proxies)
 
 Weights change live (`interstate split results results=50 results-v2=50`): only routes change.
 """
@@ -17,6 +21,7 @@ from typing import ClassVar
 from pydantic import Field, model_validator
 
 from interstate.model.base import Claim, Name, Reference, Resource, Strict
+from interstate.model.traffic_policy import HashOn
 
 
 class Backend(Strict):
@@ -38,6 +43,7 @@ class TrafficSplitSpec(Strict):
     service: Name
     backends: list[Backend] = Field(min_length=1)
     pin: Pin | None = None
+    sticky_by: HashOn | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> TrafficSplitSpec:

@@ -294,7 +294,7 @@ class Supervisor:
         backends = [Backend(service=b, weight=w) for b, w in weights.items()]
         if split is not None:
             pin = split.spec.pin if split.spec.pin and split.spec.pin.backend in weights else None
-            spec = TrafficSplitSpec(service=service, backends=backends, pin=pin)
+            spec = TrafficSplitSpec(service=service, backends=backends, pin=pin, sticky_by=split.spec.sticky_by)
             config = self.config.replace(split, split.model_copy(update={"spec": spec}))
         else:
             spec = TrafficSplitSpec(service=service, backends=backends)
