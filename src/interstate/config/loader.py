@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from interstate.config.validate import Located, check
 from interstate.errors import ConfigError, Issue
-from interstate.model import KINDS, Resource
+from interstate.model import KINDS, MESH_RULES, Resource
 from interstate.model.index import MeshConfig
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -80,12 +80,20 @@ def decode_sources(sources: Mapping[str, str], base_dir: Path | None = None) -> 
             elif isinstance(document, dict) and isinstance(document.get("metadata"), dict):
                 invalid.add((str(document.get("kind")), str(document["metadata"].get("name"))))
     issues.extend(check(located, invalid))
+    issues.extend(_mesh_rules(located))
     if issues:
         raise ConfigError(issues)
     return MeshConfig(
         tuple(item.resource for item in located),
         MappingProxyType({item.resource.ref: (item.file, item.document) for item in located}),
     )
+
+
+def _mesh_rules(located: Sequence[Located]) -> list[Issue]:
+    """Issues from `model.MESH_RULES`, the rules that need two kinds at once."""
+    where = {id(item.resource): item for item in located}
+    resources = [item.resource for item in located]
+    return [where[id(res)].issue(field, message) for rule in MESH_RULES for res, field, message in rule(resources)]
 
 
 def _decode_document(

@@ -2,16 +2,20 @@
 
 Its annotations are the chapter's: `mesh.codifyhq.io/inject` ("enabled" | "disabled") and
 `mesh.codifyhq.io/policy` (the policy ID the side-car adds to outbound requests).
+`spec.resources.requests.cpu` (a Kubernetes quantity: "500m", "1", 0.5) is what a
+HorizontalPodAutoscaler's CPU utilization is measured against.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import ClassVar
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from interstate.model.base import (
     API_GROUP,
@@ -45,6 +49,89 @@ RESERVED_ENV = frozenset(
         "INTERSTATE_VERSION",
     }
 )
+
+
+# A Kubernetes quantity: a decimal number and an optional suffix (binary Ki..Ei, decimal n..E, or
+# an exponent e3). [0-9], not \d: other scripts' digits are not quantities.
+_QUANTITY_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})?$")
+_QUANTITY_SUFFIX = re.compile(r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]{1,3})$")
+_SUFFIXES = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+    **{f"{p}i": Decimal(1024 ** (i + 1)) for i, p in enumerate("KMGTPE")},
+}
+MAX_QUANTITY = Decimal("1e18")  # far above anything a request or a target needs
+MAX_CPU_MILLICORES = 1_000_000_000  # a million cores
+
+
+def parse_quantity(value: Any) -> Decimal:
+    """A Kubernetes quantity ("500m", "1", "2k", "1Gi", "1e3", or a YAML number) -> Decimal.
+    ValueError naming the value otherwise."""
+    hint = "write a Kubernetes quantity, e.g. 500m, 0.5, 1, 100"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"{value!r} is not a quantity; {hint}")
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a quantity; {hint}")
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    else:
+        if not _QUANTITY_RE.match(value):
+            raise ValueError(f"{value!r} is not a quantity; {hint}")
+        suffix = _QUANTITY_SUFFIX.search(value)
+        text, unit = (value[: suffix.start()], suffix.group()) if suffix else (value, "")
+        try:
+            number = Decimal(text)
+            if unit[:1] in ("e", "E") and unit != "E":
+                number = number.scaleb(int(unit[1:]))
+            elif unit:
+                number *= _SUFFIXES[unit]
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a quantity; {hint}") from None
+    if abs(number) > MAX_QUANTITY:
+        raise ValueError(f"{value!r} is too large")
+    return number
+
+
+def cpu_millicores(value: Any) -> int:
+    """A Kubernetes CPU quantity -> millicores, rounded up as Kubernetes does ("500m" -> 500,
+    "1" -> 1000, 0.25 -> 250, "0.1m" -> 1)."""
+    number = parse_quantity(value)
+    if number <= 0:
+        raise ValueError(f"{value!r} must be more than 0, e.g. 500m or 1")
+    millicores = math.ceil(number * 1000)
+    if millicores > MAX_CPU_MILLICORES:
+        raise ValueError(f"{value!r} is too large; at most {MAX_CPU_MILLICORES // 1000} cores")
+    return millicores
+
+
+def _check_cpu(value: Any) -> str:
+    cpu_millicores(value)
+    return value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+
+
+# Kept as written ("500m", "1"; a YAML number becomes its text), checked to be a CPU quantity.
+CpuQuantity = Annotated[str, BeforeValidator(_check_cpu)]
+
+
+class ResourceRequests(Strict):
+    cpu: CpuQuantity | None = None
+
+    @property
+    def cpu_millicores(self) -> int | None:
+        return None if self.cpu is None else cpu_millicores(self.cpu)
+
+
+class Resources(Strict):
+    """Kubernetes-shaped compute resources of one replica of the app (not its side-car)."""
+
+    requests: ResourceRequests = Field(default_factory=ResourceRequests)
 
 
 class Run(Strict):
@@ -100,6 +187,7 @@ class WorkloadSpec(Strict):
     readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
     mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
     require_policy: bool = False  # fail closed: requests without one known policy ID get 403
+    resources: Resources = Field(default_factory=Resources)  # requests.cpu: what CPU utilization is relative to
 
     @field_validator("calls")
     @classmethod
