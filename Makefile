@@ -32,4 +32,5 @@ clean:
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ca.py
 	$(BIN)/python bench/bench_fastfail.py
+	$(BIN)/python bench/bench_boundary.py
 	$(BIN)/python bench/bench_push.py
