@@ -14,20 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from interstate.autoscale.algorithm import DEFAULT_SCALE_DOWN, DEFAULT_SCALE_UP, ScalingPolicy, ScalingRules
 from interstate.config import load
 from interstate.config.loader import decode_sources
 from interstate.errors import ConfigError, Issue
 from interstate.model import KINDS, HorizontalPodAutoscaler, Workload
-from interstate.model.autoscaler import (
-    DEFAULT_SCALE_DOWN,
-    DEFAULT_SCALE_UP,
-    CpuUtilization,
-    RequestRate,
-    ScalingPolicy,
-    ScalingPolicyType,
-    ScalingRules,
-    SelectPolicy,
-)
+from interstate.model.autoscaler import CpuUtilization, RequestRate, ScalingPolicyType, SelectPolicy
 from interstate.model.workload import cpu_millicores, parse_quantity
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,7 +170,7 @@ def test_scaling_gathers_everything_the_autoscaler_reads() -> None:
         RequestRate(0.5, "http_requests_per_second", "500m"),
     )
     assert scaling.scale_up == DEFAULT_SCALE_UP
-    assert scaling.scale_down.select_policy is SelectPolicy.DISABLED
+    assert scaling.scale_down.select_policy == SelectPolicy.DISABLED
 
 
 @pytest.mark.parametrize(("written", "per_replica"), [('"100"', 100.0), ("100", 100.0), ('"500m"', 0.5), ("2.5", 2.5)])

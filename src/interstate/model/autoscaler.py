@@ -30,6 +30,14 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from interstate.autoscale.algorithm import (
+    DEFAULT_BEHAVIOR,
+    Behavior,
+    PartialRules,
+    ScalingPolicy,
+    ScalingRules,
+    behavior_with_defaults,
+)
 from interstate.model.base import API_VERSION as MESH_API_VERSION
 from interstate.model.base import Claim, Name, Reference, Resource, Strict
 from interstate.model.workload import Workload, parse_quantity
@@ -251,30 +259,6 @@ class HorizontalPodAutoscalerSpec(Strict):
 
 
 @dataclass(frozen=True)
-class ScalingPolicy:
-    type: ScalingPolicyType
-    value: int  # replicas (Pods) or percent of the current replicas (Percent)
-    period_seconds: int
-
-
-@dataclass(frozen=True)
-class ScalingRules:
-    stabilization_window_seconds: int
-    select_policy: SelectPolicy
-    policies: tuple[ScalingPolicy, ...]
-
-
-# Kubernetes' defaults (pkg/apis/autoscaling/v2/defaults.go; the scale-down window is the
-# controller's --horizontal-pod-autoscaler-downscale-stabilization, 5m), filled in field by field.
-DEFAULT_SCALE_UP = ScalingRules(
-    0,
-    SelectPolicy.MAX,
-    (ScalingPolicy(ScalingPolicyType.PODS, 4, 15), ScalingPolicy(ScalingPolicyType.PERCENT, 100, 15)),
-)
-DEFAULT_SCALE_DOWN = ScalingRules(300, SelectPolicy.MAX, (ScalingPolicy(ScalingPolicyType.PERCENT, 100, 15),))
-
-
-@dataclass(frozen=True)
 class CpuUtilization:
     """Average CPU of the app processes as a percentage of the workload's CPU request."""
 
@@ -306,17 +290,17 @@ class Scaling:
     scale_down: ScalingRules
 
 
-def _rules(written: HPAScalingRules | None, default: ScalingRules) -> ScalingRules:
+def _partial(written: HPAScalingRules | None) -> PartialRules | None:
+    """The rules as written; `behavior_with_defaults` fills the rest, field by field."""
     if written is None:
-        return default
-    return ScalingRules(
-        default.stabilization_window_seconds
-        if written.stabilization_window_seconds is None
-        else written.stabilization_window_seconds,
-        default.select_policy if written.select_policy is None else written.select_policy,
-        default.policies
-        if written.policies is None
-        else tuple(ScalingPolicy(p.type, p.value, p.period_seconds) for p in written.policies),
+        return None
+    policies = written.policies
+    return PartialRules(
+        written.stabilization_window_seconds,
+        None if written.select_policy is None else written.select_policy.value,
+        None
+        if policies is None
+        else tuple(ScalingPolicy(p.type.value, p.value, p.period_seconds) for p in policies),
     )
 
 
@@ -340,14 +324,20 @@ class HorizontalPodAutoscaler(Resource):
         return self.spec.max_replicas
 
     @property
+    def behavior(self) -> Behavior:
+        """spec.behavior with Kubernetes' defaults (the autoscaling/v2 defaults) filled in."""
+        written = self.spec.behavior
+        if written is None:
+            return DEFAULT_BEHAVIOR
+        return behavior_with_defaults(_partial(written.scale_up), _partial(written.scale_down))
+
+    @property
     def scale_up(self) -> ScalingRules:
-        behavior = self.spec.behavior
-        return _rules(behavior.scale_up if behavior else None, DEFAULT_SCALE_UP)
+        return self.behavior.scale_up
 
     @property
     def scale_down(self) -> ScalingRules:
-        behavior = self.spec.behavior
-        return _rules(behavior.scale_down if behavior else None, DEFAULT_SCALE_DOWN)
+        return self.behavior.scale_down
 
     @property
     def metrics(self) -> tuple[MetricGoal, ...]:
