@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -128,6 +129,13 @@ def test_unknown_paths_and_hosts_get_clear_404s(example_mesh: MeshRun) -> None:
     assert response.status_code == 404 and "spec.calls (stats)" in response.text
 
 
+def test_an_autoscaled_workload_is_not_scaled_by_hand(example_mesh: MeshRun) -> None:
+    refused = cli("scale", "results", "5", "--admin", example_mesh.admin)
+    assert refused.returncode != 0
+    assert "results is scaled by its HorizontalPodAutoscaler results-hpa" in refused.stderr
+    assert example_mesh.status()["services"]["results"]["desired"] == 2
+
+
 def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:
     pids = {example_mesh.proc.pid} | {p.pid for p in example_mesh.descendants()}
     listening = [c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.pid in pids]
@@ -141,7 +149,11 @@ def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:
 
 
 def test_scaling_results_under_traffic_loses_no_request(tmp_path: Path) -> None:
-    with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
+    # by hand: without its HorizontalPodAutoscaler (with it, `scale` is refused: see below)
+    manual = tmp_path / "mesh"
+    shutil.copytree(EXAMPLE, manual)
+    (manual / "results-autoscale.yaml").unlink()
+    with running_mesh(manual, tmp_path / "run") as mesh:
         with Load(mesh.ingress + "/results", workers=4, max_s=90) as load:
             wait_for(lambda: load.ok > 20, what="traffic to flow")
             scaled = cli("scale", "results", "4", "--admin", mesh.admin)

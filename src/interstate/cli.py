@@ -102,6 +102,12 @@ def validate(path: str) -> None:
     help="Roots that peers trust, if not the last certificate of --ca-cert.",
 )
 @click.option("--cert-ttl", default="24h", show_default=True, help="Workload certificate lifetime (rotated at half).")
+@click.option(
+    "--autoscale-period",
+    default="15s",
+    show_default=True,
+    help="How often HorizontalPodAutoscalers measure and decide (at least 1s).",
+)
 def up(
     path: str,
     ingress_port: int,
@@ -116,6 +122,7 @@ def up(
     ca_key: str | None,
     ca_bundle: str | None,
     cert_ttl: str,
+    autoscale_period: str,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -128,6 +135,12 @@ def up(
         _fail(f"--cert-ttl: {exc}", EXIT_USAGE)
     if ttl < MIN_CERT_TTL:
         _fail(f"--cert-ttl: {cert_ttl} is too short; at least {MIN_CERT_TTL.total_seconds():.0f}s", EXIT_USAGE)
+    try:
+        period = parse_duration(autoscale_period).total_seconds()
+    except ValueError as exc:
+        _fail(f"--autoscale-period: {exc}", EXIT_USAGE)
+    if period < 1:
+        _fail(f"--autoscale-period: {autoscale_period} is too short; at least 1s", EXIT_USAGE)
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
         run_dir=Path(run_dir or ".interstate/run").resolve(),
@@ -141,6 +154,7 @@ def up(
         ca_key=Path(ca_key).resolve() if ca_key else None,
         ca_bundle=Path(ca_bundle).resolve() if ca_bundle else None,
         cert_ttl=ttl,
+        autoscale_period_s=period,
     )
     if auto_ports:
         settings = settings.auto_ports()
@@ -219,6 +233,11 @@ def status(admin: str, as_json: bool) -> None:
         click.echo("headers stripped at the boundary: " + ", ".join(stripped))
     for call in boundary.get("undeclared_hosts", []):
         click.echo(f"undeclared host: {call['service']} -> {call['host']}: {call['outcome']} x{call['count']}")
+    for name, scaler in data.get("autoscaling", {}).get("autoscalers", {}).items():
+        last = scaler.get("last") or {}
+        click.echo(f"autoscaler {name}: {last.get('reason', 'no decision yet')}")
+        for change in scaler.get("changes", [])[-3:]:
+            click.echo(f"  {change['at']}: {change['reason']}")
     for name, svc in data["services"].items():
         mtls = svc["mtls"] if svc["mtls"] != "PERMISSIVE" else "PERMISSIVE (plaintext accepted!)"
         click.echo(

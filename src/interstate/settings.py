@@ -36,6 +36,7 @@ class Settings:
     ca_key: Path | None = None
     ca_bundle: Path | None = None  # the roots peers trust, when not the last cert of ca_cert
     cert_ttl: timedelta = timedelta(hours=24)  # workload certificates; rotated at half life
+    autoscale_period_s: float = 15.0  # HorizontalPodAutoscaler sync period (Kubernetes' default)
 
     def auto_ports(self) -> Settings:
         return replace(self, ingress_port=0, admin_port=0, xds_port=0)

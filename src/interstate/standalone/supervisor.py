@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from interstate.ca.authority import utcnow
 from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names, passthrough, policy_context
 from interstate.errors import InterstateError, PermanentError
+from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
@@ -28,6 +29,7 @@ from interstate.model.traffic_split import Backend, TrafficSplit, TrafficSplitSp
 from interstate.model.workload import Workload
 from interstate.settings import Settings
 from interstate.standalone import preflight
+from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
 from interstate.standalone.envoy import find_envoy
 from interstate.standalone.identity import MeshIdentity
 from interstate.standalone.ports import PortAllocator
@@ -96,6 +98,8 @@ class Supervisor:
             policy_routes={policy_context.REPLACED: "replaced", policy_context.REJECTED: "rejected"},
         )
         self.boundary.skip_existing()
+        self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self._http)
+        self._autoscaling: asyncio.Task[None] | None = None
 
     # ---- views -----------------------------------------------------------------------------
     @property
@@ -183,6 +187,7 @@ class Supervisor:
             if self.index.gateway is not None:
                 await self._start_ingress()
             await self._settle()
+        self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
 
     async def _start_ingress(self) -> None:
         assert self._envoy is not None
@@ -202,6 +207,9 @@ class Supervisor:
 
     async def shutdown(self) -> None:
         """Drain the ingress, stop every app and side-car, then the xDS server."""
+        if self._autoscaling is not None:
+            self._autoscaling.cancel()
+            await asyncio.gather(self._autoscaling, return_exceptions=True)
         await self._stop_ingress()
         replicas = [r for rs in self.replicas.values() for r in rs]
         await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
@@ -217,6 +225,7 @@ class Supervisor:
         fails, a new replica does not start, or any Envoy rejects its new config, the previous
         config is put back (replicas started for the new one are stopped) and the error raised."""
         preflight.check(config, self.settings.mesh_dir)
+        config = keep_autoscaled(self.config, config)
         header, new_header = self.index.mesh.policy_header, MeshIndex(config).mesh.policy_header
         if new_header != header and self._envoys():
             raise PermanentError(
@@ -253,7 +262,16 @@ class Supervisor:
         except InterstateError as exc:
             log.error("could not fully restore the previous mesh: %s", exc)
 
-    async def scale(self, service: str, replicas: int) -> dict[str, Any]:
+    async def scale(self, service: str, replicas: int, autoscaler: bool = False) -> dict[str, Any]:
+        """Run `replicas` replicas of `service`. A workload with a HorizontalPodAutoscaler is
+        scaled by its autoscaler only (`autoscaler=True`): a manual count would be undone."""
+        if not autoscaler:
+            owners = [h.name for h in self.config.of_kind(HorizontalPodAutoscaler) if h.workload == service]
+            if owners:
+                raise PermanentError(
+                    f"{service} is scaled by its HorizontalPodAutoscaler {owners[0]}; change its "
+                    "minReplicas/maxReplicas (interstate apply) instead"
+                )
         async with self._lock:
             workload = self.workload(service)
             spec = workload.spec.model_copy(update={"replicas": replicas})
@@ -444,4 +462,5 @@ class Supervisor:
                 "xds": xds.get(self.ingress.proxy.node_id),
             }
         out["boundary"] = self.boundary.summary()
+        out["autoscaling"] = self.autoscaler.status()
         return out
