@@ -37,6 +37,13 @@ def canary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRun]:
         stats.replace("name: stats", "name: stats-v2").replace("version: v1", "version: v2")
     )
     (mesh / "split.yaml").write_text(SPLIT)
+    gateway = mesh / "mesh.yaml"  # clients reach stats through the ingress too: /stats
+    gateway.write_text(
+        gateway.read_text().replace(
+            "- { pathPrefix: /results, service: results }",
+            "- { pathPrefix: /results, service: results }\n    - { pathPrefix: /stats, service: stats }",
+        )
+    )
     with running_mesh(mesh, root / "run") as run:
         yield run
 
@@ -45,17 +52,21 @@ def proxy(mesh: MeshRun) -> str:
     return f"http://127.0.0.1:{mesh.status()['services']['results']['replicas'][0]['sidecar']['outbound']}"
 
 
-def calls(mesh: MeshRun, count: int, headers: dict[str, str] | None = None, workers: int = 8) -> Counter[str]:
-    """`count` calls to http://stats:8080 through a results side-car, as results would make them."""
+def calls(
+    mesh: MeshRun, count: int, headers: dict[str, str] | None = None, workers: int = 8, ingress: bool = False
+) -> Counter[str]:
+    """`count` calls to stats through a results side-car, as results would make them
+    (http://stats:8080/healthz), or from outside through the ingress (/stats)."""
     seen: Counter[str] = Counter()
     lock = threading.Lock()
     local = threading.local()
     outbound = proxy(mesh)
+    url = mesh.ingress + "/stats" if ingress else "http://stats:8080/healthz"
 
     def one(_: int) -> None:
         if not hasattr(local, "client"):
-            local.client = httpx.Client(proxy=outbound, trust_env=False, timeout=10)
-        response = local.client.get("http://stats:8080/healthz", headers=headers or {})
+            local.client = httpx.Client(proxy=None if ingress else outbound, trust_env=False, timeout=10)
+        response = local.client.get(url, headers=headers or {})
         key = response.json()["served_by"] if response.status_code == 200 else f"HTTP {response.status_code}"
         with lock:
             seen[key] += 1
@@ -66,7 +77,7 @@ def calls(mesh: MeshRun, count: int, headers: dict[str, str] | None = None, work
 
 
 def test_a_90_10_split_sends_10_percent_to_the_canary(canary: MeshRun) -> None:
-    seen = calls(canary, 10_000)
+    seen = calls(canary, 10_000, ingress=True)  # from outside, through the ingress
     assert set(seen) == {"stats-0", "stats-v2-0"}, seen  # no failures, no one else
     share = seen["stats-v2-0"] / 10_000
     assert 0.09 <= share <= 0.11, seen
@@ -74,6 +85,7 @@ def test_a_90_10_split_sends_10_percent_to_the_canary(canary: MeshRun) -> None:
 
 def test_the_canary_header_always_lands_on_v2(canary: MeshRun) -> None:
     assert calls(canary, 200, {"x-canary": "true"}) == Counter({"stats-v2-0": 200})
+    assert calls(canary, 200, {"x-canary": "true"}, ingress=True) == Counter({"stats-v2-0": 200})
 
 
 def test_a_session_keeps_its_version_while_sessions_split_by_weight(canary: MeshRun) -> None:
