@@ -20,6 +20,7 @@ from interstate.client import AdminClient, AdminError
 from interstate.errors import ConfigError, InterstateError
 from interstate.kube import autoscale as kube_autoscale
 from interstate.model.base import parse_duration
+from interstate.rehearse.command import rehearse
 from interstate.settings import DEFAULT_ADMIN_PORT, DEFAULT_INGRESS_PORT, DEFAULT_XDS_PORT, Settings
 
 EXIT_INVALID = 1
@@ -430,6 +431,8 @@ def manifests_autoscale(config_dir: str, prometheus: str, namespace: str | None)
         return
     click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
 
+
+main.add_command(rehearse)
 
 if __name__ == "__main__":
     main()
