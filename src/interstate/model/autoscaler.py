@@ -298,9 +298,7 @@ def _partial(written: HPAScalingRules | None) -> PartialRules | None:
     return PartialRules(
         written.stabilization_window_seconds,
         None if written.select_policy is None else written.select_policy.value,
-        None
-        if policies is None
-        else tuple(ScalingPolicy(p.type.value, p.value, p.period_seconds) for p in policies),
+        None if policies is None else tuple(ScalingPolicy(p.type.value, p.value, p.period_seconds) for p in policies),
     )
 
 
