@@ -18,7 +18,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 
 from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, bootstrap, clusters, compile_proxy, names, passthrough, policy_context
+from interstate.compile import Proxy, bootstrap, clusters, names, passthrough, policy_context
 from interstate.errors import InterstateError, PermanentError
 from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.model.base import Metadata
@@ -40,8 +40,8 @@ from interstate.telemetry import envoys as envoys_t
 from interstate.telemetry.boundary import BoundaryLedger
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
+from interstate.xds.incremental import SnapshotBuilder
 from interstate.xds.server import AdsServer
-from interstate.xds.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Supervisor:
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
         self.ads = AdsServer(self.cache, self.registry)
+        self.snapshots = SnapshotBuilder()
         self.ports = PortAllocator(settings.host)
         self.replicas: dict[str, list[Replica]] = {}
         self.ingress: EnvoyProcess | None = None
@@ -122,16 +123,16 @@ class Supervisor:
 
     # ---- the push --------------------------------------------------------------------------
     def push(self) -> None:
-        """Recompile every proxy from one index; set changed snapshots. All or nothing.
-        Certificates past half their life are re-issued on the way (that is rotation)."""
+        """Snapshots for every proxy from one index (only what changed is recompiled: see
+        `xds.incremental`); set changed ones. All or nothing. Certificates past half their life
+        are re-issued on the way (that is rotation)."""
         index = self.index
-        assert self.identity is not None, "start_control_plane() first"
+        identity = self.identity
+        assert identity is not None, "start_control_plane() first"
         now = utcnow()
-        snapshots = {
-            p.node_id: Snapshot.from_resources(compile_proxy(index, p, self.identity.credentials(p, now)))
-            for p in self.proxies()
-        }
-        self.identity.certs.keep_only(set(snapshots))
+        snapshots = self.snapshots.build(index, self.proxies(), lambda p: identity.credentials(p, now))
+        identity.certs.keep_only(set(snapshots))
+        self.snapshots.forget(snapshots)
         for node_id, snapshot in snapshots.items():
             if self.cache.set(node_id, snapshot):
                 self.pushes.inc()

@@ -47,7 +47,7 @@ def field_bytes(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def _any_bytes(type_url: str, message: Message) -> bytes:
+def any_bytes(type_url: str, message: Message) -> bytes:
     # google.protobuf.Any: type_url = 1, value = 2
     return field_bytes(1, type_url.encode()) + field_bytes(2, message.SerializeToString(deterministic=True))
 
@@ -63,7 +63,13 @@ class TypeSet:
 
     @classmethod
     def build(cls, type_url: str, named: Iterable[tuple[str, Message]]) -> TypeSet:
-        items = sorted((name, _any_bytes(type_url, msg)) for name, msg in named)
+        return cls.from_packed(type_url, ((name, any_bytes(type_url, msg)) for name, msg in named))
+
+    @classmethod
+    def from_packed(cls, type_url: str, packed: Iterable[tuple[str, bytes]]) -> TypeSet:
+        """From resources already serialized as Any bytes (see `any_bytes`), e.g. shared by many
+        proxies and serialized once."""
+        items = sorted(packed)
         digest = hashlib.sha256(type_url.encode())
         for name, data in items:
             digest.update(field_bytes(1, name.encode()) + field_bytes(2, data))
@@ -99,18 +105,14 @@ class Snapshot:
 
     @classmethod
     def from_resources(cls, res: ProxyResources) -> Snapshot:
-        check_consistent(res)
-        return cls(
-            MappingProxyType(
-                {
-                    rt.CLUSTER: TypeSet.build(rt.CLUSTER, ((c.name, c) for c in res.clusters)),
-                    rt.ENDPOINT: TypeSet.build(rt.ENDPOINT, ((e.cluster_name, e) for e in res.endpoints)),
-                    rt.LISTENER: TypeSet.build(rt.LISTENER, ((x.name, x) for x in res.listeners)),
-                    rt.ROUTE: TypeSet.build(rt.ROUTE, ((r.name, r) for r in res.routes)),
-                    rt.SECRET: TypeSet.build(rt.SECRET, ((s.name, s) for s in res.secrets)),
-                }
-            )
+        return cls.from_types(
+            static_types(res), TypeSet.build(rt.ENDPOINT, ((e.cluster_name, e) for e in res.endpoints))
         )
+
+    @classmethod
+    def from_types(cls, static: Mapping[str, TypeSet], endpoints: TypeSet) -> Snapshot:
+        """From the config part (`static_types`) and the endpoints part, built separately."""
+        return cls(MappingProxyType({**static, rt.ENDPOINT: endpoints}))
 
     def version(self, type_url: str) -> str:
         return self.types[type_url].version
@@ -118,6 +120,17 @@ class Snapshot:
     @property
     def versions(self) -> dict[str, str]:
         return {t: s.version for t, s in self.types.items()}
+
+
+def static_types(res: ProxyResources) -> dict[str, TypeSet]:
+    """Every type but endpoints, after checking the whole is consistent."""
+    check_consistent(res)
+    return {
+        rt.CLUSTER: TypeSet.build(rt.CLUSTER, ((c.name, c) for c in res.clusters)),
+        rt.LISTENER: TypeSet.build(rt.LISTENER, ((x.name, x) for x in res.listeners)),
+        rt.ROUTE: TypeSet.build(rt.ROUTE, ((r.name, r) for r in res.routes)),
+        rt.SECRET: TypeSet.build(rt.SECRET, ((s.name, s) for s in res.secrets)),
+    }
 
 
 def _eds_name(cluster: cluster_pb2.Cluster) -> str | None:
