@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from interstate.rehearse import report
 from interstate.rehearse.command import rehearse
 from interstate.rehearse.load import (
+    CSV_FIELDS,
     HeyFailed,
     HeyMissing,
     Request,
@@ -85,18 +86,7 @@ def test_parse_hey_csv_refuses_what_is_not_hey_csv(text: str, message: str) -> N
 def test_requests_csv_keeps_every_measured_field() -> None:
     rows = parse_hey_csv(HEY_CSV, "hiccup", 1.0)
     lines = requests_csv(rows).splitlines()
-    assert lines[0].split(",") == [
-        "phase",
-        "t_s",
-        "latency_s",
-        "status",
-        "dns_dialup_s",
-        "dns_s",
-        "request_write_s",
-        "response_delay_s",
-        "response_read_s",
-        "hey_offset_s",
-    ]
+    assert lines[0].split(",") == list(CSV_FIELDS)  # every field hey measured, and where it ran
     assert len(lines) == 1 + len(rows)
     assert lines[1] == "hiccup,1.1051,0.0343,502,0.0005,0.0000,0.0000,0.0332,0.0005,0.1051"
 

@@ -274,6 +274,38 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]
     return [line(header), *(line(r) for r in rows)]
 
 
+PHASE_COLUMNS = (
+    "phase",
+    "seconds",
+    "requests",
+    "req/s",
+    "ok (2xx)",
+    "p50 ms",
+    "p99 ms",
+    "5xx",
+    "503",
+    "fast 503",
+    "other",
+)
+
+
+def phase_cells(s: PhaseStats, mark_fault: bool = False) -> list[str]:
+    """One phase's row of the requests table (text and HTML), in PHASE_COLUMNS order."""
+    return [
+        s.name + (" *" if mark_fault and s.fault and s.name != "all" else ""),
+        f"{s.seconds:.1f}",
+        _n(s.requests),
+        "-" if s.rps is None else f"{s.rps:.1f}",
+        _pct(s.ok, s.requests),
+        _ms(s.p50_ms),
+        _ms(s.p99_ms),
+        _n(s.errors_5xx),
+        _n(s.s503),
+        _n(s.fast_503),
+        _n(s.other),
+    ]
+
+
 def render_text(rehearsal: Rehearsal) -> str:
     stats = [phase_stats(w, rehearsal.requests, rehearsal.samples) for w in rehearsal.phases]
     total = total_stats(rehearsal)
@@ -285,27 +317,7 @@ def render_text(rehearsal: Rehearsal) -> str:
         "",
         "requests (measured by hey: one row per answered request)",
     ]
-    rows = []
-    for s in [*stats, total]:
-        rows.append(
-            [
-                s.name + (" *" if s.fault and s.name != "all" else ""),
-                f"{s.seconds:.1f}",
-                _n(s.requests),
-                "-" if s.rps is None else f"{s.rps:.1f}",
-                _pct(s.ok, s.requests),
-                _ms(s.p50_ms),
-                _ms(s.p99_ms),
-                _n(s.errors_5xx),
-                _n(s.s503),
-                _n(s.fast_503),
-                _n(s.other),
-            ]
-        )
-    out += _table(
-        ["phase", "seconds", "requests", "req/s", "ok (2xx)", "p50 ms", "p99 ms", "5xx", "503", "fast 503", "other"],
-        rows,
-    )
+    out += _table(list(PHASE_COLUMNS), [phase_cells(s, mark_fault=True) for s in [*stats, total]])
     out.append(
         f"* fault on: {rehearsal.fault_service} (callers' side-cars abort calls); "
         f"fast 503 = a 503 answered in < {FAST_MS:g} ms"
@@ -511,29 +523,8 @@ def render_html(rehearsal: Rehearsal) -> str:
     end = max([w.end for w in rehearsal.phases] + [r.t for r in rehearsal.requests], default=0.0)
     seconds = per_second(rehearsal.requests, until=end)
     stats = [phase_stats(w, rehearsal.requests, rehearsal.samples) for w in rehearsal.phases] + [total_stats(rehearsal)]
-    rows = "\n".join(
-        "<tr>"
-        + "".join(
-            f"<td>{e(c)}</td>"
-            for c in [
-                s.name,
-                f"{s.seconds:.1f}",
-                _n(s.requests),
-                "-" if s.rps is None else f"{s.rps:.1f}",
-                _pct(s.ok, s.requests),
-                _ms(s.p50_ms),
-                _ms(s.p99_ms),
-                _n(s.s503),
-                _n(s.fast_503),
-            ]
-        )
-        + "</tr>"
-        for s in stats
-    )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in ["phase", "seconds", "requests", "req/s", "ok (2xx)", "p50 ms", "p99 ms", "503", "fast 503"]
-    )
+    rows = "\n".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in phase_cells(s)) + "</tr>" for s in stats)
+    head = "".join(f"<th>{h}</th>" for h in PHASE_COLUMNS)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>interstate rehearsal {e(rehearsal.started_at)}</title>
 <style>{STYLE}</style></head>
