@@ -511,8 +511,10 @@ def test_a_workload_that_requires_a_policy_gets_a_deny_rule_before_its_app() -> 
         ).http_filters
     ]
     relaxed = [f.name for f in inbound_manager(compile_proxy(mesh(), sidecar("stats"))).http_filters]
-    assert filters == ["envoy.filters.http.rbac", "envoy.filters.http.rbac", "envoy.filters.http.router"]
-    assert relaxed == ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+    # RBAC checks first, then the (usually empty) fault filter of `fault.at: SERVICE`, then the app
+    fault, router = "envoy.filters.http.fault", "envoy.filters.http.router"
+    assert filters == ["envoy.filters.http.rbac", "envoy.filters.http.rbac", fault, router]
+    assert relaxed == ["envoy.filters.http.rbac", fault, router]
 
 
 def inbound_manager(resources: ProxyResources) -> hcm_pb2.HttpConnectionManager:
@@ -520,3 +522,23 @@ def inbound_manager(resources: ProxyResources) -> hcm_pb2.HttpConnectionManager:
     manager = hcm_pb2.HttpConnectionManager()
     listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
     return manager
+
+
+@pytest.mark.parametrize(("at", "on_callers", "on_service"), [("CALLERS", True, False), ("SERVICE", False, True)])
+def test_a_fault_is_applied_by_the_callers_or_by_the_service_itself(
+    at: str, on_callers: bool, on_service: bool
+) -> None:
+    fault = BREAKER.rstrip("\n") + f"\n  fault: {{abort: {{percent: 50, status: 503}}, at: {at}}}\n"
+    index = mesh(MESH, RESULTS, STATS, GATEWAY, fault)
+    fault_filter = "envoy.filters.http.fault"
+    results = compile_proxy(index, sidecar("results"))
+    to_stats = [r for rc in results.routes if rc.name == "outbound" for vh in rc.virtual_hosts for r in vh.routes]
+    assert any(fault_filter in r.typed_per_filter_config for r in to_stats) is on_callers
+    stats = compile_proxy(index, sidecar("stats"))
+    inbound = [r for rc in stats.routes if rc.name == "inbound" for vh in rc.virtual_hosts for r in vh.routes]
+    assert any(fault_filter in r.typed_per_filter_config for r in inbound) is on_service
+    # the inbound listener always carries the (empty) fault filter: turning it on changes routes only
+    for listener in stats.listeners:
+        manager = hcm_pb2.HttpConnectionManager()
+        listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+        assert fault_filter in [f.name for f in manager.http_filters]

@@ -187,6 +187,17 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         GATEWAY,
         doc("ExternalService", "fec-api", {"address": "127.0.0.1", "port": 9443}),
     ],
+    "fault-in-service": [
+        MESH,
+        RESULTS,
+        STATS,
+        GATEWAY,
+        doc(
+            "TrafficPolicy",
+            "stats-hiccup",
+            {"destination": {"service": "stats"}, "fault": {"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}},
+        ),
+    ],
     "boundary-allow-all-headers": [mesh(allowedHeaders=["*"]), RESULTS, STATS, GATEWAY],
     "traffic-split": [
         MESH,

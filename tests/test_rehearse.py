@@ -135,7 +135,7 @@ def test_scenario_phases() -> None:
         ("cool-down", 10, 20, False),
     ]
     assert SHORT.phase_seconds <= 3 and SHORT.surge_rps <= 100
-    assert Fault().body() == {"abort": {"percent": 50, "status": 503}}
+    assert Fault().body() == {"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}
 
 
 @pytest.mark.parametrize(
@@ -498,7 +498,7 @@ def test_runner_runs_every_phase_and_ends_the_fault(
     assert [r.phase for r in result.requests].count("surge") == 4
     assert result.target == "http://127.0.0.1:8080/results"
     assert fake_mesh.faults == [
-        ("/services/stats/fault", {"abort": {"percent": 50, "status": 503}}),
+        ("/services/stats/fault", {"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}),
         ("/services/stats/fault", None),
     ]
     assert result.fault_after is None
@@ -515,7 +515,7 @@ def test_runner_ends_the_fault_when_hey_fails_in_the_hiccup(
     monkeypatch.setenv("FAKE_HEY_MODE", "fail-3rd")
     with pytest.raises(HeyFailed):
         asyncio.run(Runner(fake_mesh.url, QUICK, str(fake_hey), lambda line: None, poll_every=0.2).run())
-    assert [body for _, body in fake_mesh.faults] == [{"abort": {"percent": 50, "status": 503}}, None]
+    assert [body for _, body in fake_mesh.faults] == [{"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}, None]
     assert fake_mesh.fault is None
 
 

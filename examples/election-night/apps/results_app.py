@@ -43,6 +43,8 @@ def aggregate(precincts: list[dict]) -> dict[str, object]:
 async def results(request: Request) -> JSONResponse:
     client: httpx.AsyncClient = request.app.state.client
     response = await client.get(f"{STATS_URL}/stats")
+    if response.status_code == 503:  # stats is down or its circuit is open: say so, at once
+        return JSONResponse({"error": "stats unavailable (circuit open)", "stats_status": 503}, status_code=503)
     if response.status_code != 200:
         return JSONResponse({"error": "stats unavailable", "stats_status": response.status_code}, status_code=502)
     data = response.json()

@@ -134,7 +134,8 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
             policy_context.required_filter(index, proxy.service),
             authz.access_filter(index, proxy.service),
         )
-        before_router(manager, present(*checks))
+        # then a rehearsal's fault `at: SERVICE` (only routes change when it is turned on or off)
+        before_router(manager, present(*checks, resilience.fault_filter()))
         manager.local_reply_config.CopyFrom(authz.local_reply(proxy.service))
     return manager
 

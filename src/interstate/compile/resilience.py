@@ -27,6 +27,7 @@ from interstate.model.traffic_policy import (
     SAFE_RETRY_ON,
     Backoff,
     Fault,
+    FaultAt,
     HashOn,
     LbPolicy,
     Retries,
@@ -79,7 +80,7 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
         ("other", match, list(SAFE_RETRY_ON)),
     ):
         route = rc.Route(name=f"{name}|{suffix}", match=route_match, route=action(index, service, retries, retry_on))
-        if policy is not None and policy.fault is not None:
+        if policy is not None and policy.fault is not None and policy.fault.at is FaultAt.CALLERS:
             route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.fault)))
         out.append(route)
     return out
@@ -149,6 +150,13 @@ def fault(spec: Fault) -> fault_pb2.HTTPFault:
         out.delay.fixed_delay.CopyFrom(duration(spec.delay.fixed_delay))
         out.delay.percentage.CopyFrom(_percent(spec.delay.percent))
     return out
+
+
+def service_fault(index: MeshIndex, service: str, route: rc.Route) -> None:
+    """A fault `at: SERVICE` is applied by the service's own side-cars, on their inbound route."""
+    policy = index.policy_spec(service)
+    if policy is not None and policy.fault is not None and policy.fault.at is FaultAt.SERVICE:
+        route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.fault)))
 
 
 def fault_filter() -> hcm_pb2.HttpFilter:

@@ -92,6 +92,7 @@ def inbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
         match=rc.RouteMatch(prefix="/"),
         route=rc.RouteAction(cluster=names.inbound_cluster(proxy.service), timeout=duration(ROUTE_TIMEOUT_S)),
     )
+    resilience.service_fault(index, proxy.service, app)
     return route_pb2.RouteConfiguration(
         name=names.INBOUND_ROUTE, virtual_hosts=[rc.VirtualHost(name="app", domains=["*"], routes=[app])]
     )

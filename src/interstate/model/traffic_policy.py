@@ -16,7 +16,11 @@
     spec.timeout                                whole request, retries included (default 15s)
     spec.loadBalancer                           ROUND_ROBIN (default), LEAST_REQUEST, RING_HASH
       .hashOn{header | cookie{name, ttl}}       RING_HASH: sticky by header or cookie
-    spec.fault                                  rehearsals: abort{percent,status}, delay{percent,fixedDelay}
+    spec.fault                                  rehearsals: abort{percent,status}, delay{percent,fixedDelay},
+      .at                                       CALLERS (default: the callers' side-cars fail the calls,
+                                                as Istio's fault injection) or SERVICE (the service's
+                                                own side-cars do: callers see real failures, so their
+                                                outlier detection trips, as when the service breaks)
 
 Fast fail: with outlierDetection, once every replica is ejected callers get an immediate 503
 (flag UH, no upstream attempt) until `baseEjectionTime` has passed; Envoy's panic threshold is 0
@@ -159,9 +163,15 @@ class Delay(Strict):
     fixed_delay: PositiveDuration
 
 
+class FaultAt(StrEnum):
+    CALLERS = "CALLERS"
+    SERVICE = "SERVICE"
+
+
 class Fault(Strict):
     abort: Abort | None = None
     delay: Delay | None = None
+    at: FaultAt = FaultAt.CALLERS
 
     @model_validator(mode="after")
     def _something(self) -> Fault:

@@ -319,7 +319,7 @@ def render_text(rehearsal: Rehearsal) -> str:
     ]
     out += _table(list(PHASE_COLUMNS), [phase_cells(s, mark_fault=True) for s in [*stats, total]])
     out.append(
-        f"* fault on: {rehearsal.fault_service} (callers' side-cars abort calls); "
+        f"* fault on: {rehearsal.fault_service} (the service's own side-cars fail calls); "
         f"fast 503 = a 503 answered in < {FAST_MS:g} ms"
     )
     out += ["", "ready replicas, min-max per phase (GET /status about once a second)"]

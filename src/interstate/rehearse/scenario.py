@@ -33,10 +33,11 @@ class Fault:
 
     def body(self) -> dict[str, object]:
         """The admin API's `fault` body (POST /services/{service}/fault)."""
-        return {"abort": {"percent": self.percent, "status": self.status}}
+        # at the service itself: its callers see real failures, so their circuit breakers trip
+        return {"abort": {"percent": self.percent, "status": self.status}, "at": "SERVICE"}
 
     def describe(self) -> str:
-        return f"{self.service} aborts {self.percent}% of calls with {self.status}"
+        return f"{self.service} fails {self.percent}% of calls with {self.status} (its callers' breakers may trip)"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,68 @@
+"""End-to-end: a fault `at: SERVICE` is a real failure for the callers, so their circuit opens.
+
+The example's stats-breaker (the chapter's: 3 consecutive errors, 30 s ejection) guards calls to
+stats. `interstate fault stats --abort 100 --in-service` makes stats' own side-car fail every
+request; the results side-car sees the 503s, ejects the only stats replica, and then answers
+503 itself at once, without trying stats: the chapter's "fast 503 instead of hanging". A client
+of the ingress gets that 503 from results (not a 502).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from mesh_runner import EXAMPLE, MeshRun, cli, envoy_stats, running_mesh, wait_for
+
+pytestmark = pytest.mark.e2e
+
+STATS_IN = "http.inbound.downstream_rq_total"
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRun]:
+    root = tmp_path_factory.mktemp("fault")
+    folder = root / "mesh"
+    shutil.copytree(EXAMPLE, folder)
+    (folder / "results-autoscale.yaml").unlink()  # a fixed set of replicas
+    with running_mesh(folder, root / "run") as run:
+        yield run
+
+
+def stats_received(mesh: MeshRun) -> int:
+    admin = mesh.status()["services"]["stats"]["replicas"][0]["sidecar"]["admin"]
+    return envoy_stats(admin, f"^{re.escape(STATS_IN)}$")[STATS_IN]
+
+
+def test_a_failing_service_trips_its_callers_breaker_and_they_fail_fast(mesh: MeshRun, tmp_path: Path) -> None:
+    port = mesh.status()["services"]["results"]["replicas"][0]["sidecar"]["outbound"]
+    with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as results:
+        assert results.get("http://stats:8080/healthz").status_code == 200
+        on = cli("fault", "stats", "--abort", "100", "--in-service", "--admin", mesh.admin)
+        assert on.returncode == 0 and "by stats's own side-cars" in on.stdout, on.stderr
+        wait_for(lambda: results.get("http://stats:8080/healthz").status_code == 503, what="the fault to apply")
+        wait_for(lambda: mesh.status()["services"]["stats"]["resilience"]["ejected"], what="stats to be ejected")
+        reached = stats_received(mesh)
+        timings = []
+        for _ in range(20):
+            start = time.perf_counter()
+            response = results.get("http://stats:8080/healthz")
+            timings.append(time.perf_counter() - start)
+            assert response.status_code == 503
+        time.sleep(1.5)  # access logs and stats flush
+        assert stats_received(mesh) == reached  # circuit open: stats was not even tried
+        assert sorted(timings)[len(timings) // 2] < 0.005, timings  # fast: median under 5 ms
+    # through the ingress, the browser gets the chapter's 503 (circuit open), quickly
+    start = time.perf_counter()
+    response = httpx.get(mesh.ingress + "/results", timeout=10, trust_env=False)
+    assert response.status_code == 503 and "circuit open" in response.text
+    assert time.perf_counter() - start < 0.5
+    status = mesh.status()["services"]["stats"]["resilience"]
+    assert status["fault"] and "own side-cars" in status["fault"]
+    off = cli("fault", "stats", "--off", "--admin", mesh.admin)
+    assert off.returncode == 0, off.stderr
