@@ -13,7 +13,8 @@ Every sync period (Settings.autoscale_period_s, 15 s like Kubernetes, down to 1 
    side-car and certificate and join over EDS once ready; removed ones leave EDS first, drain,
    then stop (`Supervisor.scale`). A scale runs in the background; that autoscaler skips its
    syncs until it is done.
-Every decision that changes something is logged with its inputs (the algorithm's `reason`);
+Every decision that changes something is logged with its inputs (the algorithm's `reason`) and
+recorded in the audit trail (`autoscaler.scale`, with whether the scale took effect);
 `status()` keeps the recent ones for `interstate status`.
 """
 
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import httpx
 import psutil
 
+from interstate import audit
 from interstate.autoscale import algorithm
 from interstate.model.autoscaler import CpuUtilization, HorizontalPodAutoscaler, RequestRate, Scaling
 from interstate.model.index import MeshConfig, MeshIndex
@@ -166,8 +168,10 @@ class Autoscaler:
         period_s: float,
         http: httpx.AsyncClient,
         clock: Callable[[], float] = time.monotonic,
+        audit_log: audit.AuditLog | None = None,
     ) -> None:
         self.mesh = mesh
+        self.audit = audit_log  # each scale decision carried out (or not) is recorded here
         self.period_s = max(period_s, MIN_PERIOD_S)
         self.clock = clock
         self.sampler = Sampler(http, clock)
@@ -249,11 +253,17 @@ class Autoscaler:
         return decision
 
     async def _scale(self, service: str, replicas: int, loop: _Loop, before: algorithm.State) -> None:
+        decision = {k: v for k, v in (loop.last or {}).items() if k in ("from", "to", "reason", "metrics")}
+        outcome = "ok"
         try:
-            await self.mesh.scale(service, replicas, autoscaler=True)
+            changes = await self.mesh.scale(service, replicas, autoscaler=True)
+            decision |= {k: v for k, v in changes.items() if k in audit.TOOK}
         except Exception as exc:  # the mesh stays as it was; the next sync decides again
             log.error("autoscaler could not scale %s to %d: %s", service, replicas, exc)
             loop.state = loop.state.after_failed_scale(before)
+            outcome = audit.refused(exc)
+        if self.audit is not None:
+            self.audit.record("autoscaler", "autoscaler.scale", service, decision, outcome)
         self.sampler.keep_only(r.name for rs in self.mesh.replicas.values() for r in rs)
 
     def status(self) -> dict[str, Any]:

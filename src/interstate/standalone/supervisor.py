@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 
+from interstate import audit
 from interstate.ca.authority import utcnow
 from interstate.compile import Proxy, bootstrap, clusters, names, passthrough, policy_context
 from interstate.errors import InterstateError, PermanentError
@@ -24,7 +25,7 @@ from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.model.base import Metadata
 from interstate.model.gateway import Gateway
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
-from interstate.model.traffic_policy import Destination, Fault, TrafficPolicy, TrafficPolicySpec
+from interstate.model.traffic_policy import Destination, Fault, FaultAt, TrafficPolicy, TrafficPolicySpec
 from interstate.model.traffic_split import Backend, TrafficSplit, TrafficSplitSpec
 from interstate.model.workload import Workload
 from interstate.settings import Settings
@@ -55,7 +56,8 @@ def describe_fault(fault: Fault) -> str:
         parts.append(f"{fault.abort.percent}% of calls get {fault.abort.status}")
     if fault.delay is not None:
         parts.append(f"{fault.delay.percent}% delayed {fault.delay.fixed_delay.total_seconds():g}s")
-    return ", ".join(parts)
+    where = "by the service's own side-cars" if fault.at is FaultAt.SERVICE else "by the callers' side-cars"
+    return ", ".join(parts) + f" ({where})"
 
 
 class UnknownService(PermanentError):
@@ -75,9 +77,10 @@ class Supervisor:
     def __init__(self, settings: Settings, config: MeshConfig) -> None:
         self.settings = settings
         self.config = config
+        self.audit = audit.AuditLog(settings.run_dir / audit.FILE_NAME)
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
-        self.ads = AdsServer(self.cache, self.registry)
+        self.ads = AdsServer(self.cache, self.registry, on_nack=self._record_nack)
         self.snapshots = SnapshotBuilder()
         self.ports = PortAllocator(settings.host)
         self.replicas: dict[str, list[Replica]] = {}
@@ -99,7 +102,7 @@ class Supervisor:
             policy_routes={policy_context.REPLACED: "replaced", policy_context.REJECTED: "rejected"},
         )
         self.boundary.skip_existing()
-        self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self._http)
+        self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self._http, audit_log=self.audit)
         self._autoscaling: asyncio.Task[None] | None = None
 
     # ---- views -----------------------------------------------------------------------------
@@ -181,7 +184,7 @@ class Supervisor:
         )
         return EnvoyProcess(proxy, admin_port, config, self._envoy, self.settings, self._http)
 
-    async def start_mesh(self) -> None:
+    async def _start_mesh(self) -> None:
         """Start every workload's replicas, then the ingress; returns when all are ready."""
         async with self._lock:
             await self._reconcile()
@@ -218,10 +221,79 @@ class Supervisor:
         if self._rotation is not None:
             self._rotation.cancel()
         await self.ads.stop()
+        stopped = {"replicas_stopped": sorted(r.name for r in replicas)}
+        self.audit.record(audit.UP, "mesh.stop", sorted(self.index.workloads), stopped)
         await self._http.aclose()
 
+    # ---- changes as the audit trail records them: who asked, what, whether it took effect -----
+    async def start_mesh(self, actor: str = audit.UP) -> None:
+        """`_start_mesh`, recorded as mesh.start (with the state of the trail it continues)."""
+        detail = {"config_sha256": audit.config_digest(self.config), "trail_before": audit.integrity(self.audit.path)}
+        target = sorted(self.index.workloads)
+        try:
+            await self._start_mesh()
+        except BaseException as exc:
+            self.audit.record(actor, "mesh.start", target, detail | audit.error_detail(exc), audit.refused(exc))
+            raise
+        replicas = sorted(r.name for rs in self.replicas.values() for r in rs)
+        self.audit.record(actor, "mesh.start", target, detail | {"replicas": replicas, "ingress": bool(self.ingress)})
+
+    async def apply(self, config: MeshConfig, actor: str = audit.SYSTEM) -> dict[str, Any]:
+        """`_apply`, recorded as config.apply (refs added, changed, removed; the applied config's
+        sha256; replicas started and stopped) or config.apply.rejected (with the error)."""
+        before = self.config
+        try:
+            changes = await self._apply(config)
+        except BaseException as exc:
+            detail = audit.apply_detail(before, config) | audit.error_detail(exc)
+            self.audit.record(actor, "config.apply.rejected", audit.touched(detail), detail, audit.refused(exc))
+            raise
+        detail = audit.apply_detail(before, self.config) | changes
+        self.audit.record(actor, "config.apply", audit.touched(detail), detail)
+        return changes
+
+    async def scale(
+        self, service: str, replicas: int, autoscaler: bool = False, actor: str = audit.SYSTEM
+    ) -> dict[str, Any]:
+        """`_scale`, recorded as replicas.scale with the count before and after (the autoscaler
+        records its decisions itself, with their inputs, as autoscaler.scale)."""
+        if autoscaler:
+            return await self._scale(service, replicas, autoscaler=True)
+        workload = self.index.workloads.get(service)
+        detail = {"from": None if workload is None else workload.spec.replicas, "to": replicas}
+        return await self._recorded(actor, "replicas.scale", service, detail, self._scale(service, replicas))
+
+    async def set_fault(self, service: str, fault: Fault | None, actor: str = audit.SYSTEM) -> dict[str, Any]:
+        """`_set_fault`, recorded as fault.set (what it does, in words) or fault.clear."""
+        if fault is None:
+            return await self._recorded(actor, "fault.clear", service, {}, self._set_fault(service, None))
+        detail = {"fault": describe_fault(fault)}
+        return await self._recorded(actor, "fault.set", service, detail, self._set_fault(service, fault))
+
+    async def set_split(self, service: str, weights: dict[str, int], actor: str = audit.SYSTEM) -> dict[str, Any]:
+        """`_set_split`, recorded as split.set with the weights."""
+        detail = {"weights": weights}
+        return await self._recorded(actor, "split.set", service, detail, self._set_split(service, weights))
+
+    async def _recorded(
+        self, actor: str, action: str, service: str, detail: dict[str, Any], change: Awaitable[dict[str, Any]]
+    ) -> dict[str, Any]:
+        try:
+            result = await change
+        except BaseException as exc:
+            self.audit.record(actor, action, service, detail | audit.error_detail(exc), audit.refused(exc))
+            raise
+        self.audit.record(actor, action, service, detail | {k: v for k, v in result.items() if k in audit.TOOK})
+        return result
+
+    def _record_nack(self, node: str, type_short: str, version: str, message: str) -> None:
+        """The ADS server's NACK callback: `node` refused its new `type_short` configuration."""
+        detail = {"node": node, "type": type_short, "version": version, "message": message}
+        outcome = f"refused: Envoy kept its previous {type_short} configuration"
+        self.audit.record(f"envoy {node}", "xds.nack", node, detail, outcome)
+
     # ---- changes ---------------------------------------------------------------------------
-    async def apply(self, config: MeshConfig) -> dict[str, Any]:
+    async def _apply(self, config: MeshConfig) -> dict[str, Any]:
         """Make `config` the running mesh, or leave the running mesh as it was: if compiling
         fails, a new replica does not start, or any Envoy rejects its new config, the previous
         config is put back (replicas started for the new one are stopped) and the error raised."""
@@ -263,7 +335,7 @@ class Supervisor:
         except InterstateError as exc:
             log.error("could not fully restore the previous mesh: %s", exc)
 
-    async def scale(self, service: str, replicas: int, autoscaler: bool = False) -> dict[str, Any]:
+    async def _scale(self, service: str, replicas: int, autoscaler: bool = False) -> dict[str, Any]:
         """Run `replicas` replicas of `service`. A workload with a HorizontalPodAutoscaler is
         scaled by its autoscaler only (`autoscaler=True`): a manual count would be undone."""
         if not autoscaler:
@@ -280,7 +352,7 @@ class Supervisor:
             self.config = self.config.replace(workload, updated)
             return await self._reconcile()
 
-    async def set_fault(self, service: str, fault: Fault | None) -> dict[str, Any]:
+    async def _set_fault(self, service: str, fault: Fault | None) -> dict[str, Any]:
         """Turn a rehearsal fault for calls to `service` on (or off, with None): the service's
         TrafficPolicy gets (or loses) its `fault` section; only routes change."""
         self.workload(service)
@@ -299,10 +371,10 @@ class Supervisor:
             )
         else:
             return {"service": service, "fault": None}
-        await self.apply(config)
+        await self._apply(config)
         return {"service": service, "fault": fault is not None}
 
-    async def set_split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
+    async def _set_split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
         """Share calls to `service` among backends by weight ({backend: percent}), live: the
         service's TrafficSplit gets these backends (one is created if it has none); only routes
         change. Raises pydantic's ValidationError for weights that do not add up."""
@@ -325,7 +397,7 @@ class Supervisor:
                     spec=spec,
                 )
             )
-        await self.apply(config)
+        await self._apply(config)
         return {"service": service, "weights": weights}
 
     def workload(self, service: str) -> Workload:

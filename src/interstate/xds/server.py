@@ -8,8 +8,9 @@ version ACKed. Rules (see DESIGN.md, "Protocol facts that bite"):
   (an updated cluster or listener is warming and waits for its EDS/RDS) and it gets the current
   state again even when nothing changed (xDS "Resource warming"), unless that is a rejected version;
 - a request with a stale nonce is ignored;
-- a NACK (nonce matches, error_detail set) is logged and counted, the last ACKed version stays
-  in force, and the rejected version is not sent again (the next new version will be);
+- a NACK (nonce matches, error_detail set) is logged, counted and passed to `on_nack` (the
+  supervisor's audit trail), the last ACKed version stays in force, and the rejected version
+  is not sent again (the next new version will be);
 - on a snapshot change, types are sent in make-before-break order: CDS, EDS, LDS, RDS.
 Responses are pre-serialized bytes from the snapshot; only the nonce is added per stream.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,8 +69,14 @@ class StreamState:
 
 
 class AdsServer:
-    def __init__(self, cache: SnapshotCache, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        registry: CollectorRegistry | None = None,
+        on_nack: Callable[[str, str, str, str], None] | None = None,
+    ) -> None:
         self.cache = cache
+        self.on_nack = on_nack  # called with (node, type e.g. "CDS", rejected version, Envoy's message)
         self.registry = registry or CollectorRegistry()
         self._streams: dict[int, StreamState] = {}
         self._server: grpc.aio.Server | None = None
@@ -318,6 +325,11 @@ class AdsServer:
                         request.version_info or "none",
                         request.error_detail.message,
                     )
+                    if self.on_nack is not None:
+                        try:
+                            self.on_nack(state.node_id, short, version, request.error_detail.message)
+                        except Exception:  # a failing listener must not end the stream
+                            log.exception("NACK callback failed")
                     ts.names = names if names is not None else ts.names
                     return
                 ts.acked = request.version_info
