@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # `hey` (Debian's package) generates the rehearsal's load; installed once, as root or with sudo.
+# Likewise `chromium` and `chromium-driver`: the headless browser of tests/test_e2e_dashboard.py.
 tools:
 	@command -v hey >/dev/null 2>&1 || { \
 		echo "installing hey (HTTP load generator) with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq hey >/dev/null 2>&1; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+		echo "installing chromium and chromium-driver (the dashboard test's headless browser) with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }
 
 demo: $(STAMP) tools
 	$(BIN)/interstate up examples/election-night

@@ -43,6 +43,7 @@ async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]
         ready = {
             "ingress": f"http://{settings.host}:{supervisor.ingress_port}" if supervisor.ingress else None,
             "admin": admin.url,
+            "dashboard": admin.url + "/dashboard",
             "xds": f"{settings.host}:{supervisor.xds_port}",
             "run_dir": str(settings.run_dir),
             "replicas": sum(len(r) for r in supervisor.replicas.values()),
@@ -50,7 +51,7 @@ async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]
         (settings.run_dir / "ready.json").write_text(json.dumps(ready, indent=1) + "\n")
         say(
             f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
-            f"replicas={ready['replicas']} logs={settings.run_dir / 'logs'}"
+            f"dashboard={ready['dashboard']} replicas={ready['replicas']} logs={settings.run_dir / 'logs'}"
         )
         await stop.wait()
         say("interstate: stopping")

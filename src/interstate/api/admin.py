@@ -8,6 +8,9 @@ POST /services/{name}/fault {"fault": {"abort": {"percent": 50, "status": 503}} 
 POST /services/{name}/split {"weights": {"results": 90, "results-v2": 10}}
 GET  /certs                        the CA, and each proxy's SPIFFE ID, serial, expiry, rotation
 GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
+GET  /audit?since=SEQ              the audit trail's records after SEQ (JSON list; see `interstate.audit`)
+GET  /dashboard                    the live dashboard (one page; see `api.dashboard`)
+GET  /dashboard/data               its JSON: per service replicas, requests/s, 5xx share, circuit, ...
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from interstate import audit
+from interstate.api import dashboard
 from interstate.ca.authority import utcnow
 from interstate.config.loader import decode_sources
 from interstate.errors import ConfigError, InterstateError, PermanentError
@@ -53,6 +58,11 @@ def issues_json(error: ConfigError) -> list[dict[str, Any]]:
 def invalid(what: str, exc: ValidationError) -> Response:
     problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}".lstrip(": ") for e in exc.errors()]
     return JSONResponse({"error": f"invalid {what}: " + "; ".join(problems)}, 422)
+
+
+def actor(request: Request) -> str:
+    """Who asked for a change, as the audit trail names them: the admin API's client address."""
+    return f"admin-api {request.client.host}" if request.client else "admin-api"
 
 
 async def change(call: Awaitable[dict[str, Any]]) -> Response:
@@ -91,9 +101,13 @@ def create_app(supervisor: Supervisor) -> Starlette:
             config = decode_sources(sources, supervisor.settings.mesh_dir)
         except ConfigError as exc:
             log.warning("apply rejected: %d issue(s); the running mesh is unchanged", len(exc.issues))
+            target = sorted({i.resource or i.file for i in exc.issues})
+            supervisor.audit.record(
+                actor(request), "config.apply.rejected", target, audit.error_detail(exc), audit.refused(exc)
+            )
             return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
         try:
-            changes = await supervisor.apply(config)
+            changes = await supervisor.apply(config, actor=actor(request))
         except ConfigError as exc:
             return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
         except Rejected as exc:
@@ -112,7 +126,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
             return JSONResponse({"error": f"replicas: {replicas!r} is not valid; use an integer 0..1000"}, 422)
         try:
-            changes = await supervisor.scale(name, replicas)
+            changes = await supervisor.scale(name, replicas, actor=actor(request))
         except UnknownService as exc:
             return JSONResponse({"error": str(exc)}, 404)
         except PermanentError as exc:
@@ -134,7 +148,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
             spec = None if body is None else Fault.model_validate(body, by_alias=True, by_name=False)
         except ValidationError as exc:
             return invalid("fault", exc)
-        return await change(supervisor.set_fault(name, spec))
+        return await change(supervisor.set_fault(name, spec, actor=actor(request)))
 
     async def split(request: Request) -> Response:
         """Body: {"weights": {"backend": percent, ...}} (integers summing to 100)."""
@@ -146,7 +160,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"weights": {"results": 90, "results-v2": 10}}'}, 400)
         try:
-            return await change(supervisor.set_split(name, weights))
+            return await change(supervisor.set_split(name, weights, actor=actor(request)))
         except ValidationError as exc:
             return invalid("split", exc)
 
@@ -159,6 +173,16 @@ def create_app(supervisor: Supervisor) -> Starlette:
         supervisor.boundary.refresh()
         return Response(generate_latest(supervisor.registry), media_type="text/plain; version=0.0.4")
 
+    async def audit_trail(request: Request) -> Response:
+        """The audit records after ?since=SEQ (default: all), as a JSON list."""
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return JSONResponse({"error": "since: expected a record number (seq), e.g. /audit?since=12"}, 400)
+        return JSONResponse(audit.read(supervisor.audit.path, since))
+
+    board = dashboard.Dashboard(supervisor)
+
     return Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -169,6 +193,9 @@ def create_app(supervisor: Supervisor) -> Starlette:
             Route("/services/{name}/split", split, methods=["POST"]),
             Route("/certs", certs),
             Route("/metrics", metrics),
+            Route("/audit", audit_trail),
+            Route("/dashboard", dashboard.page),
+            Route("/dashboard/data", board.endpoint),
         ]
     )
 
