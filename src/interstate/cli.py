@@ -15,6 +15,7 @@ from typing import Any
 import click
 import yaml
 
+from interstate import audit as audit_trail
 from interstate import config as mesh_config
 from interstate.client import AdminClient, AdminError
 from interstate.errors import ConfigError, InterstateError
@@ -316,6 +317,11 @@ def _print_resilience(facts: dict[str, Any] | None) -> None:
 @click.option("--status", "abort_status", type=click.IntRange(200, 599), default=503, show_default=True)
 @click.option("--delay", default=None, help="Added delay, e.g. 2s (with --delay-percent).")
 @click.option("--delay-percent", type=click.IntRange(0, 100), default=100, show_default=True)
+@click.option(
+    "--in-service",
+    is_flag=True,
+    help="SERVICE's own side-cars fail the calls (callers see real failures; their circuit breakers trip).",
+)
 @click.option("--off", is_flag=True, help="End the rehearsal: calls to SERVICE behave normally again.")
 @click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
 def fault(
@@ -324,11 +330,13 @@ def fault(
     abort_status: int,
     delay: str | None,
     delay_percent: int,
+    in_service: bool,
     off: bool,
     admin: str,
 ) -> None:
     """Rehearse a failure of SERVICE in the running mesh (a "stats hiccup"), or end it with --off.
-    Callers' side-cars abort or delay that share of calls; nothing restarts."""
+    Callers' side-cars abort or delay that share of calls (or, --in-service, SERVICE's own
+    side-cars do); nothing restarts."""
     if off == (abort_percent is not None or delay is not None):
         _fail("give --abort and/or --delay, or --off", EXIT_USAGE)
     body: dict[str, Any] | None = None
@@ -338,6 +346,8 @@ def fault(
             body["abort"] = {"percent": abort_percent, "status": abort_status}
         if delay is not None:
             body["delay"] = {"percent": delay_percent, "fixedDelay": delay}
+        if in_service:
+            body["at"] = "SERVICE"
     try:
         AdminClient(admin).fault(service, body)
     except InterstateError as exc:
@@ -352,7 +362,8 @@ def fault(
             parts.append(f"{abort_percent}% get {abort_status}")
         if delay is not None:
             parts.append(f"{delay_percent}% delayed {delay}")
-        click.echo(f"{service}: rehearsal on: {', '.join(parts)} of calls")
+        where = f" (by {service}'s own side-cars)" if in_service else ""
+        click.echo(f"{service}: rehearsal on: {', '.join(parts)} of calls{where}")
 
 
 @main.command()
@@ -377,6 +388,34 @@ def certs(admin: str, as_json: bool) -> None:
             f"{cert['node']:24} {cert['spiffe_id']:50} serial {cert['serial'][:16]} "
             f"not after {cert['not_after']}  rotates in {cert['rotates_in_s']:.0f}s"
         )
+
+
+@main.command("audit")
+@click.option(
+    "--run-dir", type=click.Path(), default=".interstate/run", show_default=True, help="The mesh's run folder."
+)
+@click.option("--verify", is_flag=True, help="Check the hash chain; exit 1 naming the first broken record.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@click.option("--last", type=click.IntRange(min=1), default=None, help="Only the last N records.")
+def audit_command(run_dir: str, verify: bool, as_json: bool, last: int | None) -> None:
+    """Who changed what in the mesh, when, and whether it took effect: RUN_DIR/audit.jsonl, read
+    directly (the mesh may be stopped)."""
+    path = Path(run_dir) / audit_trail.FILE_NAME
+    if not path.is_file():
+        _fail(f"no audit trail at {path}; `interstate up` writes one in its --run-dir", EXIT_INVALID)
+    if verify:
+        result = audit_trail.verify(path)
+        if not result.ok:
+            _fail(str(result), EXIT_INVALID)
+        click.echo(str(result))
+        click.echo(f"head {result.head} (keep it elsewhere: a trail rewritten from the start cannot match it)")
+        return
+    rows = list(audit_trail.lines(path))[-last:] if last else list(audit_trail.lines(path))
+    if as_json:
+        click.echo(json.dumps([record for _, record in rows if record is not None], indent=2, ensure_ascii=False))
+        return
+    for number, record in rows:
+        click.echo(audit_trail.line(record) if record else f"   ?  line {number}: not a readable record (--verify)")
 
 
 @main.group()
@@ -430,6 +469,101 @@ def manifests_autoscale(config_dir: str, prometheus: str, namespace: str | None)
         click.echo(f"{config_dir}: no HorizontalPodAutoscaler; nothing to print", err=True)
         return
     click.echo(yaml.safe_dump_all(objects, sort_keys=False), nl=False)
+
+
+@manifests.command("crds")
+def manifests_crds() -> None:
+    """A CustomResourceDefinition for every mesh.codifyhq.io kind (schemas from the models)."""
+    from interstate.kube import crds
+
+    click.echo(yaml.safe_dump_all(crds.crds(), sort_keys=False), nl=False)
+
+
+@manifests.command("webhook")
+@click.option(
+    "--ca-bundle",
+    type=click.Path(dir_okay=False),
+    default=".interstate/ca/ca.pem",
+    show_default=True,
+    help="The mesh CA's certificate(s); the API server checks the webhook's certificate against them.",
+)
+@click.option("--namespace", default="interstate-system", show_default=True, help="Namespace of the webhook Service.")
+@click.option("--service", default="interstate-webhook", show_default=True, help="Name of the webhook Service.")
+def manifests_webhook(ca_bundle: str, namespace: str, service: str) -> None:
+    """The MutatingWebhookConfiguration that sends pods of namespaces labelled
+    mesh.codifyhq.io/inject=enabled to `interstate webhook`."""
+    from interstate.kube import webhook
+
+    if not Path(ca_bundle).is_file():
+        _fail(f"--ca-bundle: no file {ca_bundle}; `interstate up` creates the CA (or give your ca.pem)", EXIT_USAGE)
+    config = webhook.mutating_webhook_configuration(Path(ca_bundle).read_text(), service=service, namespace=namespace)
+    click.echo(yaml.safe_dump_all([config], sort_keys=False), nl=False)
+
+
+@main.command("webhook")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), default=None, help="HTTPS certificate chain.")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), default=None, help="The key of --cert.")
+@click.option(
+    "--ca-dir",
+    type=click.Path(),
+    default=".interstate/ca",
+    show_default=True,
+    help="The mesh CA: its ca.pem is what side-cars trust; without --cert/--key it issues the webhook's certificate.",
+)
+@click.option("--xds-address", default="interstate-xds.interstate-system.svc:15012", show_default=True)
+@click.option("--proxy-image", default="docker.io/envoyproxy/envoy:v1.40.0", show_default=True)
+@click.option("--trust-domain", default="interstate.local", show_default=True)
+@click.option("--policy-header", default="x-policy-ctx", show_default=True)
+@click.option("--legacy-sidecar", is_flag=True, help="Append the side-car to containers (Kubernetes < 1.29).")
+def webhook_command(
+    host: str,
+    port: int,
+    cert: str | None,
+    key: str | None,
+    ca_dir: str,
+    xds_address: str,
+    proxy_image: str,
+    trust_domain: str,
+    policy_header: str,
+    legacy_sidecar: bool,
+) -> None:
+    """Serve the side-car injection webhook (POST /inject) over HTTPS until Ctrl-C."""
+    import tempfile
+
+    from interstate.ca.authority import utcnow
+    from interstate.kube import inject, webhook
+
+    if (cert is None) != (key is None):
+        _fail("--cert and --key go together", EXIT_USAGE)
+    bundle = Path(ca_dir) / "ca.pem"
+    if not bundle.is_file():
+        _fail(f"--ca-dir: no {bundle}; `interstate up` creates the CA on first start", EXIT_USAGE)
+    try:
+        settings = inject.InjectSettings(
+            ca_bundle_pem=bundle.read_text(),
+            proxy_image=proxy_image,
+            xds_address=xds_address,
+            trust_domain=trust_domain,
+            policy_header=policy_header,
+            native_sidecar=not legacy_sidecar,
+        )
+    except ValueError as exc:
+        _fail(f"webhook: {exc}", EXIT_USAGE)
+    try:
+        with tempfile.TemporaryDirectory(prefix="interstate-webhook-") as workdir:
+            if cert is not None and key is not None:
+                server = webhook.server(settings, cert_file=Path(cert), key_file=Path(key), host=host, port=port)
+            else:
+                server = webhook.serve_with_ca(
+                    settings, ca_dir=Path(ca_dir), host=host, port=port, now=utcnow(), workdir=Path(workdir)
+                )
+            click.echo(f"interstate: injection webhook on https://{host}:{port}/inject")
+            sys.stdout.flush()
+            server.run()
+    except InterstateError as exc:
+        _fail(f"interstate: {exc}")
 
 
 main.add_command(rehearse)
