@@ -197,8 +197,18 @@ def test_by_default_only_idempotent_calls_are_retried_after_reaching_the_app() -
     get = call(mesh(), "results", "http://stats:8080/x")
     post = simulate(compile_proxy(mesh(), sidecar("results")), "outbound", "stats:8080", "/x", method="POST")
 
-    assert get.retry == Retry("connect-failure,refused-stream,reset,gateway-error", 2)
-    assert post.retry == Retry("connect-failure,refused-stream,reset-before-request", 2)
+    # retriable-headers: the callee's side-car marked its reply "my app was not reached"
+    assert get.retry == Retry("connect-failure,refused-stream,reset,retriable-headers", 2)
+    assert post.retry == Retry("connect-failure,refused-stream,reset-before-request,retriable-headers", 2)
+    # ... which marks: any method when the app was not reached, GETs also when it dropped the call
+    outbound = next(r for r in compile_proxy(mesh(), sidecar("results")).routes if r.name == "outbound")
+    by_route = {
+        r.name: [h.name for h in r.route.retry_policy.retriable_headers] for r in outbound.virtual_hosts[0].routes
+    }
+    assert by_route == {
+        "stats|idempotent": ["x-interstate-unreachable", "x-interstate-app-reset"],
+        "stats|other": ["x-interstate-unreachable"],
+    }
     assert get.timeout == post.timeout == timedelta(seconds=15)
 
 
@@ -492,7 +502,7 @@ def test_describe_reads_as_an_explanation() -> None:
         "  -> cluster outbound|stats: 127.0.0.1:15001",
         "  adds x-policy-ctx: FEC-F101",
         "  timeout 15s",
-        "  retries 2x on connect-failure,refused-stream,reset,gateway-error",
+        "  retries 2x on connect-failure,refused-stream,reset,retriable-headers",
         "  ejects a replica after 3 consecutive 5xx for 30s, at most 100%",
         "  panic threshold 0%",
     ]

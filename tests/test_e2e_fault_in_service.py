@@ -9,11 +9,13 @@ of the ingress gets that 503 from results (not a 502).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,7 +48,12 @@ def test_a_failing_service_trips_its_callers_breaker_and_they_fail_fast(mesh: Me
         on = cli("fault", "stats", "--abort", "100", "--in-service", "--admin", mesh.admin)
         assert on.returncode == 0 and "by stats's own side-cars" in on.stdout, on.stderr
         wait_for(lambda: results.get("http://stats:8080/healthz").status_code == 503, what="the fault to apply")
-        wait_for(lambda: mesh.status()["services"]["stats"]["resilience"]["ejected"], what="stats to be ejected")
+
+        def ejected() -> bool:
+            results.get("http://stats:8080/healthz")  # each failure counts towards consecutiveErrors
+            return bool(mesh.status()["services"]["stats"]["resilience"]["ejected"])
+
+        wait_for(ejected, what="stats to be ejected")
         reached = stats_received(mesh)
         timings = []
         for _ in range(20):
@@ -57,11 +64,20 @@ def test_a_failing_service_trips_its_callers_breaker_and_they_fail_fast(mesh: Me
         time.sleep(1.5)  # access logs and stats flush
         assert stats_received(mesh) == reached  # circuit open: stats was not even tried
         assert sorted(timings)[len(timings) // 2] < 0.005, timings  # fast: median under 5 ms
-    # through the ingress, the browser gets the chapter's 503 (circuit open), quickly
+    # through the ingress, the browser gets the chapter's 503 (circuit open) at once: the ingress
+    # does not retry an app's own 503 (only replies that say the app was not reached)
     start = time.perf_counter()
     response = httpx.get(mesh.ingress + "/results", timeout=10, trust_env=False)
     assert response.status_code == 503 and "circuit open" in response.text
     assert time.perf_counter() - start < 0.5
+    log = mesh.run_dir / "logs" / "ingress-ingress.envoy.log"
+
+    def newest_results_line() -> dict[str, Any] | None:
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        return next((x for x in reversed(lines) if x.get("path") == "/results"), None)
+
+    line = wait_for(newest_results_line, what="the ingress access log line")  # flushed within 1 s
+    assert line["status"] == 503 and line["attempts"] == 1, line
     status = mesh.status()["services"]["stats"]["resilience"]
     assert status["fault"] and "own side-cars" in status["fault"]
     off = cli("fault", "stats", "--off", "--admin", mesh.admin)

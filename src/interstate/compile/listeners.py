@@ -137,6 +137,7 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         # then a rehearsal's fault `at: SERVICE` (only routes change when it is turned on or off)
         before_router(manager, present(*checks, resilience.fault_filter()))
         manager.local_reply_config.CopyFrom(authz.local_reply(proxy.service))
+        manager.local_reply_config.mappers.extend(resilience.replica_mappers())
     return manager
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
@@ -23,6 +25,7 @@ from interstate.compile import names
 from interstate.compile.common import duration, pack
 from interstate.model.index import MeshIndex
 from interstate.model.traffic_policy import (
+    DEFAULT_RETRY_ON,
     IDEMPOTENT_METHODS,
     SAFE_RETRY_ON,
     Backoff,
@@ -34,13 +37,24 @@ from interstate.model.traffic_policy import (
 )
 
 FAULT_FILTER = "envoy.filters.http.fault"
+RETRIABLE_HEADERS = "retriable-headers"
+# Set by a side-car on the replies it makes itself when its own app failed them (see
+# `replica_mappers`): the app was not reached (connect failure, overflow: safe to retry any
+# method), or it dropped the connection before answering (safe for idempotent methods only).
+# Callers retry those on another replica, and remove the headers.
+UNREACHABLE, RESET = "replica-unreachable", "replica-reset"
+MARKERS = {
+    UNREACHABLE: ("x-interstate-unreachable", ("UF", "UO", "UH")),
+    RESET: ("x-interstate-app-reset", ("UC", "UR")),
+}
+MARKER_HEADERS = [header for header, _ in MARKERS.values()]
 DEFAULT_TIMEOUT = timedelta(seconds=15)
 # Without a TrafficPolicy: two retries, bounded by the 15 s route timeout. (Built without the
 # user-facing rule that a `retries` section must name its own bound.)
 DEFAULT_RETRIES = Retries.model_construct(
     attempts=2,
     per_try_timeout=None,
-    retry_on=["connect-failure", "refused-stream", "reset", "gateway-error"],
+    retry_on=list(DEFAULT_RETRY_ON),
     backoff=Backoff(),
     budget=None,
 )
@@ -104,8 +118,11 @@ def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]
             out.weighted_clusters.use_hash_policy.value = True
             out.hash_policy.append(hash_policy(sticky))
     if retries.attempts > 0:
+        envoy_on = [c for c in retry_on if c not in MARKERS]
+        if len(envoy_on) < len(retry_on):
+            envoy_on.append(RETRIABLE_HEADERS)
         retry = rc.RetryPolicy(
-            retry_on=",".join(retry_on),
+            retry_on=",".join(envoy_on),
             num_retries={"value": retries.attempts},
             retry_back_off=rc.RetryPolicy.RetryBackOff(
                 base_interval=duration(retries.backoff.base_interval),
@@ -118,6 +135,9 @@ def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]
                 )
             ],
             host_selection_retry_max_attempts=3,
+        )
+        retry.retriable_headers.extend(
+            rc.HeaderMatcher(name=MARKERS[c][0], present_match=True) for c in retry_on if c in MARKERS
         )
         if retries.per_try_timeout is not None:
             retry.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
@@ -157,6 +177,23 @@ def service_fault(index: MeshIndex, service: str, route: rc.Route) -> None:
     policy = index.policy_spec(service)
     if policy is not None and policy.fault is not None and policy.fault.at is FaultAt.SERVICE:
         route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.fault)))
+
+
+def replica_mappers() -> list[hcm_pb2.ResponseMapper]:
+    """For a side-car's inbound listener: mark the replies it makes because its app could not be
+    reached, or dropped the connection, so callers know whether the app saw the request."""
+    return [
+        hcm_pb2.ResponseMapper(
+            filter=accesslog_pb2.AccessLogFilter(response_flag_filter=accesslog_pb2.ResponseFlagFilter(flags=flags)),
+            headers_to_add=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key=header, value="1"),
+                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+                )
+            ],
+        )
+        for header, flags in MARKERS.values()
+    ]
 
 
 def fault_filter() -> hcm_pb2.HttpFilter:

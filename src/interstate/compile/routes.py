@@ -69,6 +69,7 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
             domains=[service, f"{service}:{port}"],
             routes=resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
             request_headers_to_add=headers,
+            response_headers_to_remove=resilience.MARKER_HEADERS,  # once retries were decided
         )
         if external is not None:
             boundary.enable_on(index, vhost)  # leaving the mesh: only allowed headers go out
@@ -117,6 +118,7 @@ def ingress(index: MeshIndex) -> route_pb2.RouteConfiguration:
                 domains=["*"],
                 routes=routes,
                 request_headers_to_add=policy_header(index, index.mesh.default_policy),
+                response_headers_to_remove=resilience.MARKER_HEADERS,
             )
         ],
     )

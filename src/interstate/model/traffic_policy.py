@@ -54,7 +54,14 @@ def _positive(value: timedelta) -> timedelta:
 PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
 Count = Annotated[int, Field(ge=1, le=1_000_000, strict=True)]
 
+# `replica-unreachable` and `replica-reset` are interstate's own: the callee's side-car could not
+# reach its app (connect failure, overflow: the app never saw the request, so any method may be
+# retried), or the app dropped the connection before answering (idempotent methods only).
+# The default does not retry an app's own 503 (gateway-error would): an app that says "unavailable"
+# (its dependency's circuit is open) is answered at once, not retried with back-off.
 RETRY_ON = (
+    "replica-unreachable",
+    "replica-reset",
     "5xx",
     "gateway-error",
     "reset",
@@ -64,7 +71,8 @@ RETRY_ON = (
     "retriable-4xx",
     "envoy-ratelimited",
 )
-SAFE_RETRY_ON = ("connect-failure", "refused-stream", "reset-before-request")
+SAFE_RETRY_ON = ("connect-failure", "refused-stream", "reset-before-request", "replica-unreachable")
+DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "reset", "replica-unreachable", "replica-reset")
 IDEMPOTENT_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 
 
@@ -106,7 +114,7 @@ class RetryBudget(Strict):
 class Retries(Strict):
     attempts: int = Field(default=2, ge=0, le=10, strict=True)
     per_try_timeout: PositiveDuration | None = None
-    retry_on: list[str] = Field(default_factory=lambda: ["connect-failure", "refused-stream", "reset", "gateway-error"])
+    retry_on: list[str] = Field(default_factory=lambda: list(DEFAULT_RETRY_ON))
     backoff: Backoff = Field(default_factory=Backoff)
     budget: RetryBudget | None = None
 
