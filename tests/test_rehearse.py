@@ -216,11 +216,13 @@ def synthetic() -> Rehearsal:
 def test_phase_stats_from_measured_rows_and_polls() -> None:
     data = synthetic()
     base, hiccup, cool = (phase_stats(w, data.requests, data.samples) for w in data.phases)
+    assert hiccup.p50_503_ms == pytest.approx(3.0)  # the 503s took 1, 3 and 40 ms
     assert (base.requests, base.ok, base.errors_5xx, base.s503) == (20, 20, 0, 0)
     assert base.p50_ms == pytest.approx(19) and base.p99_ms == pytest.approx(29)
     assert base.rps == pytest.approx(10)
     assert base.replicas == {"results": (2, 2), "stats": (1, 1)}
     assert base.counters == {"stats": {"retries": 0, "ejections_total": 0}}
+    assert base.p50_503_ms is None  # no 503 in the baseline
     assert (hiccup.requests, hiccup.ok, hiccup.errors_5xx, hiccup.s503, hiccup.fast_503, hiccup.other) == (
         35,
         30,

@@ -75,6 +75,7 @@ class PhaseStats:
     errors_5xx: int
     s503: int
     fast_503: int
+    p50_503_ms: float | None  # how quickly the 503s came, against p50_ms of all
     other: int  # neither 2xx nor 5xx
     replicas: dict[str, tuple[int, int]]  # service -> (min, max) ready
     counters: dict[str, dict[str, int]]  # service -> counter -> increase during the phase
@@ -144,6 +145,7 @@ def phase_stats(window: PhaseWindow, requests: Iterable[Request], samples: Seque
         errors_5xx=sum(1 for r in rows if 500 <= r.status < 600),
         s503=len(s503),
         fast_503=sum(1 for r in s503 if r.latency * 1000 < FAST_MS),
+        p50_503_ms=percentile([r.latency * 1000 for r in s503], 50),
         other=sum(1 for r in rows if not r.ok and not 500 <= r.status < 600),
         replicas=replicas,
         counters=_counter_delta(before, after),
@@ -227,6 +229,7 @@ def summary(rehearsal: Rehearsal) -> dict[str, Any]:
             "errors_5xx": s.errors_5xx,
             "status_503": s.s503,
             "fast_503": s.fast_503,
+            "p50_503_ms": _round(s.p50_503_ms, 3),
             "other_failures": s.other,
             "replicas": {k: {"min": lo, "max": hi} for k, (lo, hi) in s.replicas.items()},
             "counters": s.counters,
@@ -285,6 +288,7 @@ PHASE_COLUMNS = (
     "5xx",
     "503",
     "fast 503",
+    "503 p50 ms",
     "other",
 )
 
@@ -302,6 +306,7 @@ def phase_cells(s: PhaseStats, mark_fault: bool = False) -> list[str]:
         _n(s.errors_5xx),
         _n(s.s503),
         _n(s.fast_503),
+        _ms(s.p50_503_ms),
         _n(s.other),
     ]
 
