@@ -320,7 +320,7 @@ def test_supervisor_records_refused_changes_with_their_actor(tmp_path: Path) -> 
             with pytest.raises(PermanentError, match="HorizontalPodAutoscaler results-hpa"):
                 await supervisor.scale("results", 5, actor="admin-api 127.0.0.1")
             stats = next(r for r in config.resources if r.ref == "Workload stats")
-            run_spec = stats.spec.run.model_copy(update={"working_dir": "no-such-folder"})
+            run_spec = stats.spec.runs().model_copy(update={"working_dir": "no-such-folder"})
             broken = stats.model_copy(update={"spec": stats.spec.model_copy(update={"run": run_spec})})
             with pytest.raises(ConfigError):
                 await supervisor.apply(config.replace(stats, broken), actor="admin-api 127.0.0.1")

@@ -53,10 +53,11 @@ def load(path: str | Path) -> MeshConfig:
     return decode_sources(read_sources(path))
 
 
-def decode_sources(sources: Mapping[str, str], base_dir: Path | None = None) -> MeshConfig:
+def decode_sources(sources: Mapping[str, str], base_dir: Path | None = None, *, kubernetes: bool = False) -> MeshConfig:
     """Decode {file name: YAML text} into a validated MeshConfig, or raise ConfigError.
     Files a document names (a JWKS) are read relative to that document's file when it exists
-    here, else relative to `base_dir` (the running mesh's folder, for `apply`)."""
+    here, else relative to `base_dir` (the running mesh's folder, for `apply`). `kubernetes`:
+    the documents are a cluster's custom resources (a Workload's `spec.run` may be omitted)."""
     issues: list[Issue] = []
     located: list[Located] = []
     invalid: set[tuple[str, str]] = set()  # (kind, name) of documents that failed to decode
@@ -73,7 +74,10 @@ def decode_sources(sources: Mapping[str, str], base_dir: Path | None = None) -> 
             if document is None:
                 continue
             folder = Path(file).parent
-            context = {"base_dir": folder if folder.is_dir() or base_dir is None else base_dir}
+            context = {
+                "base_dir": folder if folder.is_dir() or base_dir is None else base_dir,
+                "kubernetes": kubernetes,
+            }
             resource = _decode_document(file, number, document, issues, context)
             if resource is not None:
                 located.append(Located(resource, file, number))

@@ -15,7 +15,7 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from interstate.model.base import (
     API_GROUP,
@@ -182,12 +182,27 @@ class WorkloadSpec(Strict):
     port: Port
     replicas: int = Field(default=1, ge=0, le=1000, strict=True)
     version: str = Field(default="v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-    run: Run
+    # Required in standalone mode, which starts the replicas (`_run_required`; read it with
+    # `runs()`). In Kubernetes mode a Deployment runs them, so a Workload CR may omit it (the
+    # loader's `kubernetes=True`).
+    run: Run | None = None
     calls: list[Name] = Field(default_factory=list)
     readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
     mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
     require_policy: bool = False  # fail closed: requests without one known policy ID get 403
     resources: Resources = Field(default_factory=Resources)  # requests.cpu: what CPU utilization is relative to
+
+    @model_validator(mode="after")
+    def _run_required(self, info: ValidationInfo) -> WorkloadSpec:
+        if self.run is None and not (info.context or {}).get("kubernetes"):
+            raise ValueError("run: required field is missing; standalone mode starts each replica with run.command")
+        return self
+
+    def runs(self) -> Run:
+        """How standalone mode starts a replica (always there in a standalone mesh)."""
+        if self.run is None:
+            raise ValueError("this Workload has no spec.run (a Kubernetes Workload); standalone mode needs one")
+        return self.run
 
     @field_validator("calls")
     @classmethod

@@ -22,11 +22,11 @@ def check(config: MeshConfig, mesh_dir: Path) -> None:
         def issue(field: str, message: str, w: Workload = workload, f: str = file, d: int = document) -> None:
             issues.append(Issue(f, d, w.ref, field, message))
 
-        folder = mesh_dir / (workload.spec.run.working_dir or ".")
+        folder = mesh_dir / (workload.spec.runs().working_dir or ".")
         if not folder.is_dir():
             issue("spec.run.workingDir", f"{folder} is not a folder (relative paths start at {mesh_dir})")
             continue
-        program = workload.spec.run.command[0]
+        program = workload.spec.runs().command[0]
         if program in ("python", "python3"):
             continue  # this interpreter
         if "/" in program:

@@ -61,7 +61,7 @@ def app_environment(workload: Workload, replica: int, app_port: int, outbound_po
     if outbound_port is not None:
         proxy = f"http://127.0.0.1:{outbound_port}"
         env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="localhost,127.0.0.1", no_proxy="localhost,127.0.0.1")
-    for key, value in workload.spec.run.env.items():
+    for key, value in workload.spec.runs().env.items():
         env[key] = expand(value, env)
     return env
 
@@ -75,7 +75,7 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 def app_command(workload: Workload, env: dict[str, str]) -> list[str]:
-    argv = [expand(a, env) for a in workload.spec.run.command]
+    argv = [expand(a, env) for a in workload.spec.runs().command]
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
     return argv
@@ -110,7 +110,7 @@ class Replica:
         else:
             self.proxy = None
         env = app_environment(workload, index, self.app_port, self.proxy.outbound_port if self.proxy else None)
-        cwd = settings.mesh_dir / (workload.spec.run.working_dir or ".")
+        cwd = settings.mesh_dir / (workload.spec.runs().working_dir or ".")
         self.app = Child(
             f"app {self.name}",
             app_command(workload, env),

@@ -1,0 +1,187 @@
+"""A cluster's objects -> the mesh core's inputs: MeshConfig, Endpoints and the Proxies to compile.
+
+Pure (dicts in, model out); called by `kube/controller.py` with what `kube/watch.py` holds.
+
+- **Custom resources** (`mesh.codifyhq.io/v1`, as the API server returns them) go through the
+  same loader as mesh files (`config.loader.decode_sources`, `kubernetes=True`), one source per
+  object named `namespace/name` (cluster-scoped: `name`), so a bad CR is reported like a bad
+  file: `elections/stats-breaker: document 1 (TrafficPolicy stats-breaker): spec...: ...`.
+  Only `apiVersion`, `kind`, `spec` and `metadata.name/labels/annotations` are passed on: the
+  rest of `metadata` and `status` belong to the API server. Names are mesh-wide: a service
+  `stats` is one service whatever namespace its objects live in (two Workloads `stats` are a
+  duplicate, reported with both objects).
+- **A Workload in Kubernetes** describes the service, not how to run it: a Deployment runs its
+  pods and a Service of the same name selects them, so `spec.run` may be omitted (and is
+  ignored). `spec.port` is the Service's port (what callers write), `spec.calls`, policies,
+  mTLS and the annotations mean what they mean in standalone mode; `spec.replicas` is the
+  Deployment's business (or its HPA's) and is not read here.
+- **EndpointSlices** (`discovery.k8s.io/v1`, label `kubernetes.io/service-name`) -> `Endpoint`s
+  of that service: endpoints whose `conditions.ready` is not false (the API defines a missing
+  `ready` as unknown, to be taken as ready), first address of each, deduplicated across slices.
+  Callers reach an injected workload's pods through their side-cars (`pod IP : ProxyPorts.inbound`,
+  mutual TLS, as the compiler's cluster for it expects); a workload with
+  `mesh.codifyhq.io/inject: "disabled"` (or a service without a Workload) at the slice's port
+  named `http`, else its first TCP port.
+- **Pods** carrying `mesh.codifyhq.io/injected` (set by the webhook) -> side-car `Proxy`s with
+  node ID `sidecar~<pod>.<namespace>`, the ID `kube/bootstrap.py` has Envoy present, the service
+  from the `app` label (else `app.kubernetes.io/name`), the pod IP and the side-car's ports; the
+  app's port is its container port named `http`, else its first, else the Workload's `spec.port`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from interstate.compile.proxy import Proxy, Role
+from interstate.config.loader import decode_sources
+from interstate.kube.bootstrap import ProxyPorts
+from interstate.kube.inject import INJECTED_ANNOTATION, PROXY_CONTAINER, SERVICE_LABELS
+from interstate.model.index import Endpoint, MeshConfig
+from interstate.model.workload import Workload
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+PORT_NAME = "http"  # the slice / container port preferred when there are several
+_METADATA_KEYS = ("name", "labels", "annotations")
+DEFAULT_PORTS = ProxyPorts()  # frozen
+
+
+# ---- custom resources ---------------------------------------------------------------------
+
+
+def object_name(obj: Mapping[str, Any]) -> str:
+    """`namespace/name`, or `name` for a cluster-scoped object (how errors name the object)."""
+    metadata = obj.get("metadata") or {}
+    name, namespace = str(metadata.get("name", "?")), metadata.get("namespace")
+    return f"{namespace}/{name}" if namespace else name
+
+
+def mesh_document(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a custom resource the mesh reads: what a mesh file would say."""
+    metadata = obj.get("metadata")
+    document = {key: obj[key] for key in ("apiVersion", "kind", "spec") if key in obj}
+    if isinstance(metadata, Mapping):
+        document["metadata"] = {key: metadata[key] for key in _METADATA_KEYS if key in metadata}
+    else:
+        document["metadata"] = metadata
+    return document
+
+
+def mesh_sources(objects: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """{`namespace/name`: the objects' documents as YAML text} for `decode_sources`, sorted.
+    Objects of different kinds with the same namespace/name are documents of one source."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        grouped.setdefault(object_name(obj), []).append(mesh_document(obj))
+    return {
+        name: "\n---\n".join(json.dumps(doc, ensure_ascii=False, sort_keys=True) for doc in sorted(docs, key=_kind))
+        for name, docs in sorted(grouped.items())
+    }
+
+
+def mesh_config(objects: Iterable[Mapping[str, Any]]) -> MeshConfig:
+    """Validated MeshConfig from the cluster's mesh custom resources, or ConfigError with every
+    issue (each naming `namespace/name`, the kind and the field) exactly as for mesh files."""
+    return decode_sources(mesh_sources(objects), kubernetes=True)
+
+
+def _kind(document: Mapping[str, Any]) -> str:
+    return str(document.get("kind", ""))
+
+
+# ---- EndpointSlices -----------------------------------------------------------------------
+
+
+def endpoints(
+    slices: Iterable[Mapping[str, Any]], config: MeshConfig | None, ports: ProxyPorts = DEFAULT_PORTS
+) -> dict[str, tuple[Endpoint, ...]]:
+    """{service: its ready endpoints, sorted} from EndpointSlices (see the module docstring)."""
+    workloads = {w.name: w for w in config.of_kind(Workload)} if config is not None else {}
+    found: dict[str, set[tuple[str, int]]] = {}
+    for item in slices:
+        service = ((item.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if not service or item.get("addressType") not in ("IPv4", "IPv6"):
+            continue
+        workload = workloads.get(service)
+        port = ports.inbound if workload is not None and workload.injected else slice_port(item)
+        if port is None:
+            continue
+        addresses = found.setdefault(service, set())
+        for endpoint in item.get("endpoints") or []:
+            if (endpoint.get("conditions") or {}).get("ready") is False or not endpoint.get("addresses"):
+                continue
+            addresses.add((str(endpoint["addresses"][0]), port))
+    out: dict[str, tuple[Endpoint, ...]] = {}
+    for service, addresses in sorted(found.items()):
+        workload = workloads.get(service)
+        version = workload.spec.version if workload is not None else "v1"
+        out[service] = tuple(
+            Endpoint(service, i, address, port, version) for i, (address, port) in enumerate(sorted(addresses))
+        )
+    return out
+
+
+def slice_port(item: Mapping[str, Any]) -> int | None:
+    """The slice's TCP port named `http`, else its first TCP port; None when it has none."""
+    tcp = [p for p in item.get("ports") or [] if p.get("protocol", "TCP") == "TCP" and isinstance(p.get("port"), int)]
+    named = [p for p in tcp if p.get("name") == PORT_NAME]
+    chosen = (named or tcp or [None])[0]
+    return None if chosen is None else int(chosen["port"])
+
+
+# ---- Pods ---------------------------------------------------------------------------------
+
+
+def node_id(pod: Mapping[str, Any]) -> str:
+    """The xDS node ID an injected pod's side-car presents (`--service-node`, see kube/inject.py)."""
+    metadata = pod.get("metadata") or {}
+    return f"sidecar~{metadata.get('name')}.{metadata.get('namespace')}"
+
+
+def proxy_of(pod: Mapping[str, Any], config: MeshConfig | None, ports: ProxyPorts = DEFAULT_PORTS) -> Proxy | str:
+    """The side-car Proxy of an injected pod, or why there is none (a sentence)."""
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    status = pod.get("status") or {}
+    if INJECTED_ANNOTATION not in (metadata.get("annotations") or {}):
+        return "not injected"
+    service = next((labels[key] for key in SERVICE_LABELS if labels.get(key)), None)
+    if service is None:
+        return f"no service label ({' or '.join(SERVICE_LABELS)})"
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return f"pod has finished ({status['phase']})"
+    if not status.get("podIP"):
+        return "no pod IP yet"
+    workloads = {w.name: w for w in config.of_kind(Workload)} if config is not None else {}
+    app_port = _app_port(pod)
+    if app_port is None and service in workloads:
+        app_port = workloads[service].spec.port
+    if app_port is None:
+        return f"no container port and no Workload {service!r} to take the app's port from"
+    return Proxy(
+        node_id=node_id(pod),
+        role=Role.SIDECAR,
+        service=str(service),
+        address=str(status["podIP"]),
+        inbound_port=ports.inbound,
+        outbound_port=ports.outbound,
+        app_port=app_port,
+    )
+
+
+def proxies(
+    pods: Iterable[Mapping[str, Any]], config: MeshConfig | None, ports: ProxyPorts = DEFAULT_PORTS
+) -> list[Proxy]:
+    """The side-car proxies to compile for, sorted by node ID."""
+    found = (proxy_of(pod, config, ports) for pod in pods)
+    return sorted((p for p in found if isinstance(p, Proxy)), key=lambda p: p.node_id)
+
+
+def _app_port(pod: Mapping[str, Any]) -> int | None:
+    containers = [c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") != PROXY_CONTAINER]
+    declared = [p for c in containers for p in c.get("ports") or [] if isinstance(p.get("containerPort"), int)]
+    tcp = [p for p in declared if p.get("protocol", "TCP") == "TCP"]
+    named = [p for p in tcp if p.get("name") == PORT_NAME]
+    chosen = (named or tcp or [None])[0]
+    return None if chosen is None else int(chosen["containerPort"])

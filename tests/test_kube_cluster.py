@@ -1,0 +1,206 @@
+"""kube/cluster.py: a cluster's objects (fixtures shaped as the API server returns them) -> the
+mesh core's inputs. CRs go through the mesh-file loader; EndpointSlices become Endpoints; injected
+Pods become the side-car Proxies to compile for."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from interstate.compile.proxy import Proxy, Role
+from interstate.config.loader import decode_sources, load, read_sources
+from interstate.errors import ConfigError
+from interstate.kube import cluster
+from interstate.kube.bootstrap import ProxyPorts
+from interstate.model import Workload
+from interstate.model.index import Endpoint
+
+FIXTURES = Path(__file__).parent / "fixtures" / "kube"
+EXAMPLE = Path(__file__).parent.parent / "examples" / "election-night"
+
+
+def fixture(name: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads((FIXTURES / name).read_text())["items"]
+    return items
+
+
+def as_custom_resource(document: dict[str, Any], namespace: str, number: int) -> dict[str, Any]:
+    """A mesh-file document as `kubectl get -o json` shows it once applied: server metadata added."""
+    obj = copy.deepcopy(document)
+    metadata = obj.setdefault("metadata", {})
+    if document["kind"] != "Mesh":
+        metadata["namespace"] = namespace
+    metadata.update(uid=f"00000000-0000-4000-8000-{number:012d}", resourceVersion=str(1000 + number), generation=1)
+    metadata["creationTimestamp"] = "2026-11-03T18:00:00Z"
+    obj["status"] = {}
+    return obj
+
+
+def test_the_examples_mesh_files_as_custom_resources_give_the_same_mesh() -> None:
+    documents = [d for text in read_sources(EXAMPLE).values() for d in yaml.safe_load_all(text) if d]
+    mesh_kinds = [d for d in documents if d["apiVersion"].startswith("mesh.codifyhq.io/")]
+    objects = [as_custom_resource(d, "elections", i) for i, d in enumerate(mesh_kinds)]
+    from_cluster = cluster.mesh_config(objects)
+    from_files = load(EXAMPLE)
+    expected = sorted((r.ref, r) for r in from_files.resources if r.api_version.startswith("mesh.codifyhq.io/"))
+    assert sorted((r.ref, r) for r in from_cluster.resources) == expected
+    assert from_cluster.origin(from_cluster.resources[0])[0] in {cluster.object_name(o) for o in objects}
+
+
+def test_custom_resources_from_the_api_validate_and_workloads_need_no_run() -> None:
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    refs = sorted(r.ref for r in config.resources)
+    assert refs == [
+        "Gateway ingress",
+        "Mesh election-night",
+        "TrafficPolicy stats-breaker",
+        "Workload results",
+        "Workload stats",
+    ]
+    results = next(w for w in config.of_kind(Workload) if w.name == "results")
+    assert results.spec.calls == ["stats"] and results.policy == "FEC-F101"
+    assert config.origin(results) == ("elections/results", 1)
+    # the server's metadata is not the mesh's business, and `kubectl apply`'s annotation is kept as is
+    assert set(results.metadata.annotations) == {
+        "mesh.codifyhq.io/policy",
+        "kubectl.kubernetes.io/last-applied-configuration",
+    }
+
+
+def test_standalone_mesh_files_still_need_spec_run() -> None:
+    text = "apiVersion: mesh.codifyhq.io/v1\nkind: Workload\nmetadata: {name: stats}\nspec: {port: 8080}\n"
+    with pytest.raises(ConfigError) as caught:
+        decode_sources({"mesh.yaml": text})
+    assert [(i.file, i.resource, i.field) for i in caught.value.issues] == [("mesh.yaml", "Workload stats", "spec.run")]
+    assert "required field is missing" in caught.value.issues[0].message
+    assert decode_sources({"mesh.yaml": text}, kubernetes=True).of_kind(Workload)[0].spec.port == 8080
+
+
+def with_bad_policy() -> list[dict[str, Any]]:
+    objects = fixture("mesh-crs.json")
+    policy = next(o for o in objects if o["kind"] == "TrafficPolicy")
+    policy["spec"]["outlierDetection"]["baseEjectionTime"] = "30x"
+    return objects
+
+
+def test_a_bad_custom_resource_is_reported_by_namespace_name_kind_and_field_like_a_file() -> None:
+    with pytest.raises(ConfigError) as caught:
+        cluster.mesh_config(with_bad_policy())
+    [issue] = caught.value.issues
+    assert issue.file == "elections/stats-breaker"
+    assert issue.resource == "TrafficPolicy stats-breaker"
+    assert issue.field == "spec.outlierDetection.baseEjectionTime"
+    assert str(issue).startswith(
+        "elections/stats-breaker: document 1 (TrafficPolicy stats-breaker): spec.outlierDetection.baseEjectionTime: "
+        "'30x' is not a duration"
+    )
+
+
+def test_unknown_fields_and_dangling_references_are_refused_as_in_files() -> None:
+    objects = fixture("mesh-crs.json")
+    results = next(o for o in objects if o["metadata"]["name"] == "results")
+    results["spec"]["calls"] = ["stats", "tally"]
+    with pytest.raises(ConfigError) as caught:
+        cluster.mesh_config(objects)
+    [issue] = caught.value.issues
+    assert (issue.file, issue.field) == ("elections/results", "spec.calls[1]")
+    assert "unknown service 'tally'" in issue.message
+    results["spec"]["replicaz"] = 3
+    with pytest.raises(ConfigError) as caught:
+        cluster.mesh_config(objects)
+    [issue] = caught.value.issues  # as in files: an undecodable document's references are not checked
+    assert (issue.file, issue.field) == ("elections/results", "spec.replicaz")
+    assert issue.message.startswith("unknown field; valid fields here: calls, mtls, port")
+
+
+def test_same_name_in_two_namespaces_is_a_duplicate_naming_both_objects() -> None:
+    objects = fixture("mesh-crs.json")
+    twin = copy.deepcopy(next(o for o in objects if o["metadata"]["name"] == "stats"))
+    twin["metadata"]["namespace"] = "staging"
+    with pytest.raises(ConfigError) as caught:
+        cluster.mesh_config([*objects, twin])
+    [issue] = caught.value.issues
+    assert issue.field == "metadata.name" and "elections/stats" in str(issue) and "staging/stats" in str(issue)
+
+
+def test_objects_of_two_kinds_with_one_name_are_both_read() -> None:
+    objects = fixture("mesh-crs.json")
+    policy = next(o for o in objects if o["kind"] == "TrafficPolicy")
+    policy["metadata"]["name"] = "stats"  # same namespace/name as the Workload stats
+    config = cluster.mesh_config(objects)
+    assert {"TrafficPolicy stats", "Workload stats"} <= {r.ref for r in config.resources}
+
+
+# ---- EndpointSlices -------------------------------------------------------------------------------
+
+PORTS = ProxyPorts(admin=15000, outbound=15001, inbound=15006, ready=15021)
+
+
+def test_endpoint_slices_give_ready_endpoints_through_the_side_car_of_injected_workloads() -> None:
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    found = cluster.endpoints(fixture("endpointslices.json"), config, PORTS)
+    # stats is injected: callers reach its side-cars' inbound port; not ready (.12) and
+    # terminating (.13) are left out, unknown readiness (.14) counts as ready (the API's rule),
+    # .11 is in two slices (once), and the first of an endpoint's addresses is used (.15)
+    assert found["stats"] == (
+        Endpoint("stats", 0, "127.0.0.11", 15006, "v3"),
+        Endpoint("stats", 1, "127.0.0.14", 15006, "v3"),
+        Endpoint("stats", 2, "127.0.0.15", 15006, "v3"),
+    )
+    assert found["results"] == (Endpoint("results", 0, "127.0.0.21", 15006, "v1"),)
+    assert "legacy" not in found  # FQDN slices are not endpoints of the mesh
+    assert not any(ep.address == "127.0.0.41" for eps in found.values() for ep in eps)  # no service label
+
+
+def test_a_workload_without_side_car_is_reached_at_the_slice_port_named_http_else_the_first_tcp() -> None:
+    objects = fixture("mesh-crs.json")
+    stats = next(o for o in objects if o["metadata"]["name"] == "stats")
+    stats["metadata"]["annotations"] = {"mesh.codifyhq.io/inject": "disabled"}
+    config = cluster.mesh_config(objects)
+    found = cluster.endpoints(fixture("endpointslices.json"), config, PORTS)
+    assert {ep.port for ep in found["stats"]} == {8080}  # "http", not the first ("metrics")
+    assert found["audit"] == (Endpoint("audit", 0, "127.0.0.31", 7070),)  # no Workload: first TCP port
+    assert found["results"][0].port == 15006
+
+
+# ---- Pods ---------------------------------------------------------------------------------------
+
+
+def test_injected_running_pods_become_side_car_proxies() -> None:
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    proxies = cluster.proxies(fixture("pods.json"), config, PORTS)
+    assert proxies == [
+        Proxy(
+            node_id="sidecar~results-5f7d8-x2x9q.elections",
+            role=Role.SIDECAR,
+            service="results",
+            address="127.0.0.21",
+            inbound_port=15006,
+            outbound_port=15001,
+            app_port=8081,  # the container port named http
+        ),
+        Proxy(
+            node_id="sidecar~stats-6d9f7c-abcde.elections",
+            role=Role.SIDECAR,
+            service="stats",  # app.kubernetes.io/name
+            address="127.0.0.11",
+            inbound_port=15006,
+            outbound_port=15001,
+            app_port=8080,  # no app container port: the Workload's spec.port
+        ),
+    ]
+
+
+def test_why_a_pod_has_no_proxy() -> None:
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    reasons = {p["metadata"]["name"]: cluster.proxy_of(p, config) for p in fixture("pods.json")}
+    assert reasons["stats-6d9f7c-pending"] == "no pod IP yet"
+    assert reasons["migrate-db-7k2"] == "pod has finished (Succeeded)"
+    assert reasons["redis-0"] == "not injected"
+    assert reasons["unlabelled-1"] == "no service label (app or app.kubernetes.io/name)"
+    assert cluster.node_id(fixture("pods.json")[0]) == "sidecar~results-5f7d8-x2x9q.elections"
