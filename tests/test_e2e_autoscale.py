@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import subprocess
 import threading
@@ -18,11 +19,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mesh_runner import EXAMPLE, MeshRun, running_mesh, wait_for
+from mesh_runner import EXAMPLE, MeshRun, envoy_stats, running_mesh, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PERIOD_S = 1.0
+INGRESS_TOTAL = "http.ingress.downstream_rq_total"
 WINDOW_S = 6
 HPA = f"""\
 apiVersion: autoscaling/v2
@@ -85,6 +87,8 @@ def desired(mesh: MeshRun) -> int:
 def test_load_above_target_scales_up_within_two_periods_and_back_after_the_window(mesh: MeshRun) -> None:
     ingress = mesh.ingress + "/results"
     assert desired(mesh) == 1
+    ingress_admin = mesh.status()["ingress"]["admin"]
+    before = envoy_stats(ingress_admin, f"^{re.escape(INGRESS_TOTAL)}$")[INGRESS_TOTAL]
     surge = Hey(ingress, seconds=10, workers=6, qps_per_worker=50)  # 300 rps: 3x the target at 1 replica
     light: Hey | None = None
     try:
@@ -115,7 +119,10 @@ def test_load_above_target_scales_up_within_two_periods_and_back_after_the_windo
     # not before the stabilization window since the last high recommendation, not much after
     assert WINDOW_S - 2 <= scaled_down_after <= WINDOW_S + 6, scaled_down_after
     assert peak >= 2
-    # no request failed while replicas came and went
+    # no request failed while replicas came and went: every answer a 200, and every request the
+    # ingress received has an answer in hey's rows (hey leaves out requests that got none)
     assert len(surge_statuses) > 1000 and set(surge_statuses) == {200}, set(surge_statuses)
     assert len(light_statuses) > 50 and set(light_statuses) == {200}, set(light_statuses)
+    after = envoy_stats(ingress_admin, f"^{re.escape(INGRESS_TOTAL)}$")[INGRESS_TOTAL]
+    assert after - before == len(surge_statuses) + len(light_statuses), (after - before, len(surge_statuses))
     wait_for(lambda: mesh.status()["services"]["results"]["ready"] == 1, timeout=15, what="drained replicas to stop")

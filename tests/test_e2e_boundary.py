@@ -163,6 +163,22 @@ def test_a_header_off_the_list_never_reaches_any_app_and_is_counted_by_name(mesh
     assert all(SECRET not in p.read_text(errors="replace") for p in (run.run_dir / "logs").glob("*.log"))
 
 
+def test_a_header_cannot_hide_from_the_count_behind_many_others(mesh: tuple[MeshRun, Path]) -> None:
+    run, _ = mesh
+    junk = {f"x-junk-{i}": "1" for i in range(40)}
+    response = httpx.get(
+        run.ingress + "/front/relay", headers={**junk, "x-hidden": SECRET}, timeout=10, trust_env=False
+    )
+    assert response.status_code == 200, response.text
+
+    def counted() -> dict[tuple[str, str], int]:
+        counts = stripped(run)
+        return counts if ("x-hidden", "in") in counts and ("x-junk-39", "in") in counts else {}
+
+    counts = wait_for(counted, timeout=5, what="every stripped name to be counted")
+    assert all(counts[(f"x-junk-{i}", "in")] == 1 for i in range(40))
+
+
 def test_only_allowed_headers_leave_the_mesh_for_an_external_service(mesh: tuple[MeshRun, Path]) -> None:
     run, _ = mesh
     Outside.seen.clear()
@@ -178,6 +194,11 @@ def test_only_allowed_headers_leave_the_mesh_for_an_external_service(mesh: tuple
     assert headers.get("x-correlation-id") == "c-2" and headers.get("x-policy-ctx") == "FEC-F101"
     assert "x-internal-note" not in headers  # front's own header, not on the list
     assert "x-forwarded-client-cert" not in headers
+    # exactly: HTTP's own, the list's, the mesh's policy header, and what Envoy itself sets
+    assert set(headers) <= {
+        "host", "accept", "accept-encoding", "user-agent", "connection", "content-length",
+        "x-correlation-id", "x-policy-ctx", "x-request-id", "x-forwarded-proto",
+    }, headers  # fmt: skip
     wait_for(lambda: stripped(run).get(("x-internal-note", "out"), 0) >= 1, timeout=5, what="the egress strip count")
 
 

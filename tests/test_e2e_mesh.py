@@ -343,3 +343,19 @@ def test_a_service_that_requires_a_policy_fails_closed(tmp_path: Path, mesh_copy
         assert "interstate: access denied:" in missing.text
         assert "stats-requires-one-known-x-policy-ctx" in missing.text  # the rule that said no
         assert known.status_code == 200 and known.json()["policy_ctx"] == "FEC-F202"
+
+        # A scale whose new replica cannot start leaves the service as it was (desired count too).
+        serve = (
+            "import os, sys, http.server as h; "
+            "sys.exit(4) if os.environ['INTERSTATE_REPLICA'] == '1' else "
+            "h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT'])), h.BaseHTTPRequestHandler).serve_forever()"
+        )
+        (mesh_copy / "picky.yaml").write_text(
+            "apiVersion: mesh.codifyhq.io/v1\nkind: Workload\nmetadata: {name: picky}\n"
+            f'spec: {{port: 8080, run: {{command: [python, -c, "{serve}"]}}}}\n'
+        )
+        assert cli("apply", str(mesh_copy), "--admin", mesh.admin).returncode == 0
+        scaled = cli("scale", "picky", "2", "--admin", mesh.admin)
+        assert scaled.returncode != 0 and "picky-1 exited with 4" in scaled.stderr, scaled.stderr
+        picky = mesh.status()["services"]["picky"]
+        assert picky["desired"] == 1 and [r["name"] for r in picky["replicas"]] == ["picky-0"], picky

@@ -12,7 +12,6 @@ import csv
 import json
 import re
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -43,7 +42,6 @@ def hey_processes() -> list[psutil.Process]:
 @pytest.mark.timeout(120)
 def test_short_rehearsal_reports_what_was_measured(tmp_path: Path) -> None:
     assert shutil.which("hey"), "the load generator is missing: apt-get install hey (make install does it)"
-    began = time.monotonic()
     mesh = tmp_path / "mesh"
     shutil.copytree(EXAMPLE, mesh)
     # the hiccup trips the callers' breaker on stats; a short ejection lets the test end healthy
@@ -102,13 +100,11 @@ def test_short_rehearsal_reports_what_was_measured(tmp_path: Path) -> None:
 
     # replicas over time and policy coverage, from the mesh
     assert by_phase["baseline"]["replicas"]["results"]["min"] >= 1
-    coverage = summary["policy_coverage"]
-    if coverage is not None:  # reported by the mesh: every request in carried the policy header
-        assert coverage["results"]["requests"] >= len(rows)
-        assert coverage["results"]["with_policy"] == coverage["results"]["requests"]
+    coverage = summary["policy_coverage"]  # reported by the mesh: every request carried the header
+    assert coverage["results"]["requests"] >= len(rows)
+    assert coverage["results"]["with_policy"] == coverage["results"]["requests"]
 
     # progress once a second on stderr; the HTML has the charts
     assert re.search(r"^surge\s+\d/3s\s+sent [\d,]+\s+ok [\d.]+%\s+results: \d+ replicas", result.stderr, re.M)
     page = (out / "report.html").read_text()
     assert page.count("<svg") == 3 and 'class="phase-label"' in page
-    assert time.monotonic() - began < 60

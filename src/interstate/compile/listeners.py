@@ -111,7 +111,13 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         stat_prefix=stat_prefix,
         codec_type=HCM.AUTO,
         rds=hcm_pb2.Rds(config_source=ads(), route_config_name=route),
-        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
+        # no x-envoy-* request headers added by the router: none of our proxies reads them, and
+        # after the boundary allow-list they would leak Envoy internals to an ExternalService
+        http_filters=[
+            hcm_pb2.HttpFilter(
+                name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(suppress_envoy_headers=True))
+            )
+        ],
         access_log=[access_log(index, stat_prefix, proxy)],
         normalize_path={"value": True},
         merge_slashes=True,

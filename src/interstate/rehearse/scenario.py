@@ -25,7 +25,8 @@ MAX_WORKER_QPS = 5.0
 
 @dataclass(frozen=True)
 class Fault:
-    """The hiccup: callers' side-cars abort `percent` % of calls to `service` with `status`."""
+    """The hiccup: `service`'s own side-cars fail `percent` % of its calls with `status`
+    (`fault.at: SERVICE`), so its callers see real failures and their breakers may trip."""
 
     service: str = "stats"
     percent: int = 50

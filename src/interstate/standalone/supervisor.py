@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -293,20 +293,25 @@ class Supervisor:
         self.audit.record(f"envoy {node}", "xds.nack", node, detail, outcome)
 
     # ---- changes ---------------------------------------------------------------------------
-    async def _apply(self, config: MeshConfig) -> dict[str, Any]:
-        """Make `config` the running mesh, or leave the running mesh as it was: if compiling
-        fails, a new replica does not start, or any Envoy rejects its new config, the previous
-        config is put back (replicas started for the new one are stopped) and the error raised."""
-        preflight.check(config, self.settings.mesh_dir)
-        config = keep_autoscaled(self.config, config)
-        header, new_header = self.index.mesh.policy_header, MeshIndex(config).mesh.policy_header
-        if new_header != header and self._envoys():
-            raise PermanentError(
-                f"Mesh spec.policyHeader cannot change from {header!r} to {new_header!r} while the mesh runs "
-                "(every Envoy registered it at start); stop the mesh and start it again"
-            )
+    async def _apply(self, change: MeshConfig | Callable[[MeshConfig], MeshConfig]) -> dict[str, Any]:
+        """Make a new config the running mesh — `change` itself, or `change(running config)`,
+        computed under the lock so no concurrent change is lost — or leave the running mesh as
+        it was: if compiling fails, a new replica does not start, or any Envoy rejects its new
+        config, the previous config is put back (replicas started for the new one are stopped)
+        and the error raised. Autoscaled workloads keep their current replica counts."""
         async with self._lock:
             previous = self.config
+            config = change(previous) if callable(change) else change
+            if config is previous:
+                return {"started": [], "stopped": []}
+            preflight.check(config, self.settings.mesh_dir)
+            config = keep_autoscaled(previous, config)
+            header, new_header = MeshIndex(previous).mesh.policy_header, MeshIndex(config).mesh.policy_header
+            if new_header != header and self._envoys():
+                raise PermanentError(
+                    f"Mesh spec.policyHeader cannot change from {header!r} to {new_header!r} while the mesh runs "
+                    "(every Envoy registered it at start); stop the mesh and start it again"
+                )
             self.config = config
             try:
                 self.push()
@@ -349,19 +354,27 @@ class Supervisor:
             workload = self.workload(service)
             spec = workload.spec.model_copy(update={"replicas": replicas})
             updated = workload.model_copy(update={"spec": spec})
-            self.config = self.config.replace(workload, updated)
-            return await self._reconcile()
+            previous = self.config
+            self.config = previous.replace(workload, updated)
+            try:
+                return await self._reconcile()
+            except InterstateError:  # a replica did not start: the mesh stays as it was
+                await self._restore(previous)
+                raise
 
     async def _set_fault(self, service: str, fault: Fault | None) -> dict[str, Any]:
         """Turn a rehearsal fault for calls to `service` on (or off, with None): the service's
         TrafficPolicy gets (or loses) its `fault` section; only routes change."""
         self.workload(service)
-        policy = self.index.traffic_policies.get(service)
-        if policy is not None:
-            spec = policy.spec.model_copy(update={"fault": fault})
-            config = self.config.replace(policy, policy.model_copy(update={"spec": spec}))
-        elif fault is not None:
-            config = self.config.add(
+
+        def with_fault(config: MeshConfig) -> MeshConfig:
+            policy = MeshIndex(config).traffic_policies.get(service)
+            if policy is not None:
+                spec = policy.spec.model_copy(update={"fault": fault})
+                return config.replace(policy, policy.model_copy(update={"spec": spec}))
+            if fault is None:
+                return config  # nothing to end
+            return config.add(
                 TrafficPolicy(
                     api_version=TrafficPolicy.API_VERSION,
                     kind=TrafficPolicy.KIND,
@@ -369,9 +382,8 @@ class Supervisor:
                     spec=TrafficPolicySpec(destination=Destination(service=service), fault=fault),
                 )
             )
-        else:
-            return {"service": service, "fault": None}
-        await self._apply(config)
+
+        await self._apply(with_fault)
         return {"service": service, "fault": fault is not None}
 
     async def _set_split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
@@ -381,23 +393,24 @@ class Supervisor:
         self.workload(service)
         for backend in weights:
             self.workload(backend)
-        split = self.index.traffic_splits.get(service)
         backends = [Backend(service=b, weight=w) for b, w in weights.items()]
-        if split is not None:
-            pin = split.spec.pin if split.spec.pin and split.spec.pin.backend in weights else None
-            spec = TrafficSplitSpec(service=service, backends=backends, pin=pin, sticky_by=split.spec.sticky_by)
-            config = self.config.replace(split, split.model_copy(update={"spec": spec}))
-        else:
-            spec = TrafficSplitSpec(service=service, backends=backends)
-            config = self.config.add(
+
+        def with_split(config: MeshConfig) -> MeshConfig:
+            split = MeshIndex(config).traffic_splits.get(service)
+            if split is not None:
+                pin = split.spec.pin if split.spec.pin and split.spec.pin.backend in weights else None
+                spec = TrafficSplitSpec(service=service, backends=backends, pin=pin, sticky_by=split.spec.sticky_by)
+                return config.replace(split, split.model_copy(update={"spec": spec}))
+            return config.add(
                 TrafficSplit(
                     api_version=TrafficSplit.API_VERSION,
                     kind=TrafficSplit.KIND,
                     metadata=Metadata(name=f"{service}-split"),
-                    spec=spec,
+                    spec=TrafficSplitSpec(service=service, backends=backends),
                 )
             )
-        await self._apply(config)
+
+        await self._apply(with_split)
         return {"service": service, "weights": weights}
 
     def workload(self, service: str) -> Workload:

@@ -45,8 +45,6 @@ class SnapshotBuilder:
     ) -> dict[str, Snapshot]:
         """A snapshot per proxy (by node ID). Raises SnapshotError (nothing cached changes) when
         a compiled proxy is inconsistent."""
-        if index.config is not self._config:
-            self._compiled.clear()
         compiled: dict[str, _Compiled] = {}
         for proxy in proxies:
             creds = credentials(proxy)
