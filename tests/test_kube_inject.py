@@ -482,7 +482,10 @@ def test_envoy_reaches_the_control_plane_with_its_token_and_gets_ready(authority
                 break
             time.sleep(0.2)
         assert status == 200, (tmp_path / "envoy.log").read_text()[-3000:]
-        # The probe port answers GET /ready only; the rest of the admin stays on loopback.
+        # The probe port answers GET /ready and Prometheus' GET /stats/prometheus (the side-car's
+        # request counters the KEDA ScaledObject reads); the rest of the admin stays on loopback.
+        metrics = httpx.get(f"http://127.0.0.1:{ready}/stats/prometheus", timeout=2)
+        assert metrics.status_code == 200 and "envoy_server_live" in metrics.text
         assert httpx.get(f"http://127.0.0.1:{ready}/config_dump", timeout=2).status_code == 404
         assert httpx.post(f"http://127.0.0.1:{ready}/ready", timeout=2).status_code == 404
     finally:

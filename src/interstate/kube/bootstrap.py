@@ -17,8 +17,9 @@ argument. Pure: settings in, a JSON-able dict out. Three things differ from stan
 - **Who the node is** is known only when the pod starts: node ID and cluster come from Envoy's
   `--service-node` / `--service-cluster` flags (which override the bootstrap's), filled from the
   downward API; the node metadata carries what the injector knew (service, policy, ...).
-- **Readiness.** The admin interface stays on 127.0.0.1; a static listener on `ports.ready`
-  (all addresses) serves `GET /ready` only, proxied to the admin, so the kubelet can probe it.
+- **Readiness and metrics.** The admin interface stays on 127.0.0.1; a static listener on
+  `ports.ready` (all addresses) serves `GET /ready` and `GET /stats/prometheus` only, proxied to
+  the admin, so the kubelet can probe it and Prometheus can scrape it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from interstate.compile import bootstrap
 XDS_SERVER_NAME = "xds.interstate"  # the DNS SAN of the control plane's certificate (standalone too)
 ADMIN_CLUSTER = "interstate-admin"
 READY_LISTENER = "interstate-ready"
+# What the ready port serves from the admin interface: the kubelet's probe, and Envoy's metrics
+# for Prometheus (what `interstate manifests autoscale`'s KEDA query reads). Nothing else.
+PUBLIC_ADMIN_PATHS = ("/ready", "/stats/prometheus")
 TOKEN_CREDENTIALS = "envoy.grpc_credentials.file_based_metadata"
 _TYPE = "type.googleapis.com/"
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -134,11 +138,12 @@ def _ready_listener(port: int) -> dict[str, Any]:
                                         "routes": [
                                             {
                                                 "match": {
-                                                    "path": "/ready",
+                                                    "path": path,
                                                     "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
                                                 },
-                                                "route": {"cluster": ADMIN_CLUSTER, "timeout": "1s"},
+                                                "route": {"cluster": ADMIN_CLUSTER, "timeout": "5s"},
                                             }
+                                            for path in PUBLIC_ADMIN_PATHS
                                         ],
                                     }
                                 ],
