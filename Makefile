@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install tools clean
+.PHONY: demo test lint bench install tools test-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,22 +15,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# `hey` (Debian's package) generates the rehearsal's load; installed once, as root or with sudo.
-# Likewise `chromium` and `chromium-driver`: the headless browser of tests/test_e2e_dashboard.py.
+# Debian packages, installed once when missing (as root, or with sudo): `hey` generates the
+# rehearsal's load (demo and tests); `chromium` and `chromium-driver` are the headless browser of
+# tests/test_e2e_dashboard.py (tests only). `apt_install` takes: a check command, then packages.
+apt_install = { $(1); } >/dev/null 2>&1 || { \
+		echo "installing $(2) with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) >/dev/null 2>&1; }
+
 tools:
-	@command -v hey >/dev/null 2>&1 || { \
-		echo "installing hey (HTTP load generator) with apt-get"; \
-		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq hey >/dev/null 2>&1; }
-	@{ command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
-		echo "installing chromium and chromium-driver (the dashboard test's headless browser) with apt-get"; \
-		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1; }
+	@$(call apt_install,command -v hey,hey)
+
+test-tools: tools
+	@$(call apt_install,command -v chromium && command -v chromedriver,chromium chromium-driver)
 
 demo: $(STAMP) tools
 	$(BIN)/interstate up examples/election-night
 
-test: $(STAMP) tools lint
+test: $(STAMP) test-tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

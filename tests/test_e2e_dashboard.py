@@ -3,7 +3,7 @@
 A copy of the example runs under `interstate up`; a paced client sends requests through the
 ingress (slow enough that the autoscaler keeps results at 2, so the replica counts stand still)
 while the test reads `/dashboard/data` and then lets a headless Chromium (Debian's `chromium`
-and `chromium-driver`, installed by `make tools`) run the page and checks what its script drew.
+and `chromium-driver`, installed by `make test-tools`, part of `make test`) run the page and checks what its script drew.
 A screenshot is left in the test's tmp folder.
 """
 
@@ -81,7 +81,7 @@ def chromium_paths() -> tuple[str, str]:
         pytest.fail(
             "the dashboard test needs Debian's chromium and chromium-driver (missing: "
             + ", ".join(name for name, path in (("chromium", chromium), ("chromedriver", driver)) if path is None)
-            + "); `make tools` installs them (apt-get install chromium chromium-driver)"
+            + "); `make test-tools` installs them (apt-get install chromium chromium-driver)"
         )
     return chromium, driver
 

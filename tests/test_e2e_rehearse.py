@@ -41,7 +41,7 @@ def hey_processes() -> list[psutil.Process]:
 
 @pytest.mark.timeout(120)
 def test_short_rehearsal_reports_what_was_measured(tmp_path: Path) -> None:
-    assert shutil.which("hey"), "the load generator is missing: apt-get install hey (make install does it)"
+    assert shutil.which("hey"), "the load generator is missing: apt-get install hey (`make tools` does it)"
     mesh = tmp_path / "mesh"
     shutil.copytree(EXAMPLE, mesh)
     # the hiccup trips the callers' breaker on stats; a short ejection lets the test end healthy
