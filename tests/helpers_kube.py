@@ -6,7 +6,15 @@ What it implements, as the API server does: `GET <collection>` lists (`items` wi
 every event after RV and then streams new ones, one JSON object per line (chunked); a watch from a
 compacted RV gets `410 Gone`, as an HTTP status or as an `ERROR` event (`compact(..., as_event=)`);
 requests without the bearer token get 401. Built-in kinds' list items carry no apiVersion/kind.
-Used by tests/test_kube_watch.py and tests/test_e2e_kube_controller.py; stopped in a finally.
+`POST /apis/authentication.k8s.io/v1/tokenreviews` answers TokenReviews (201, the spec echoed
+back as the API server does) for the service-account tokens the test defines in `tokens`: bound
+to a pod (`user.extra["authentication.kubernetes.io/pod-name"]`) or not, valid for some audiences;
+any other token, or one for other audiences, is not authenticated, with the API server's error.
+
+`injected_envoy` runs an injected pod's `interstate-proxy` container as the kubelet would: a real
+Envoy with the pod's own arguments. Used by tests/test_kube_watch.py,
+tests/test_kube_tokenreview.py and tests/test_e2e_kube_controller.py; everything is stopped in a
+finally.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from helpers_xds import EnvoyProcess, running_envoy
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -29,8 +38,24 @@ from starlette.routing import Route
 
 from interstate.ca.authority import Authority, utcnow
 from interstate.kube import webhook
+from interstate.kube.inject import PROXY_CONTAINER
+from interstate.standalone.envoy import find_envoy
 
 TOKEN = "test-token"
+REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the API server's own
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+
+
+@dataclass(frozen=True)
+class ServiceAccountToken:
+    """What the fake API server knows of one token it issued."""
+
+    namespace: str
+    service_account: str
+    pod: str | None  # a projected token is bound to its pod; a legacy secret token to none
+    audiences: tuple[str, ...] = ("interstate-xds",)
 
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -68,6 +93,8 @@ class FakeApiServer:
         self.collections: dict[str, Collection] = {}
         self.requests: list[Seen] = []
         self.gone = 0  # watches answered 410 Gone
+        self.tokens: dict[str, ServiceAccountToken] = {}  # the tokens TokenReview vouches for
+        self.token_reviews: list[dict[str, Any]] = []  # every TokenReview request body
         self.url = ""
         self.ca_file: Path | None = None
         self._server: uvicorn.Server | None = None
@@ -157,6 +184,49 @@ class FakeApiServer:
         body = {"kind": "List", "apiVersion": "v1", "metadata": metadata, "items": [_untyped(i) for i in page]}
         return JSONResponse(body)
 
+    async def _review(self, request: Request) -> Response:
+        """A TokenReview, answered as the API server's token authenticator does."""
+        authorization = request.headers.get("authorization", "")
+        self.requests.append(Seen(request.url.path, dict(request.query_params), authorization))
+        if authorization != f"Bearer {self.token}":
+            return JSONResponse(status(401, "Unauthorized", "Unauthorized"), status_code=401)
+        review = await request.json()
+        self.token_reviews.append(review)
+        if (review.get("apiVersion"), review.get("kind")) != ("authentication.k8s.io/v1", "TokenReview"):
+            return JSONResponse(status(400, "BadRequest", "not an authentication.k8s.io/v1 TokenReview"), 400)
+        spec = review.get("spec") or {}
+        wanted = list(spec.get("audiences") or [API_AUDIENCE])
+        known = self.tokens.get(str(spec.get("token", "")))
+        answer: dict[str, Any]
+        if known is None:
+            answer = {"user": {}, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}
+        elif not set(known.audiences) & set(wanted):
+            answer = {
+                "user": {},
+                "error": f"[invalid bearer token, token audiences {json.dumps(list(known.audiences))} "
+                f"is invalid for the target audiences {json.dumps(wanted)}]",
+            }
+        else:
+            extra = {}
+            if known.pod is not None:
+                extra = {POD_NAME_EXTRA: [known.pod], POD_UID_EXTRA: [f"uid-of-{known.pod}"]}
+            answer = {
+                "authenticated": True,
+                "user": {
+                    "username": f"system:serviceaccount:{known.namespace}:{known.service_account}",
+                    "uid": f"uid-of-{known.service_account}",
+                    "groups": [
+                        "system:serviceaccounts",
+                        f"system:serviceaccounts:{known.namespace}",
+                        "system:authenticated",
+                    ],
+                    "extra": extra,
+                },
+                "audiences": [a for a in wanted if a in known.audiences],
+            }
+        body = {**review, "metadata": {"creationTimestamp": None}, "status": answer}
+        return JSONResponse(body, status_code=201)
+
     async def start(self, workdir: Path) -> None:
         authority = Authority.create("interstate.local", utcnow())
         issued = authority.issue(
@@ -169,7 +239,12 @@ class FakeApiServer:
         cert_file, key_file = webhook.write_serving_files(issued, workdir / "apiserver-tls")
         self.ca_file = workdir / "apiserver-ca.crt"
         self.ca_file.write_text(authority.bundle_pem)
-        app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET"])])
+        app = Starlette(
+            routes=[
+                Route(REVIEWS, self._review, methods=["POST"]),
+                Route("/{path:path}", self._handle, methods=["GET"]),
+            ]
+        )
         config = uvicorn.Config(
             app,
             ssl_certfile=str(cert_file),
@@ -238,3 +313,59 @@ def _untyped(obj: dict[str, Any]) -> dict[str, Any]:
     if str(obj.get("apiVersion", "")).startswith("mesh.codifyhq.io/"):
         return obj
     return {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
+
+
+# ---- an injected pod's side-car, run as the kubelet would --------------------------------------
+
+
+def kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' expansion of container arguments: $(VAR) from the env, $$ is a literal $."""
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("$(", i) and text.find(")", i) > 0:
+            end = text.index(")", i)
+            out.append(env.get(text[i + 2 : end], text[i : end + 1]))
+            i = end + 1
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def proxy_container(pod: dict[str, Any]) -> dict[str, Any]:
+    spec = pod["spec"]
+    (proxy,) = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == PROXY_CONTAINER]
+    found: dict[str, Any] = proxy
+    return found
+
+
+@contextlib.asynccontextmanager
+async def injected_envoy(
+    workdir: Path, pod: dict[str, Any], token_file: Path | None, name: str = "", ready_timeout: float = 20.0
+) -> AsyncIterator[EnvoyProcess]:
+    """A real Envoy from an injected pod's `interstate-proxy` arguments, after the kubelet's
+    `$(VAR)` expansion with the downward API's POD_NAME/POD_NAMESPACE. What a kubelet would
+    provide differently here: the projected token is `token_file` (None: the token plugin is
+    removed, a side-car that sends no token), and the ready listener binds the pod IP rather than
+    every address. Yields once the admin interface answers (not /ready: a refused side-car never
+    gets there); terminated (then killed) on the way out, whatever happened."""
+    metadata = pod["metadata"]
+    env = {"POD_NAME": metadata["name"], "POD_NAMESPACE": metadata["namespace"]}
+    args = [kubelet_expand(a, env) for a in proxy_container(pod)["args"]]
+    at = args.index("--config-yaml") + 1
+    config = json.loads(args[at])
+    google = config["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"]
+    if token_file is None:
+        del google["call_credentials"]
+    else:
+        google["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"] = str(token_file)
+    config["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] = pod["status"]["podIP"]
+    args[at] = json.dumps(config)
+    admin_port = int(config["admin"]["address"]["socket_address"]["port_value"])
+    stem = name or metadata["name"]
+    argv = [str(find_envoy()), *args]
+    async with running_envoy(argv, admin_port, workdir / f"envoy-{stem}.log", stem, "/server_info", ready_timeout) as p:
+        yield p

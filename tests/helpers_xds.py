@@ -354,24 +354,37 @@ async def envoy(
     boot = bootstrap.build(node_id, cluster, admin_port, "127.0.0.1", xds_port)
     config.write_text(json.dumps(boot))
     log_path = workdir / f"{node_id.replace('~', '_')}.log"
+    argv = envoy_command(find_envoy(), config, "info")
+    async with running_envoy(argv, admin_port, log_path, node_id, "/ready", ready_timeout) as process:
+        yield process
+
+
+@contextlib.asynccontextmanager
+async def running_envoy(
+    argv: list[str], admin_port: int, log_path: Path, name: str, ready_path: str = "/ready", ready_timeout: float = 20.0
+) -> AsyncIterator[EnvoyProcess]:
+    """Run Envoy with `argv`; yield once its admin `ready_path` answers 200. Its log tail is
+    printed if the block fails; it is terminated (then killed) on the way out, whatever happened."""
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(envoy_command(find_envoy(), config, "info"), stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT)
     process = EnvoyProcess(proc, admin_port, log_path)
     try:
         deadline = time.monotonic() + ready_timeout
         async with httpx.AsyncClient(timeout=1) as client:
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"envoy exited with {proc.returncode}:\n{process.log_tail()}")
+                    raise RuntimeError(f"envoy {name} exited with {proc.returncode}:\n{process.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{process.admin}/ready")).status_code == 200:
+                    if (await client.get(f"{process.admin}{ready_path}")).status_code == 200:
                         break
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"envoy not ready in {ready_timeout}s:\n{process.log_tail()}")
+                    raise TimeoutError(
+                        f"envoy {name}: {ready_path} not answering in {ready_timeout}s:\n{process.log_tail()}"
+                    )
                 await asyncio.sleep(0.05)
         yield process
     except BaseException:
-        print(f"---- envoy {node_id} log (tail) ----\n{process.log_tail()}")  # shown on failure
+        print(f"---- envoy {name} log (tail) ----\n{process.log_tail()}")  # shown on failure
         raise
     finally:
         await _stop(proc)

@@ -21,11 +21,14 @@ from test_xds_protocol import NAMES, NODE, every_type_changed, first, subscribe_
 from interstate import audit
 from interstate.cli import main
 from interstate.config import load
-from interstate.errors import ConfigError, PermanentError
+from interstate.core.plane import ControlPlane
+from interstate.core.status import ControlPlaneInfo
+from interstate.errors import ConfigError, PermanentError, UnknownService
 from interstate.model.traffic_policy import Fault
 from interstate.settings import Settings
 from interstate.standalone.autoscaler import Autoscaler, Scaler, _Loop
-from interstate.standalone.supervisor import Supervisor, UnknownService
+from interstate.standalone.mesh import StandaloneMesh
+from interstate.standalone.protocol import UnitSpec, UnitStatus
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.server import AdsServer
@@ -309,11 +312,26 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(mesh_dir=EXAMPLE, run_dir=tmp_path / "run").auto_ports()
 
 
-def test_supervisor_records_refused_changes_with_their_actor(tmp_path: Path) -> None:
+class NoRunner:
+    """A supervisor that must not be asked for anything: every change below is refused first."""
+
+    async def start(self, spec: UnitSpec) -> UnitStatus:
+        raise AssertionError(f"asked to start {spec.name}")
+
+    async def drain(self, names: list[str], timeout: float) -> None:
+        raise AssertionError(f"asked to drain {names}")
+
+    async def stop(self, names: list[str]) -> None:
+        raise AssertionError(f"asked to stop {names}")
+
+
+def test_refused_changes_are_recorded_with_their_actor(tmp_path: Path) -> None:
     config = load(EXAMPLE)
 
     async def body() -> None:
-        supervisor = Supervisor(settings(tmp_path), config)
+        run = settings(tmp_path)
+        core = ControlPlane(run.identity(), run.run_dir / audit.FILE_NAME)
+        supervisor = StandaloneMesh(run, config, core, NoRunner(), ControlPlaneInfo(pid=1))
         try:
             with pytest.raises(UnknownService):
                 await supervisor.set_fault("nosuch", Fault.model_validate({"abort": {"percent": 10}}), actor="ops")
@@ -325,7 +343,7 @@ def test_supervisor_records_refused_changes_with_their_actor(tmp_path: Path) -> 
             with pytest.raises(ConfigError):
                 await supervisor.apply(config.replace(stats, broken), actor="admin-api 127.0.0.1")
         finally:
-            await supervisor._http.aclose()
+            await supervisor.http.aclose()
 
     asyncio.run(body())
     records = audit.read(tmp_path / "run" / audit.FILE_NAME)

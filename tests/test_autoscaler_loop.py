@@ -17,13 +17,13 @@ from interstate.config import load
 from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.model.index import MeshConfig, MeshIndex
 from interstate.standalone.autoscaler import Sampler, keep_autoscaled, samples
-from interstate.standalone.replica import Replica
+from interstate.standalone.protocol import UnitStatus as Replica
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "election-night"
 
 
 def replica(name: str, pid: int) -> Replica:
-    return cast(Replica, SimpleNamespace(name=name, app=SimpleNamespace(pid=pid), sidecar=None))
+    return cast(Replica, SimpleNamespace(name=name, app_pid=pid, admin_url=None))
 
 
 def test_cpu_is_measured_per_replica_as_a_share_of_the_request() -> None:

@@ -50,7 +50,8 @@ def test_rotation_is_due_at_half_life_and_issues_a_new_key() -> None:
     assert store.current("sidecar~stats-0", ID, NOW + timedelta(seconds=10)) is first
     half = first.rotate_at()
     assert first.not_before < half < first.not_after
-    assert half - first.not_before == first.not_after - half
+    assert half == NOW + timedelta(minutes=1)  # half of its 2 minutes from issue (not from the back-dated start)
+    assert store.current("sidecar~stats-0", ID, half - timedelta(seconds=1)) is first
     second = store.current("sidecar~stats-0", ID, half)
     assert second.serial != first.serial and second.key_pem != first.key_pem
     assert store.issued_total == 2

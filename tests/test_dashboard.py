@@ -16,7 +16,8 @@ import pytest
 
 from interstate.api import admin, dashboard
 from interstate.api.dashboard import RateTracker, Reading
-from interstate.standalone.replica import State
+from interstate.core.control import INGRESS_SERIES, EnvoyAdmin
+from interstate.core.status import ReplicaState as State
 
 AT = datetime(2026, 11, 3, 19, 0, tzinfo=UTC)
 
@@ -340,11 +341,22 @@ class FakeConfig:
 
 
 @dataclass
-class FakeSupervisor:
+class FakeMesh:
     replicas: dict[str, list[FakeReplica]]
     ingress: FakeEnvoy | None
     config: FakeConfig = field(default_factory=FakeConfig)
     identity: Any = None
+
+    def envoy_admins(self) -> list[EnvoyAdmin]:
+        out = [
+            EnvoyAdmin(service, r.name, f"sidecar~{r.name}", r.sidecar.admin_url)
+            for service, rs in self.replicas.items()
+            for r in rs
+            if r.sidecar is not None
+        ]
+        if self.ingress is not None:
+            out.append(EnvoyAdmin(INGRESS_SERIES, "ingress", self.ingress.node_id, self.ingress.admin_url))
+        return out
 
     def status(self) -> dict[str, Any]:
         services = {
@@ -370,10 +382,10 @@ class Clock:
         return self.now
 
 
-def fake_mesh() -> tuple[FakeEnvoys, FakeSupervisor, httpx.AsyncClient]:
+def fake_mesh() -> tuple[FakeEnvoys, FakeMesh, httpx.AsyncClient]:
     envoys = FakeEnvoys()
     http = httpx.AsyncClient(transport=httpx.MockTransport(envoys.handler))
-    supervisor = FakeSupervisor(
+    supervisor = FakeMesh(
         replicas={
             "results": [FakeReplica("results-0", FakeEnvoy(http, 1)), FakeReplica("results-1", FakeEnvoy(http, 2))],
             "legacy": [FakeReplica("legacy-0", None)],  # not injected: no side-car to read
@@ -388,7 +400,7 @@ def test_one_sample_per_interval_is_shared_and_rates_come_from_successive_sample
     async def scenario() -> None:
         envoys, supervisor, http = fake_mesh()
         clock = Clock()
-        board = dashboard.Dashboard(cast(Any, supervisor), clock=clock, min_interval_s=0.9)
+        board = dashboard.Dashboard(cast(Any, supervisor), clock=clock, min_interval_s=0.9, http=http)
         first = await board.data()
         assert envoys.reads == 3
         results, legacy = first["services"]

@@ -196,6 +196,21 @@ def test_injected_running_pods_become_side_car_proxies() -> None:
     ]
 
 
+def test_the_outbound_listener_goes_where_the_injector_pointed_the_apps_http_proxy() -> None:
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    pod = fixture("pods.json")[0]
+    app = pod["spec"]["containers"][0]
+    app["env"] = [{"name": "NO_PROXY", "value": "localhost"}, {"name": "HTTP_PROXY", "value": "http://127.0.0.1:25001"}]
+    proxy = cluster.proxy_of(pod, config, PORTS)
+    assert isinstance(proxy, Proxy)
+    assert (proxy.outbound_port, proxy.inbound_port) == (25001, 15006)  # inbound: how other pods reach it
+    # not a loopback proxy of the side-car (or not a URL): the controller's own setting
+    for value in ("http://squid.corp:3128", "not a url:x", "http://127.0.0.1"):
+        app["env"] = [{"name": "HTTP_PROXY", "value": value}]
+        proxy = cluster.proxy_of(pod, config, PORTS)
+        assert isinstance(proxy, Proxy) and proxy.outbound_port == 15001, value
+
+
 def test_why_a_pod_has_no_proxy() -> None:
     config = cluster.mesh_config(fixture("mesh-crs.json"))
     reasons = {p["metadata"]["name"]: cluster.proxy_of(p, config) for p in fixture("pods.json")}

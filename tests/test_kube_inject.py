@@ -30,6 +30,7 @@ import kubernetes_validate
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
+from helpers_kube import kubelet_expand
 
 from interstate.ca import spiffe
 from interstate.ca.authority import Authority, utcnow
@@ -82,24 +83,6 @@ def bootstrap_of(proxy: dict[str, Any]) -> dict[str, Any]:
 
 def env_of(container: dict[str, Any]) -> list[tuple[str, Any]]:
     return [(e["name"], e.get("value", e.get("valueFrom"))) for e in container.get("env", [])]
-
-
-def kubelet_expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' expansion of container arguments: $(VAR) from the env, $$ is a literal $."""
-    out, i = [], 0
-    while i < len(text):
-        if text.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif text.startswith("$(", i) and text.find(")", i) > 0:
-            end = text.index(")", i)
-            name = text[i + 2 : end]
-            out.append(env.get(name, text[i : end + 1]))
-            i = end + 1
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
 
 
 # --- the chapter's pod ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from interstate.ca import spiffe
 from interstate.ca.authority import Authority, Issued, utcnow
 from interstate.compile import names
 from interstate.compile.proxy import Credentials, Proxy
-from interstate.standalone.identity import BOOTSTRAP_TTL, XDS_SERVER_NAME
+from interstate.core.identity import BOOTSTRAP_TTL, XDS_SERVER_NAME
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.server import AdsServer

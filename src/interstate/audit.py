@@ -62,10 +62,12 @@ ACTIONS = frozenset(
         "split.set",
         "autoscaler.scale",
         "xds.nack",
+        "control-plane.restart",
     }
 )
 SYSTEM = "interstate"  # the actor of a change nobody outside asked for
 UP = "interstate up"  # the actor of start and stop
+SUPERVISOR = "supervisor"  # the actor that restarted a control plane that died
 TOOK = ("started", "stopped")  # what a change's result adds to its detail: the replicas it started, stopped
 MAX_TEXT = 1000  # characters of one string in a record
 MAX_OUTCOME = 300

@@ -110,6 +110,12 @@ def validate(path: str) -> None:
     show_default=True,
     help="How often HorizontalPodAutoscalers measure and decide (at least 1s).",
 )
+@click.option(
+    "--control-plane-restart-delay",
+    default="100ms",
+    show_default=True,
+    help="How long the supervisor waits before restarting a control plane that died (doubles each time, up to 10s).",
+)
 def up(
     path: str,
     ingress_port: int,
@@ -125,6 +131,7 @@ def up(
     ca_bundle: str | None,
     cert_ttl: str,
     autoscale_period: str,
+    control_plane_restart_delay: str,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -143,6 +150,10 @@ def up(
         _fail(f"--autoscale-period: {exc}", EXIT_USAGE)
     if period < 1:
         _fail(f"--autoscale-period: {autoscale_period} is too short; at least 1s", EXIT_USAGE)
+    try:
+        cp_delay = parse_duration(control_plane_restart_delay).total_seconds()
+    except ValueError as exc:
+        _fail(f"--control-plane-restart-delay: {exc}", EXIT_USAGE)
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
         run_dir=Path(run_dir or ".interstate/run").resolve(),
@@ -157,6 +168,7 @@ def up(
         ca_bundle=Path(ca_bundle).resolve() if ca_bundle else None,
         cert_ttl=ttl,
         autoscale_period_s=period,
+        control_plane_backoff_s=cp_delay,
     )
     if auto_ports:
         settings = settings.auto_ports()
@@ -227,6 +239,10 @@ def status(admin: str, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     boundary = data.get("boundary", {})
+    plane = data.get("control_plane")
+    if plane:
+        ended = f", the last one {plane['last_exit']}" if plane.get("last_exit") else ""
+        click.echo(f"control plane: pid {plane['pid']}, restarts {plane['restarts']}, since {plane['since']}{ended}")
     if "ingress" in data:
         odd = ", ".join(f"{n} {what}" for what, n in boundary.get("policy_headers", {}).items() if n)
         click.echo(f"ingress {data['ingress']['url']}" + (f" (policy header: {odd})" if odd else ""))

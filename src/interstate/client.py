@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from interstate.errors import InterstateError, TemporaryError
+from interstate.errors import ControlPlaneAway, InterstateError
 
 
 class AdminError(InterstateError):
@@ -25,8 +25,9 @@ class AdminClient:
         try:
             response = self.http.request(method, path, json=json)
         except httpx.HTTPError as exc:
-            raise TemporaryError(
-                f"cannot reach the admin API at {self.url} ({exc}); is `interstate up` running?"
+            raise ControlPlaneAway(
+                f"cannot reach the admin API at {self.url} ({exc}): `interstate up` is not running, or its "
+                "control plane is restarting (the data plane serves on; try again in a moment)"
             ) from None
         try:
             body = response.json()

@@ -4,9 +4,12 @@
     ├── PermanentError              retrying the same thing will fail the same way
     │   ├── ConfigError             user input is invalid; carries every Issue found
     │   ├── SnapshotError           compiled resources are inconsistent (a bug, never pushed)
-    │   └── EnvoyNotFound           no Envoy binary could be located
+    │   ├── EnvoyNotFound           no Envoy binary could be located
+    │   ├── UnknownService          a change names a service the mesh does not have
+    │   └── Rejected                Envoy NACKed a new configuration; the previous one stays
     └── TemporaryError              retrying may help (a port in use, a process slow to start)
-        └── StartupError            a child process did not become ready in time
+        ├── StartupError            a child process did not become ready in time
+        └── ControlPlaneAway        the control plane is restarting; the data plane serves on
 
 Errors are turned into exit codes, HTTP statuses or gRPC codes only at the edges (cli, api).
 """
@@ -69,5 +72,23 @@ class EnvoyNotFound(PermanentError):
     """The Envoy binary could not be found."""
 
 
+class UnknownService(PermanentError):
+    """A change names a service the running mesh does not have."""
+
+
+class Rejected(PermanentError):
+    """Envoy refused the configuration compiled for it (a NACK); the previous one stays."""
+
+    def __init__(self, nacks: dict[str, list[str]]) -> None:
+        self.nacks = nacks
+        detail = "; ".join(f"{node}: {' | '.join(msgs)}" for node, msgs in sorted(nacks.items()))
+        super().__init__(f"Envoy rejected the new configuration ({detail}); the previous one is in force")
+
+
 class StartupError(TemporaryError):
     """A child process did not become ready in time."""
+
+
+class ControlPlaneAway(TemporaryError):
+    """The control plane is not running right now (it is being restarted); Envoys keep serving
+    their last configuration, and changes must wait until it is back."""

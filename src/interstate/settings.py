@@ -10,6 +10,8 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+from interstate.core.identity import IdentitySettings
+
 DEFAULT_INGRESS_PORT = 8080
 DEFAULT_ADMIN_PORT = 15000
 DEFAULT_XDS_PORT = 15010
@@ -31,12 +33,18 @@ class Settings:
     restart_backoff_s: float = 0.25  # first restart delay of a crashed app; doubles
     restart_backoff_max_s: float = 10.0
     restart_reset_s: float = 10.0  # a run this long resets the back-off
+    control_plane_backoff_s: float = 0.1  # first restart delay of a control plane that died; doubles
     ca_dir: Path = Path(".interstate/ca")  # the mesh root CA, created on first start
     ca_cert: Path | None = None  # an operator's CA instead: signing cert (+ chain to the root)
     ca_key: Path | None = None
     ca_bundle: Path | None = None  # the roots peers trust, when not the last cert of ca_cert
     cert_ttl: timedelta = timedelta(hours=24)  # workload certificates; rotated at half life
     autoscale_period_s: float = 15.0  # HorizontalPodAutoscaler sync period (Kubernetes' default)
+
+    def identity(self) -> IdentitySettings:
+        return IdentitySettings(
+            self.run_dir / "certs", self.ca_dir, self.ca_cert, self.ca_key, self.ca_bundle, self.cert_ttl
+        )
 
     def auto_ports(self) -> Settings:
         return replace(self, ingress_port=0, admin_port=0, xds_port=0)

@@ -1,64 +1,41 @@
-"""`interstate up`: start the control plane, admin API, every replica and the ingress; print one
-ready line; on SIGINT/SIGTERM drain and stop every child. An edge like the CLI (which alone
-calls it): it wires the standalone supervisor to the admin API."""
+"""`interstate up`: fix the mesh's ports, save its settings and config in the run folder, then
+hand over to the standalone supervisor until Ctrl-C or SIGTERM. An edge like the CLI (which
+alone calls it)."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import signal
 from collections.abc import Callable
+from dataclasses import replace
 
-from interstate.api.admin import AdminServer, create_app
+from interstate.errors import PermanentError
 from interstate.model.index import MeshConfig
 from interstate.settings import Settings
-from interstate.standalone.supervisor import Supervisor
+from interstate.standalone import state, supervisor
+from interstate.standalone.ports import PortAllocator
+from interstate.standalone.process import port_is_free
 
-log = logging.getLogger(__name__)
+
+def fix_ports(settings: Settings) -> Settings:
+    """Every port the mesh keeps for its whole life, chosen now: those given must be free, 0
+    becomes a free one. A restarted control plane listens where the first one did."""
+    for what, port in (("xDS", settings.xds_port), ("ingress", settings.ingress_port), ("admin", settings.admin_port)):
+        if port and not port_is_free(settings.host, port):
+            raise PermanentError(
+                f"{what} port {port} on {settings.host} is in use; choose another "
+                f"(--{what.lower()}-port) or let interstate pick free ports (--auto-ports)"
+            )
+    ports = PortAllocator(settings.host)
+    return replace(
+        settings,
+        xds_port=ports.take(settings.xds_port),
+        ingress_port=ports.take(settings.ingress_port),
+        admin_port=ports.take(settings.admin_port),
+    )
 
 
 async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]) -> None:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    supervisor = Supervisor(settings, config)
-    admin: AdminServer | None = None
-    try:
-        await supervisor.start_control_plane()
-        admin = AdminServer(create_app(supervisor), settings.host, settings.admin_port)
-        await admin.start()
-        starting = asyncio.create_task(supervisor.start_mesh())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if not starting.done():
-            say("interstate: stopping before the mesh was ready")
-            starting.cancel()
-            await asyncio.gather(starting, return_exceptions=True)
-            return
-        stopping.cancel()
-        starting.result()
-        ready = {
-            "ingress": f"http://{settings.host}:{supervisor.ingress_port}" if supervisor.ingress else None,
-            "admin": admin.url,
-            "dashboard": admin.url + "/dashboard",
-            "xds": f"{settings.host}:{supervisor.xds_port}",
-            "run_dir": str(settings.run_dir),
-            "replicas": sum(len(r) for r in supervisor.replicas.values()),
-        }
-        (settings.run_dir / "ready.json").write_text(json.dumps(ready, indent=1) + "\n")
-        say(
-            f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
-            f"dashboard={ready['dashboard']} replicas={ready['replicas']} logs={settings.run_dir / 'logs'}"
-        )
-        await stop.wait()
-        say("interstate: stopping")
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        if admin is not None:
-            await admin.stop()
-        await supervisor.shutdown()
-        say("interstate: stopped")
+    settings = fix_ports(settings)
+    state.save_settings(settings)
+    state.save_config(settings.run_dir, config)
+    await supervisor.run(settings, say)

@@ -34,9 +34,9 @@ from interstate import audit
 from interstate.api import dashboard
 from interstate.ca.authority import utcnow
 from interstate.config.loader import decode_sources
-from interstate.errors import ConfigError, InterstateError, PermanentError
+from interstate.core.control import MeshControl
+from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, UnknownService
 from interstate.model.traffic_policy import Fault
-from interstate.standalone.supervisor import Rejected, Supervisor, UnknownService
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,13 @@ async def change(call: Awaitable[dict[str, Any]]) -> Response:
     return JSONResponse(result)
 
 
-def create_app(supervisor: Supervisor) -> Starlette:
+def create_app(mesh: MeshControl) -> Starlette:
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     async def status(request: Request) -> Response:
-        out = supervisor.status()
-        for service, facts in (await supervisor.resilience()).items():
+        out = mesh.status()
+        for service, facts in (await mesh.resilience()).items():
             out["services"][service]["resilience"] = facts
         return JSONResponse(out)
 
@@ -98,16 +98,16 @@ def create_app(supervisor: Supervisor) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"sources": {"file name": "yaml text"}}'}, 400)
         try:
-            config = decode_sources(sources, supervisor.settings.mesh_dir)
+            config = decode_sources(sources, mesh.mesh_dir)
         except ConfigError as exc:
             log.warning("apply rejected: %d issue(s); the running mesh is unchanged", len(exc.issues))
             target = sorted({i.resource or i.file for i in exc.issues})
-            supervisor.audit.record(
+            mesh.audit.record(
                 actor(request), "config.apply.rejected", target, audit.error_detail(exc), audit.refused(exc)
             )
             return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
         try:
-            changes = await supervisor.apply(config, actor=actor(request))
+            changes = await mesh.apply(config, actor=actor(request))
         except ConfigError as exc:
             return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
         except Rejected as exc:
@@ -126,7 +126,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
             return JSONResponse({"error": f"replicas: {replicas!r} is not valid; use an integer 0..1000"}, 422)
         try:
-            changes = await supervisor.scale(name, replicas, actor=actor(request))
+            changes = await mesh.scale(name, replicas, actor=actor(request))
         except UnknownService as exc:
             return JSONResponse({"error": str(exc)}, 404)
         except PermanentError as exc:
@@ -148,7 +148,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
             spec = None if body is None else Fault.model_validate(body, by_alias=True, by_name=False)
         except ValidationError as exc:
             return invalid("fault", exc)
-        return await change(supervisor.set_fault(name, spec, actor=actor(request)))
+        return await change(mesh.set_fault(name, spec, actor=actor(request)))
 
     async def split(request: Request) -> Response:
         """Body: {"weights": {"backend": percent, ...}} (integers summing to 100)."""
@@ -160,18 +160,18 @@ def create_app(supervisor: Supervisor) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"weights": {"results": 90, "results-v2": 10}}'}, 400)
         try:
-            return await change(supervisor.set_split(name, weights, actor=actor(request)))
+            return await change(mesh.set_split(name, weights, actor=actor(request)))
         except ValidationError as exc:
             return invalid("split", exc)
 
     async def certs(request: Request) -> Response:
-        if supervisor.identity is None:
+        if mesh.identity is None:
             return JSONResponse({"error": "the control plane is starting"}, 503)
-        return JSONResponse(supervisor.identity.status(utcnow()))
+        return JSONResponse(mesh.identity.status(utcnow()))
 
     async def metrics(request: Request) -> Response:
-        supervisor.boundary.refresh()
-        return Response(generate_latest(supervisor.registry), media_type="text/plain; version=0.0.4")
+        mesh.refresh_metrics()
+        return Response(generate_latest(mesh.registry), media_type="text/plain; version=0.0.4")
 
     async def audit_trail(request: Request) -> Response:
         """The audit records after ?since=SEQ (default: all), as a JSON list."""
@@ -179,9 +179,9 @@ def create_app(supervisor: Supervisor) -> Starlette:
             since = int(request.query_params.get("since", "0"))
         except ValueError:
             return JSONResponse({"error": "since: expected a record number (seq), e.g. /audit?since=12"}, 400)
-        return JSONResponse(audit.read(supervisor.audit.path, since))
+        return JSONResponse(audit.read(mesh.audit.path, since))
 
-    board = dashboard.Dashboard(supervisor)
+    board = dashboard.Dashboard(mesh)
 
     return Starlette(
         routes=[
@@ -201,7 +201,7 @@ def create_app(supervisor: Supervisor) -> Starlette:
 
 
 class _QuietServer(uvicorn.Server):
-    """uvicorn without its own signal handling: the supervisor owns SIGINT/SIGTERM."""
+    """uvicorn without its own signal handling: the mesh owns SIGINT/SIGTERM."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

@@ -4,8 +4,8 @@
 Envoy admin, at most once per `MIN_INTERVAL_S` whoever asks (several browsers get the same
 sample); `RateTracker` turns successive cumulative reads into requests/s and 5xx share (restarts
 and replicas that come and go included) and keeps the last minute for the sparklines; `assemble`
-(pure) joins that with `Supervisor.status()`, `resilience()` and the certificates into the JSON
-the page draws. Called by the admin API; reads the supervisor's public views and Envoy admin
+(pure) joins that with `MeshControl.status()`, `resilience()` and the certificates into the JSON
+the page draws. Called by the admin API; reads the mesh's `core.control.MeshControl` views and Envoy admin
 endpoints, never changes anything.
 """
 
@@ -26,10 +26,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from interstate.ca.authority import utcnow
+from interstate.core.control import INGRESS_SERIES, MeshControl
+from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import HorizontalPodAutoscaler
-from interstate.standalone.proxy import EnvoyProcess
-from interstate.standalone.replica import State
-from interstate.standalone.supervisor import Supervisor
+from interstate.telemetry.envoys import read_stats_json
 
 MIN_INTERVAL_S = 0.9  # a page polling every second gets a fresh sample each time; others share it
 WINDOW_S = 60.0  # how much history a sparkline shows
@@ -37,7 +37,7 @@ MAX_GAP_S = 10.0  # a previous read older than this is a new baseline, not the s
 READ_TIMEOUT_S = 1.0
 INBOUND_STATS = r"^http\.inbound(_plaintext)?\.downstream_(rq_total|rq_5xx|rq_time)$"
 INGRESS_STATS = r"^http\.ingress\.downstream_(rq_total|rq_5xx|rq_time)$"
-INGRESS = "(ingress)"  # the ingress's series (no workload can be named so)
+INGRESS = INGRESS_SERIES  # the ingress's series (no workload can be named so)
 PAGE_HEADERS = {
     # everything the page needs is in it: no other origin, no other file
     "content-security-policy": (
@@ -102,11 +102,7 @@ def _max(a: float | None, b: float | None) -> float | None:
 async def read_envoy(http: httpx.AsyncClient, admin_url: str, pattern: str) -> Reading | None:
     """One Envoy's Reading, or None when its admin does not answer (stopped, restarting)."""
     try:
-        response = await http.get(
-            admin_url + "/stats", params={"format": "json", "filter": pattern}, timeout=READ_TIMEOUT_S
-        )
-        response.raise_for_status()
-        return parse_stats(response.json())
+        return parse_stats(await read_stats_json(http, admin_url, pattern, READ_TIMEOUT_S))
     except (httpx.HTTPError, ValueError):
         return None
 
@@ -260,7 +256,7 @@ def assemble(
     at: datetime,
     ingress_node: str = "ingress~ingress",
 ) -> dict[str, Any]:
-    """The page's JSON. `status` is `Supervisor.status()`, `resilience` its `resilience()`,
+    """The page's JSON. `status` is `MeshControl.status()`, `resilience` its `resilience()`,
     `services` the traffic per workload (ignored for one without side-cars), `certs` `MeshIdentity.status()` (None while starting),
     `autoscaled` {workload: its HorizontalPodAutoscaler's name}."""
     autoscalers = (status.get("autoscaling") or {}).get("autoscalers") or {}
@@ -364,11 +360,13 @@ class Dashboard:
 
     def __init__(
         self,
-        supervisor: Supervisor,
+        mesh: MeshControl,
         clock: Callable[[], float] = time.monotonic,
         min_interval_s: float = MIN_INTERVAL_S,
+        http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.supervisor = supervisor
+        self.mesh = mesh
+        self.http = http or httpx.AsyncClient(trust_env=False)
         self.clock = clock
         self.min_interval_s = min_interval_s
         self.tracker = RateTracker()
@@ -389,23 +387,17 @@ class Dashboard:
             return data
 
     async def _sample(self) -> dict[str, Any]:
-        supervisor = self.supervisor
-        status = supervisor.status()
-        sidecars: dict[str, dict[str, EnvoyProcess]] = {
-            service: {r.name: r.sidecar for r in replicas if r.sidecar is not None and r.state is not State.STOPPED}
-            for service, replicas in supervisor.replicas.items()
-            if service in status["services"]
-        }
-        ingress = supervisor.ingress
-        reads = [(s, name, envoy, INBOUND_STATS) for s, envoys in sidecars.items() for name, envoy in envoys.items()]
-        if ingress is not None:
-            reads.append((INGRESS, INGRESS, ingress, INGRESS_STATS))
+        mesh = self.mesh
+        status = mesh.status()
+        admins = [a for a in mesh.envoy_admins() if a.series in status["services"] or a.series == INGRESS]
+        ingress = next((a for a in admins if a.series == INGRESS), None)
+        reads = [(a.series, a.name, a.url, INGRESS_STATS if a.series == INGRESS else INBOUND_STATS) for a in admins]
 
         async def read_all() -> tuple[float, list[Reading | None]]:
-            readings = await asyncio.gather(*(read_envoy(e.http, e.admin_url, pattern) for _, _, e, pattern in reads))
+            readings = await asyncio.gather(*(read_envoy(self.http, url, pattern) for _, _, url, pattern in reads))
             return self.clock(), readings  # the time of the reads, not of the slower resilience()
 
-        (now, readings), resilience = await asyncio.gather(read_all(), supervisor.resilience())
+        (now, readings), resilience = await asyncio.gather(read_all(), mesh.resilience())
         by_series: dict[str, dict[str, Reading | None]] = {service: {} for service in status["services"]}
         if ingress is not None:
             by_series[INGRESS] = {}
@@ -420,8 +412,8 @@ class Dashboard:
             )
         self.tracker.keep_only(set(by_series))
         mesh_ingress = traffic.pop(INGRESS, None)
-        hpas = supervisor.config.of_kind(HorizontalPodAutoscaler)
-        identity = supervisor.identity
+        hpas = mesh.config.of_kind(HorizontalPodAutoscaler)
+        identity = mesh.identity
         return assemble(
             status,
             resilience,
@@ -430,5 +422,5 @@ class Dashboard:
             None if identity is None else identity.status(utcnow()),
             {h.workload: h.name for h in hpas},
             utcnow(),
-            ingress_node=ingress.proxy.node_id if ingress is not None else "",
+            ingress_node=ingress.node_id if ingress is not None else "",
         )

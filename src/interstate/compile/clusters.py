@@ -32,18 +32,19 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
     return clusters
 
 
+def caller(proxy: Proxy) -> str | None:
+    """The proxy as the index names callers: its workload, or None for the ingress."""
+    return None if proxy.role is Role.INGRESS else proxy.service
+
+
 def called(index: MeshIndex, proxy: Proxy) -> list[str]:
     """Services this proxy's clients may address (Host names, Gateway routes), sorted."""
-    if proxy.role is Role.INGRESS:
-        gateway = index.gateway
-        return sorted({r.service for r in gateway.spec.routes}) if gateway else []
-    workload = index.workloads.get(proxy.service)
-    return sorted(workload.spec.calls) if workload else []
+    return index.called(caller(proxy))
 
 
 def callees(index: MeshIndex, proxy: Proxy) -> list[str]:
     """Services this proxy sends requests to: those called, or their TrafficSplit backends."""
-    return sorted({backend for service in called(index, proxy) for backend, _ in index.backends(service)})
+    return index.callees(caller(proxy))
 
 
 def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb2.Cluster:

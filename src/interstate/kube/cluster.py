@@ -26,6 +26,10 @@ Pure (dicts in, model out); called by `kube/controller.py` with what `kube/watch
   node ID `sidecar~<pod>.<namespace>`, the ID `kube/bootstrap.py` has Envoy present, the service
   from the `app` label (else `app.kubernetes.io/name`), the pod IP and the side-car's ports; the
   app's port is its container port named `http`, else its first, else the Workload's `spec.port`.
+  The outbound listener goes where the pod's apps were told it is: the loopback port of their
+  `HTTP_PROXY` (which the injector wrote), else `ProxyPorts.outbound`. It is pod-local, so a
+  webhook and a controller configured with different ports still agree; the inbound port is how
+  other pods reach this one (EndpointSlices), so it stays `ProxyPorts.inbound` for every pod.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources
 from interstate.kube.bootstrap import ProxyPorts
-from interstate.kube.inject import INJECTED_ANNOTATION, PROXY_CONTAINER, SERVICE_LABELS
+from interstate.kube.inject import INJECTED_ANNOTATION, LOOPBACK, PROXY_CONTAINER, PROXY_ENV, SERVICE_LABELS
 from interstate.model.index import Endpoint, MeshConfig
 from interstate.model.workload import Workload
 
@@ -165,7 +170,7 @@ def proxy_of(pod: Mapping[str, Any], config: MeshConfig | None, ports: ProxyPort
         service=str(service),
         address=str(status["podIP"]),
         inbound_port=ports.inbound,
-        outbound_port=ports.outbound,
+        outbound_port=_outbound_port(pod) or ports.outbound,
         app_port=app_port,
     )
 
@@ -178,8 +183,29 @@ def proxies(
     return sorted((p for p in found if isinstance(p, Proxy)), key=lambda p: p.node_id)
 
 
+def _app_containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") != PROXY_CONTAINER]
+
+
+def _outbound_port(pod: Mapping[str, Any]) -> int | None:
+    """The loopback port of the first app container's `HTTP_PROXY` (the injector sets every one
+    alike), or None when no app container has one."""
+    for container in _app_containers(pod):
+        for variable in container.get("env") or []:
+            if variable.get("name") not in PROXY_ENV or not isinstance(variable.get("value"), str):
+                continue
+            try:
+                url = urlsplit(str(variable["value"]))
+                port = url.port
+            except ValueError:
+                continue
+            if url.hostname in LOOPBACK and port:
+                return port
+    return None
+
+
 def _app_port(pod: Mapping[str, Any]) -> int | None:
-    containers = [c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") != PROXY_CONTAINER]
+    containers = _app_containers(pod)
     declared = [p for c in containers for p in c.get("ports") or [] if isinstance(p.get("containerPort"), int)]
     tcp = [p for p in declared if p.get("protocol", "TCP") == "TCP"]
     named = [p for p in tcp if p.get("name") == PORT_NAME]

@@ -1,11 +1,20 @@
-"""The control plane's view of a cluster: watch -> translate -> compile -> snapshot cache.
+"""Kubernetes mode's source: a cluster's objects in, the control-plane core fed with them.
 
 `Controller` runs one `kube.watch.Watcher` per resource type (pods, EndpointSlices, every
 mesh.codifyhq.io kind), and after a burst of changes (debounced, 50 ms by default) turns the
-stores into a `MeshIndex` with `kube.cluster` and compiles a snapshot per injected pod's side-car
-with the same `xds.incremental.SnapshotBuilder` and `xds.cache.SnapshotCache` standalone mode
-uses; the `xds.server.AdsServer` serving that cache is the caller's.
+stores into a `MeshIndex` and the injected pods' side-car `Proxy`s with `kube.cluster`, and hands
+them to `core.plane.ControlPlane.push`, exactly as standalone mode does: each side-car gets its
+X.509-SVID over SDS (rotated at half life: `ControlPlane.rotation` wakes the loop) and every hop
+between side-cars is mutual TLS.
 
+- The core's ADS server is started by the controller, once the first valid mesh config is known:
+  the CA and every certificate name the trust domain of the cluster's `Mesh` resource, which is
+  not known before. Side-cars that start earlier retry (Envoy backs off) and are served then. ADS
+  is TLS with the server certificate only; each stream is authenticated by
+  `kube.tokenreview.TokenReviewer` (the pod's service-account token, checked by the API server).
+  A port that cannot be bound is logged and retried.
+- A Mesh that changes `trustDomain` while serving is refused like an invalid CR (the running
+  mesh's certificates name it): the last good config stays, `rejected` says why.
 - Nothing is pushed before every collection has been listed once: a half-read cluster would
   look like a mesh without workloads or endpoints.
 - Custom resources are validated together, like a folder of mesh files: when any is invalid,
@@ -20,19 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
-from interstate.compile.proxy import Credentials, Proxy
-from interstate.errors import ConfigError, Issue, SnapshotError
+from interstate.core.plane import ControlPlane
+from interstate.errors import ConfigError, InterstateError, Issue, PermanentError
 from interstate.kube import cluster, crds
 from interstate.kube.bootstrap import ProxyPorts
+from interstate.kube.tokenreview import ReviewSettings, TokenReviewer
 from interstate.kube.watch import ApiSettings, ResourceType, Watcher
 from interstate.model.index import MeshConfig, MeshIndex
-from interstate.xds.cache import SnapshotCache
-from interstate.xds.incremental import SnapshotBuilder
+from interstate.model.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +58,28 @@ class ControllerSettings:
     api: ApiSettings
     ports: ProxyPorts = field(default_factory=ProxyPorts)  # the injected side-car's ports
     debounce_s: float = 0.05  # a burst of events within this is one push
-
-
-def _no_credentials(proxy: Proxy) -> Credentials | None:
-    return None
+    xds_host: str = "0.0.0.0"  # the ADS listener (in a pod: every address; side-cars dial its Service)
+    xds_port: int = 15012  # what `InjectSettings.xds_address` points at; 0 = any free port
+    review: ReviewSettings = field(default_factory=ReviewSettings)  # how side-cars' tokens are checked
+    retry_s: float = 1.0  # after the ADS port could not be bound, try again this much later (doubling)
+    max_retry_s: float = 30.0
 
 
 class Controller:
-    def __init__(
-        self,
-        settings: ControllerSettings,
-        cache: SnapshotCache,
-        credentials: Callable[[Proxy], Credentials | None] = _no_credentials,
-    ) -> None:
+    """Feeds `core` from the cluster and runs its ADS server (see the module docstring)."""
+
+    def __init__(self, settings: ControllerSettings, core: ControlPlane) -> None:
         self.settings = settings
-        self.cache = cache
-        self.credentials = credentials
-        self.builder = SnapshotBuilder()
+        self.core = core
+        self.reviewer = TokenReviewer(settings.api, settings.review)
         self.config: MeshConfig | None = None  # the last good config
         self.rejected: list[Issue] = []  # why the cluster's current CRs are not in force ([] = they are)
         self.pushes = 0  # completed pushes (tests wait on it)
+        self.serving = asyncio.Event()  # set once the core's ADS server listens (`core.port`)
         self._mesh_types = mesh_resource_types()
         self._config_dirty = True
         self._wake = asyncio.Event()
+        self._retry_s = settings.retry_s
         self._client: httpx.AsyncClient | None = None
         self._watchers: dict[ResourceType, Watcher] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -93,6 +100,9 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.core.stop()
+        self.serving.clear()
+        await self.reviewer.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -110,15 +120,49 @@ class Controller:
             await self._wake.wait()
             await asyncio.sleep(self.settings.debounce_s)
             self._wake.clear()
-            self.push()
+            if self.serving.is_set() or await self._serve():
+                self.push()
+
+    async def _serve(self) -> bool:
+        """Start the core's ADS server once a valid config names the trust domain; True when it
+        serves. A failure to listen is logged and retried (with back-off) by waking the loop."""
+        self._refresh_config()
+        if self.config is None:
+            log.warning("no valid mesh config from the cluster yet; the xDS server waits for one")
+            return False
+        trust_domain = MeshIndex(self.config).mesh.trust_domain
+        settings = self.settings
+        try:
+            port = await self.core.start(settings.xds_host, settings.xds_port, trust_domain, self.reviewer)
+        except (OSError, RuntimeError, InterstateError) as exc:  # a port in use, an unreadable CA
+            log.error(
+                "cannot serve xDS on %s:%d (%s); retrying in %.1fs",
+                settings.xds_host,
+                settings.xds_port,
+                exc,
+                self._retry_s,
+            )
+            asyncio.get_running_loop().call_later(self._retry_s, self._wake.set)
+            self._retry_s = min(self._retry_s * 2, settings.max_retry_s)
+            return False
+        log.info("xDS (ADS) serving on %s:%d for trust domain %s", settings.xds_host, port, trust_domain)
+        self.serving.set()
+        self._tasks.append(asyncio.create_task(self.core.rotation(self._wake.set), name="certificate rotation"))
+        return True
 
     def _objects(self, resource: ResourceType) -> list[dict[str, object]]:
         return self._watchers[resource].objects()
+
+    def _refresh_config(self) -> None:
+        if self._config_dirty:
+            self._config_dirty = False
+            self._update_config()
 
     def _update_config(self) -> None:
         objects = [obj for resource in self._mesh_types for obj in self._objects(resource)]
         try:
             config = cluster.mesh_config(objects)
+            self._check_trust_domain(config, objects)
         except ConfigError as exc:
             self.rejected = exc.issues
             for issue in exc.issues:
@@ -129,27 +173,31 @@ class Controller:
             self.config = config
             log.info("mesh config from the cluster: %d resources", len(config.resources))
 
+    def _check_trust_domain(self, config: MeshConfig, objects: list[dict[str, object]]) -> None:
+        """ConfigError naming the Mesh object when `config` would change the running trust domain."""
+        try:
+            self.core.check_trust_domain(MeshIndex(config))
+        except PermanentError as exc:
+            meshes = [obj for obj in objects if obj.get("kind") == Mesh.KIND]
+            name = cluster.object_name(meshes[0]) if meshes else "(no Mesh resource: the default trust domain)"
+            resource = f"Mesh {name}" if meshes else ""
+            raise ConfigError([Issue(name, 1 if meshes else 0, resource, "spec.trustDomain", str(exc))]) from None
+
     def push(self) -> None:
-        """Snapshots for every injected pod's side-car from the stores; set the changed ones."""
-        if self._config_dirty:
-            self._config_dirty = False
-            self._update_config()
+        """Every injected pod's side-car and the mesh from the stores, into the core (which sets
+        the snapshots that changed, with their certificates, and drops those of pods gone)."""
+        self._refresh_config()
         config = self.config
-        if config is None:
+        if config is None or not self.serving.is_set():
             log.warning("no valid mesh config from the cluster yet; nothing pushed")
             return
         ports = self.settings.ports
         index = MeshIndex(config, cluster.endpoints(self._objects(ENDPOINT_SLICES), config, ports))
         proxies = cluster.proxies(self._objects(PODS), config, ports)
         try:
-            snapshots = self.builder.build(index, proxies, self.credentials)
-        except SnapshotError as exc:
-            log.error("snapshot refused, nothing pushed: %s", exc)
+            changed = self.core.push(index, proxies)
+        except PermanentError as exc:  # SnapshotError: a compiled proxy is inconsistent
+            log.error("push refused, nothing changed: %s", exc)
             return
-        self.builder.forget(snapshots)
-        for node_id, snapshot in snapshots.items():
-            self.cache.set(node_id, snapshot)
-        for node_id in self.cache.nodes():
-            if node_id not in snapshots:
-                self.cache.remove(node_id)
+        log.debug("push: %d side-cars, %d snapshots changed", len(proxies), changed)
         self.pushes += 1

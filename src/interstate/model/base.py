@@ -16,7 +16,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "mesh.codifyhq.io"
@@ -58,7 +58,20 @@ def parse_duration(value: Any) -> timedelta:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def format_duration(value: timedelta) -> str:
+    """timedelta -> the shortest exact text `parse_duration` reads back ('30s', '250ms', '1500us')."""
+    micros = round(value.total_seconds() * 1_000_000)
+    for unit, size in (("h", 3_600_000_000), ("m", 60_000_000), ("s", 1_000_000), ("ms", 1_000)):
+        if micros % size == 0:
+            return f"{micros // size}{unit}"
+    return f"{micros}us"
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str, when_used="json")
+]
 Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 Percent = Annotated[int, Field(ge=0, le=100, strict=True)]
 _PATH_PREFIX_RE = re.compile(r"^/[!-~]*$")

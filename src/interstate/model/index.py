@@ -106,6 +106,21 @@ class MeshIndex:
     def traffic_splits(self) -> Mapping[str, TrafficSplit]:
         return MappingProxyType({s.spec.service: s for s in self.config.of_kind(TrafficSplit)})
 
+    def called(self, caller: str | None) -> list[str]:
+        """Services a workload's clients may address by name (sorted); `caller` None is the
+        ingress, whose clients address the Gateway's routes."""
+        if caller is None:
+            gateway = self.gateway
+            return sorted({r.service for r in gateway.spec.routes}) if gateway else []
+        workload = self.workloads.get(caller)
+        return sorted(workload.spec.calls) if workload else []
+
+    def callees(self, caller: str | None) -> list[str]:
+        """Services `caller` (None: the ingress) sends requests to: those it calls, or their
+        TrafficSplit backends. Who calls whom is the index's answer, for the compiler and the
+        control plane alike."""
+        return sorted({backend for service in self.called(caller) for backend, _ in self.backends(service)})
+
     def backends(self, service: str) -> tuple[tuple[str, int], ...]:
         """Who serves calls to `service`, with weights: its TrafficSplit's backends, else itself."""
         split = self.traffic_splits.get(service)

@@ -33,10 +33,11 @@ import psutil
 
 from interstate import audit
 from interstate.autoscale import algorithm
+from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import CpuUtilization, HorizontalPodAutoscaler, RequestRate, Scaling
 from interstate.model.index import MeshConfig, MeshIndex
 from interstate.model.workload import cpu_millicores
-from interstate.standalone.replica import Replica, State
+from interstate.standalone.protocol import UnitStatus as Replica
 from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class Scaler(Protocol):
     @property
     def index(self) -> MeshIndex: ...
 
-    replicas: dict[str, list[Replica]]
+    @property
+    def replicas(self) -> dict[str, list[Replica]]: ...
 
     async def scale(self, service: str, replicas: int, autoscaler: bool = False) -> dict[str, Any]: ...
 
@@ -83,7 +85,7 @@ class Sampler:
         counts = await asyncio.gather(*(self._requests(r) for r in replicas))
         now = self.clock()
         for replica, requests in zip(replicas, counts, strict=True):
-            pid = replica.app.pid
+            pid = replica.app_pid
             cpu_s = _cpu_seconds(pid)
             last = self._seen.get(replica.name)
             self._seen[replica.name] = _Seen(now, pid, requests, cpu_s)
@@ -103,10 +105,10 @@ class Sampler:
         self._seen = {name: seen for name, seen in self._seen.items() if name in live}
 
     async def _requests(self, replica: Replica) -> int | None:
-        if replica.sidecar is None:
+        if replica.admin_url is None:
             return None
         try:
-            stats = await read_stats(self.http, replica.sidecar.admin_url, INBOUND_REQUESTS)
+            stats = await read_stats(self.http, replica.admin_url, INBOUND_REQUESTS)
         except (httpx.HTTPError, ValueError):
             return None
         return sum(stats.values()) if stats else None

@@ -30,5 +30,9 @@ class PortAllocator:
                 return port
         raise TemporaryError(f"no free port found on {self.host}")
 
+    def take_all(self, ports: list[int]) -> None:
+        """Mark ports already in use by this mesh (units adopted after a restart)."""
+        self._given.update(p for p in ports if p)
+
     def release(self, *ports: int) -> None:
         self._given.difference_update(ports)

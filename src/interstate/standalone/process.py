@@ -49,8 +49,10 @@ class Child:
         log_path: Path,
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.name = name
+        self.pass_fds = tuple(pass_fds)
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
@@ -78,6 +80,7 @@ class Child:
                     env=self.env,
                     cwd=self.cwd,
                     start_new_session=True,
+                    pass_fds=self.pass_fds,
                 )
             except (OSError, ValueError) as exc:
                 raise StartupError(f"{self.name} could not be started: {exc}") from None

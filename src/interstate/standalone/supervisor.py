@@ -1,552 +1,256 @@
-"""The standalone control plane: desired mesh in, running processes and pushed snapshots out.
+"""The standalone supervisor (`interstate up`): runs what the control plane asks for, and keeps
+the control plane itself running.
 
-Holds the current validated `MeshConfig` and the running replicas; every change (apply, scale,
-a replica becoming ready or crashing) recompiles all proxies from one `MeshIndex` and sets their
-snapshots in the cache, which the ADS server streams to the Envoys. Called by `standalone.run`
-and by the admin API; calls compile, xds and the process helpers.
+It starts the control plane as a child process (`interstate.controlplane`) joined by a private
+socket pair, and restarts it with back-off whenever it dies: the apps and Envoys keep running
+meanwhile and the Envoys serve their last configuration. Everything mesh-specific is decided in
+the control plane; here are only processes: `start` a unit (Envoy, then app, both probed ready),
+`drain` and `stop` units, restart a unit's child that exits, and report every unit's state
+(`hello` with all of them at each control-plane start, `unit` events on change).
+Called by `up`; calls `standalone.replica`, `standalone.protocol`, `standalone.state`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter
 
 from interstate import audit
-from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, bootstrap, clusters, names, passthrough, policy_context
+from interstate.core.status import ControlPlaneInfo
 from interstate.errors import InterstateError, PermanentError
-from interstate.model.autoscaler import HorizontalPodAutoscaler
-from interstate.model.base import Metadata
-from interstate.model.gateway import Gateway
-from interstate.model.index import Endpoint, MeshConfig, MeshIndex
-from interstate.model.traffic_policy import Destination, Fault, FaultAt, TrafficPolicy, TrafficPolicySpec
-from interstate.model.traffic_split import Backend, TrafficSplit, TrafficSplitSpec
-from interstate.model.workload import Workload
 from interstate.settings import Settings
-from interstate.standalone import preflight
-from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
 from interstate.standalone.envoy import find_envoy
-from interstate.standalone.identity import MeshIdentity
-from interstate.standalone.ports import PortAllocator
-from interstate.standalone.process import port_is_free
-from interstate.standalone.proxy import EnvoyProcess, log_paths
-from interstate.standalone.replica import Replica, State
-from interstate.telemetry import envoys as envoys_t
-from interstate.telemetry.boundary import BoundaryLedger
-from interstate.xds import resources as rt
-from interstate.xds.cache import SnapshotCache
-from interstate.xds.incremental import SnapshotBuilder
-from interstate.xds.server import AdsServer
+from interstate.standalone.process import Child
+from interstate.standalone.protocol import Channel, UnitSpec, UnitStatus
+from interstate.standalone.replica import Unit
 
 log = logging.getLogger(__name__)
 
-EDS_ACK_TIMEOUT_S = 2.0
-SETTLE_TIMEOUT_S = 10.0  # how long apply/up wait for every Envoy to ACK or NACK
+SHUTDOWN_TIMEOUT_S = 60.0
 
 
-def describe_fault(fault: Fault) -> str:
-    parts = []
-    if fault.abort is not None:
-        parts.append(f"{fault.abort.percent}% of calls get {fault.abort.status}")
-    if fault.delay is not None:
-        parts.append(f"{fault.delay.percent}% delayed {fault.delay.fixed_delay.total_seconds():g}s")
-    where = "by the service's own side-cars" if fault.at is FaultAt.SERVICE else "by the callers' side-cars"
-    return ", ".join(parts) + f" ({where})"
-
-
-class UnknownService(PermanentError):
-    pass
-
-
-class Rejected(PermanentError):
-    """Envoy refused the configuration compiled for it (a NACK); the previous one stays."""
-
-    def __init__(self, nacks: dict[str, list[str]]) -> None:
-        self.nacks = nacks
-        detail = "; ".join(f"{node}: {' | '.join(msgs)}" for node, msgs in sorted(nacks.items()))
-        super().__init__(f"Envoy rejected the new configuration ({detail}); the previous one is in force")
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with {code}"
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, config: MeshConfig) -> None:
+    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
         self.settings = settings
-        self.config = config
-        self.audit = audit.AuditLog(settings.run_dir / audit.FILE_NAME)
-        self.registry = CollectorRegistry()
-        self.cache = SnapshotCache()
-        self.ads = AdsServer(self.cache, self.registry, on_nack=self._record_nack)
-        self.snapshots = SnapshotBuilder()
-        self.ports = PortAllocator(settings.host)
-        self.replicas: dict[str, list[Replica]] = {}
-        self.ingress: EnvoyProcess | None = None
-        self.ingress_port = 0
-        self.xds_port = 0
-        self._next_index: dict[str, int] = {}
-        self._lock = asyncio.Lock()
-        self._http = httpx.AsyncClient(trust_env=False)
-        self._envoy: Path | None = None
-        self.identity: MeshIdentity | None = None
-        self._rotation: asyncio.Task[None] | None = None
-        self.pushes = Counter("interstate_snapshot_updates", "proxy snapshots changed", registry=self.registry)
-        self.boundary = BoundaryLedger(
-            settings.run_dir / "logs",
-            self.registry,
-            refused_route=passthrough.REFUSED_ROUTE,
-            passed_route=passthrough.ROUTE,
-            policy_routes={policy_context.REPLACED: "replaced", policy_context.REJECTED: "rejected"},
-        )
-        self.boundary.skip_existing()
-        self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self._http, audit_log=self.audit)
-        self._autoscaling: asyncio.Task[None] | None = None
+        self.say = say
+        self.envoy_binary = find_envoy(settings.envoy_path)
+        self.units: dict[str, Unit] = {}
+        self.http = httpx.AsyncClient(trust_env=False)
+        self.channel: Channel | None = None
+        self.control_plane: Child | None = None
+        self.info: ControlPlaneInfo | None = None
+        self.restarts = 0
+        self.ready = asyncio.Event()
+        self.failed: InterstateError | None = None  # the first start failed: nothing to supervise
+        self.stopping = False
+        self._started_mesh = False
 
-    # ---- views -----------------------------------------------------------------------------
-    @property
-    def index(self) -> MeshIndex:
-        endpoints: dict[str, list[Endpoint]] = {}
-        for service, replicas in self.replicas.items():
-            for replica in replicas:
-                ep = replica.endpoint
-                if ep is not None:
-                    endpoints.setdefault(service, []).append(ep)
-        return MeshIndex(self.config).with_endpoints({k: tuple(v) for k, v in endpoints.items()})
-
-    def proxies(self) -> Iterable[Proxy]:
-        for replicas in self.replicas.values():
-            for replica in replicas:
-                if replica.proxy is not None and replica.state is not State.STOPPED:
-                    yield replica.proxy
-        if self.ingress is not None and self.config.of_kind(Gateway):
-            yield self.ingress.proxy
-
-    # ---- the push --------------------------------------------------------------------------
-    def push(self) -> None:
-        """Snapshots for every proxy from one index (only what changed is recompiled: see
-        `xds.incremental`); set changed ones. All or nothing. Certificates past half their life
-        are re-issued on the way (that is rotation)."""
-        index = self.index
-        identity = self.identity
-        assert identity is not None, "start_control_plane() first"
-        now = utcnow()
-        snapshots = self.snapshots.build(index, self.proxies(), lambda p: identity.credentials(p, now))
-        identity.certs.keep_only(set(snapshots))
-        self.snapshots.forget(snapshots)
-        for node_id, snapshot in snapshots.items():
-            if self.cache.set(node_id, snapshot):
-                self.pushes.inc()
-        for node_id in self.cache.nodes():
-            if node_id not in snapshots:
-                self.cache.remove(node_id)
-
-    # ---- lifecycle -------------------------------------------------------------------------
-    async def start_control_plane(self) -> int:
-        for what, port in (("xDS", self.settings.xds_port), ("ingress", self.settings.ingress_port)):
-            if port and not port_is_free(self.settings.host, port):
-                raise PermanentError(
-                    f"{what} port {port} on {self.settings.host} is in use; choose another "
-                    f"(--{what.lower()}-port) or let interstate pick free ports (--auto-ports)"
-                )
-        self._envoy = find_envoy(self.settings.envoy_path)
-        self.identity = MeshIdentity(self.settings, self.index.mesh.trust_domain)
-        self.xds_port = await self.ads.start(
-            self.settings.host, self.ports.take(self.settings.xds_port), self.identity.server_credentials()
-        )
-        self._rotation = asyncio.create_task(self._rotate(), name="certificate rotation")
-        return self.xds_port
-
-    async def _rotate(self) -> None:
-        """Push whenever a certificate reaches half its life; the push re-issues it (SDS only)."""
-        assert self.identity is not None
-        while True:
-            due = self.identity.certs.next_rotation()
-            wait = 1.0 if due is None else (due - utcnow()).total_seconds()
-            await asyncio.sleep(min(max(wait, 0.05), 30.0))
-            if due is not None and utcnow() >= due:
-                self._replica_changed()
-
-    def _make_envoy(self, proxy: Proxy) -> EnvoyProcess:
-        assert self._envoy is not None and self.identity is not None
-        admin_port = self.ports.take()
-        config = bootstrap.build(
-            proxy.node_id,
-            proxy.service,
-            admin_port,
-            self.settings.host,
-            self.xds_port,
-            self.identity.bootstrap_tls(proxy),
-            outlier_event_log=str(log_paths(self.settings, proxy)[1]),
-            joined_headers=(self.index.mesh.policy_header,),
-        )
-        return EnvoyProcess(proxy, admin_port, config, self._envoy, self.settings, self._http)
-
-    async def _start_mesh(self) -> None:
-        """Start every workload's replicas, then the ingress; returns when all are ready."""
-        async with self._lock:
-            await self._reconcile()
-            if self.index.gateway is not None:
-                await self._start_ingress()
-            await self._settle()
-        self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
-
-    async def _start_ingress(self) -> None:
-        assert self._envoy is not None
-        self.ingress_port = self.ports.take(self.settings.ingress_port)
-        proxy = Proxy.ingress(self.ingress_port)
-        self.ingress = self._make_envoy(proxy)
-        self.push()
-        await self.ingress.start()
-
-    async def _stop_ingress(self) -> None:
-        if self.ingress is not None:
-            await self.ingress.drain(min(self.settings.drain_timeout_s, 2.0))
-            await self.ingress.stop()
-            self.ports.release(self.ingress_port, self.ingress.admin_port)
-            self.ingress = None
-            self.push()
-
-    async def shutdown(self) -> None:
-        """Drain the ingress, stop every app and side-car, then the xDS server."""
-        if self._autoscaling is not None:
-            self._autoscaling.cancel()
-            await asyncio.gather(self._autoscaling, return_exceptions=True)
-        await self._stop_ingress()
-        replicas = [r for rs in self.replicas.values() for r in rs]
-        await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
-        self.replicas.clear()
-        if self._rotation is not None:
-            self._rotation.cancel()
-        await self.ads.stop()
-        stopped = {"replicas_stopped": sorted(r.name for r in replicas)}
-        self.audit.record(audit.UP, "mesh.stop", sorted(self.index.workloads), stopped)
-        await self._http.aclose()
-
-    # ---- changes as the audit trail records them: who asked, what, whether it took effect -----
-    async def start_mesh(self, actor: str = audit.UP) -> None:
-        """`_start_mesh`, recorded as mesh.start (with the state of the trail it continues)."""
-        detail = {"config_sha256": audit.config_digest(self.config), "trail_before": audit.integrity(self.audit.path)}
-        target = sorted(self.index.workloads)
-        try:
-            await self._start_mesh()
-        except BaseException as exc:
-            self.audit.record(actor, "mesh.start", target, detail | audit.error_detail(exc), audit.refused(exc))
-            raise
-        replicas = sorted(r.name for rs in self.replicas.values() for r in rs)
-        self.audit.record(actor, "mesh.start", target, detail | {"replicas": replicas, "ingress": bool(self.ingress)})
-
-    async def apply(self, config: MeshConfig, actor: str = audit.SYSTEM) -> dict[str, Any]:
-        """`_apply`, recorded as config.apply (refs added, changed, removed; the applied config's
-        sha256; replicas started and stopped) or config.apply.rejected (with the error)."""
-        before = self.config
-        try:
-            changes = await self._apply(config)
-        except BaseException as exc:
-            detail = audit.apply_detail(before, config) | audit.error_detail(exc)
-            self.audit.record(actor, "config.apply.rejected", audit.touched(detail), detail, audit.refused(exc))
-            raise
-        detail = audit.apply_detail(before, self.config) | changes
-        self.audit.record(actor, "config.apply", audit.touched(detail), detail)
-        return changes
-
-    async def scale(
-        self, service: str, replicas: int, autoscaler: bool = False, actor: str = audit.SYSTEM
-    ) -> dict[str, Any]:
-        """`_scale`, recorded as replicas.scale with the count before and after (the autoscaler
-        records its decisions itself, with their inputs, as autoscaler.scale)."""
-        if autoscaler:
-            return await self._scale(service, replicas, autoscaler=True)
-        workload = self.index.workloads.get(service)
-        detail = {"from": None if workload is None else workload.spec.replicas, "to": replicas}
-        return await self._recorded(actor, "replicas.scale", service, detail, self._scale(service, replicas))
-
-    async def set_fault(self, service: str, fault: Fault | None, actor: str = audit.SYSTEM) -> dict[str, Any]:
-        """`_set_fault`, recorded as fault.set (what it does, in words) or fault.clear."""
-        if fault is None:
-            return await self._recorded(actor, "fault.clear", service, {}, self._set_fault(service, None))
-        detail = {"fault": describe_fault(fault)}
-        return await self._recorded(actor, "fault.set", service, detail, self._set_fault(service, fault))
-
-    async def set_split(self, service: str, weights: dict[str, int], actor: str = audit.SYSTEM) -> dict[str, Any]:
-        """`_set_split`, recorded as split.set with the weights."""
-        detail = {"weights": weights}
-        return await self._recorded(actor, "split.set", service, detail, self._set_split(service, weights))
-
-    async def _recorded(
-        self, actor: str, action: str, service: str, detail: dict[str, Any], change: Awaitable[dict[str, Any]]
-    ) -> dict[str, Any]:
-        try:
-            result = await change
-        except BaseException as exc:
-            self.audit.record(actor, action, service, detail | audit.error_detail(exc), audit.refused(exc))
-            raise
-        self.audit.record(actor, action, service, detail | {k: v for k, v in result.items() if k in audit.TOOK})
-        return result
-
-    def _record_nack(self, node: str, type_short: str, version: str, message: str) -> None:
-        """The ADS server's NACK callback: `node` refused its new `type_short` configuration."""
-        detail = {"node": node, "type": type_short, "version": version, "message": message}
-        outcome = f"refused: Envoy kept its previous {type_short} configuration"
-        self.audit.record(f"envoy {node}", "xds.nack", node, detail, outcome)
-
-    # ---- changes ---------------------------------------------------------------------------
-    async def _apply(self, change: MeshConfig | Callable[[MeshConfig], MeshConfig]) -> dict[str, Any]:
-        """Make a new config the running mesh — `change` itself, or `change(running config)`,
-        computed under the lock so no concurrent change is lost — or leave the running mesh as
-        it was: if compiling fails, a new replica does not start, or any Envoy rejects its new
-        config, the previous config is put back (replicas started for the new one are stopped)
-        and the error raised. Autoscaled workloads keep their current replica counts."""
-        async with self._lock:
-            previous = self.config
-            config = change(previous) if callable(change) else change
-            if config is previous:
-                return {"started": [], "stopped": []}
-            preflight.check(config, self.settings.mesh_dir)
-            config = keep_autoscaled(previous, config)
-            header, new_header = MeshIndex(previous).mesh.policy_header, MeshIndex(config).mesh.policy_header
-            if new_header != header and self._envoys():
-                raise PermanentError(
-                    f"Mesh spec.policyHeader cannot change from {header!r} to {new_header!r} while the mesh runs "
-                    "(every Envoy registered it at start); stop the mesh and start it again"
-                )
-            self.config = config
+    # ---- the control plane -----------------------------------------------------------------
+    async def keep_control_plane(self) -> None:
+        """Run the control plane; restart it with back-off each time it dies, until stopping."""
+        backoff = self.settings.control_plane_backoff_s
+        last_exit: str | None = None
+        while not self.stopping:
+            began = time.monotonic()
             try:
-                self.push()
-                changes = await self._reconcile()
-                if self.index.gateway is not None and self.ingress is None:
-                    await self._start_ingress()
-                await self._settle()
-            except InterstateError:
-                await self._restore(previous)
-                raise
-            if self.index.gateway is None and self.ingress is not None:
-                await self._stop_ingress()
-            return changes
-
-    async def _settle(self) -> None:
-        """Wait until every Envoy answered its new snapshot; raise `Rejected` on any NACK."""
-        nacks = await self.ads.wait_settled([p.node_id for p in self.proxies()], SETTLE_TIMEOUT_S)
-        if nacks:
-            raise Rejected(nacks)
-
-    async def _restore(self, previous: MeshConfig) -> None:
-        self.config = previous
-        try:
-            self.push()
-            await self._reconcile()
-        except InterstateError as exc:
-            log.error("could not fully restore the previous mesh: %s", exc)
-
-    async def _scale(self, service: str, replicas: int, autoscaler: bool = False) -> dict[str, Any]:
-        """Run `replicas` replicas of `service`. A workload with a HorizontalPodAutoscaler is
-        scaled by its autoscaler only (`autoscaler=True`): a manual count would be undone."""
-        if not autoscaler:
-            owners = [h.name for h in self.config.of_kind(HorizontalPodAutoscaler) if h.workload == service]
-            if owners:
-                raise PermanentError(
-                    f"{service} is scaled by its HorizontalPodAutoscaler {owners[0]}; change its "
-                    "minReplicas/maxReplicas (interstate apply) instead"
-                )
-        async with self._lock:
-            workload = self.workload(service)
-            spec = workload.spec.model_copy(update={"replicas": replicas})
-            updated = workload.model_copy(update={"spec": spec})
-            previous = self.config
-            self.config = previous.replace(workload, updated)
-            try:
-                return await self._reconcile()
-            except InterstateError:  # a replica did not start: the mesh stays as it was
-                await self._restore(previous)
-                raise
-
-    async def _set_fault(self, service: str, fault: Fault | None) -> dict[str, Any]:
-        """Turn a rehearsal fault for calls to `service` on (or off, with None): the service's
-        TrafficPolicy gets (or loses) its `fault` section; only routes change."""
-        self.workload(service)
-
-        def with_fault(config: MeshConfig) -> MeshConfig:
-            policy = MeshIndex(config).traffic_policies.get(service)
-            if policy is not None:
-                spec = policy.spec.model_copy(update={"fault": fault})
-                return config.replace(policy, policy.model_copy(update={"spec": spec}))
-            if fault is None:
-                return config  # nothing to end
-            return config.add(
-                TrafficPolicy(
-                    api_version=TrafficPolicy.API_VERSION,
-                    kind=TrafficPolicy.KIND,
-                    metadata=Metadata(name=f"{service}-rehearsal"),
-                    spec=TrafficPolicySpec(destination=Destination(service=service), fault=fault),
-                )
+                await self._run_control_plane(last_exit)
+            except InterstateError as exc:
+                if not self._started_mesh:
+                    self.failed = exc
+                    self.ready.set()
+                    return
+                log.error("control plane: %s", exc)
+            code = await self.control_plane.wait() if self.control_plane is not None else None
+            if self.stopping:
+                return
+            last_exit = describe_exit(code)
+            if time.monotonic() - began >= self.settings.restart_reset_s:
+                backoff = self.settings.control_plane_backoff_s
+            self.restarts += 1
+            self.say(
+                f"interstate: the control plane {last_exit}; restarting it in {backoff:.2f}s (the data plane serves on)"
             )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max(self.settings.restart_backoff_max_s, self.settings.control_plane_backoff_s))
 
-        await self._apply(with_fault)
-        return {"service": service, "fault": fault is not None}
-
-    async def _set_split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
-        """Share calls to `service` among backends by weight ({backend: percent}), live: the
-        service's TrafficSplit gets these backends (one is created if it has none); only routes
-        change. Raises pydantic's ValidationError for weights that do not add up."""
-        self.workload(service)
-        for backend in weights:
-            self.workload(backend)
-        backends = [Backend(service=b, weight=w) for b, w in weights.items()]
-
-        def with_split(config: MeshConfig) -> MeshConfig:
-            split = MeshIndex(config).traffic_splits.get(service)
-            if split is not None:
-                pin = split.spec.pin if split.spec.pin and split.spec.pin.backend in weights else None
-                spec = TrafficSplitSpec(service=service, backends=backends, pin=pin, sticky_by=split.spec.sticky_by)
-                return config.replace(split, split.model_copy(update={"spec": spec}))
-            return config.add(
-                TrafficSplit(
-                    api_version=TrafficSplit.API_VERSION,
-                    kind=TrafficSplit.KIND,
-                    metadata=Metadata(name=f"{service}-split"),
-                    spec=TrafficSplitSpec(service=service, backends=backends),
-                )
-            )
-
-        await self._apply(with_split)
-        return {"service": service, "weights": weights}
-
-    def workload(self, service: str) -> Workload:
-        workload = self.index.workloads.get(service)
-        if workload is None:
-            known = ", ".join(sorted(self.index.workloads)) or "none"
-            raise UnknownService(f"no workload named {service!r}; known: {known}")
-        return workload
-
-    async def _reconcile(self) -> dict[str, Any]:
-        """Start and stop replicas until each workload runs spec.replicas of its current spec."""
-        workloads = self.index.workloads
-        started: list[Replica] = []
-        retiring: list[Replica] = []
-        for service in list(self.replicas):
-            if service not in workloads:
-                retiring += self.replicas[service]
-        for service, workload in workloads.items():
-            live = [r for r in self.replicas.get(service, []) if r.state is not State.STOPPED]
-            current = [r for r in live if r.workload.same_template(workload)]
-            outdated = [r for r in live if not r.workload.same_template(workload)]
-            want = workload.spec.replicas
-            started += [self._new_replica(workload) for _ in range(max(0, want - len(current)))]
-            if len(current) > want:
-                retiring += sorted(current, key=lambda r: r.index)[want:]
-            retiring += outdated  # replaced by new ones: started first, stopped after
-        if started:
-            self.push()  # new side-cars find their snapshot when they connect
-            results = await asyncio.gather(*(r.start() for r in started), return_exceptions=True)
-            failed = [(r, e) for r, e in zip(started, results, strict=True) if isinstance(e, BaseException)]
-            for replica, _ in failed:
-                await self._remove(replica)
-            self.push()
-            if failed:
-                raise failed[0][1]
-        if retiring:
-            await self._retire(retiring)
-        return {"started": [r.name for r in started], "stopped": [r.name for r in retiring]}
-
-    def _new_replica(self, workload: Workload) -> Replica:
-        assert self._envoy is not None
-        index = self._next_index.get(workload.name, 0)
-        self._next_index[workload.name] = index + 1
-        replica = Replica(
-            workload, index, self.settings, self.ports, self._make_envoy, self._http, self._replica_changed
+    async def _run_control_plane(self, last_exit: str | None) -> None:
+        ours, theirs = socket.socketpair()
+        child = Child(
+            "control plane",
+            [
+                sys.executable,
+                "-m",
+                "interstate.controlplane",
+                str(self.settings.run_dir),
+                str(theirs.fileno()),
+                logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+            ],
+            self.settings.run_dir / "logs" / "control-plane.log",
+            pass_fds=(theirs.fileno(),),
         )
-        self.replicas.setdefault(workload.name, []).append(replica)
-        return replica
-
-    def _replica_changed(self) -> None:
+        self.control_plane = child
         try:
-            self.push()
-        except InterstateError as exc:
-            log.error("push after a replica change failed: %s", exc)
+            await child.start()
+        finally:
+            theirs.close()
+        assert child.pid is not None
+        channel = await Channel.over_socket(ours, self._handle, self._listen)
+        reading = asyncio.create_task(channel.run())
+        self.channel = channel
+        self.info = ControlPlaneInfo(
+            child.pid, self.restarts, datetime.now(UTC).isoformat(timespec="seconds"), last_exit
+        )
+        try:
+            await channel.request(
+                "hello",
+                control_plane=self.info.to_json(),
+                units=[u.status().to_json() for u in self.units.values()],
+            )
+            if not self._started_mesh:
+                facts = await channel.request("start_mesh")
+                self._started_mesh = True
+                self._announce(facts)
+            else:
+                await channel.request("resume")
+            await reading
+        finally:
+            self.channel = None
+            reading.cancel()
+            await channel.close()
 
-    async def _retire(self, replicas: list[Replica]) -> None:
-        """Withdraw endpoints, wait until every proxy ACKed that, drain, then stop."""
-        for replica in replicas:
-            replica.state = State.DRAINING
-        self.push()
-        nodes = [p.node_id for p in self.proxies()]
-        if not await self.ads.wait_acked(nodes, rt.ENDPOINT, EDS_ACK_TIMEOUT_S):
-            log.warning("not every proxy ACKed the endpoint removal within %.0fs", EDS_ACK_TIMEOUT_S)
-        await asyncio.gather(*(r.drain() for r in replicas))
-        for replica in replicas:
-            await self._remove(replica)
-        self.push()
-
-    async def _remove(self, replica: Replica) -> None:
-        await replica.stop()
-        group = self.replicas.get(replica.workload.name, [])
-        if replica in group:
-            group.remove(replica)
-        if not group:
-            self.replicas.pop(replica.workload.name, None)
-
-    # ---- status ----------------------------------------------------------------------------
-    def _envoys(self) -> list[EnvoyProcess]:
-        sidecars = [r.sidecar for rs in self.replicas.values() for r in rs if r.sidecar is not None]
-        return [e for e in [*sidecars, self.ingress] if e is not None and e.child.running]
-
-    async def resilience(self) -> dict[str, dict[str, Any]]:
-        """Per service, what its callers' Envoys saw: retries (and those the budget refused),
-        overflows, timeouts, who is ejected now and since when, recent failures in words."""
-        index = self.index
-        envoys = self._envoys()
-        replica_at = {
-            f"{ep.address}:{ep.port}": f"{ep.service}-{ep.replica}" for eps in index.endpoints.values() for ep in eps
+    def _announce(self, facts: dict[str, Any]) -> None:
+        host = self.settings.host
+        ready = {
+            "ingress": f"http://{host}:{self.settings.ingress_port}" if facts.get("ingress") else None,
+            "admin": facts.get("admin"),
+            "dashboard": f"{facts.get('admin')}/dashboard",
+            "xds": facts.get("xds"),
+            "run_dir": str(self.settings.run_dir),
+            "replicas": facts.get("replicas", 0),
+            "supervisor_pid": os.getpid(),
         }
-        out: dict[str, dict[str, Any]] = {}
-        for service in index.workloads:
-            cluster = names.outbound_cluster(service)
-            callers = [
-                envoys_t.Caller(e.proxy.node_id, e.admin_url, e.log_path, e.outlier_log)
-                for e in envoys
-                if service in clusters.callees(index, e.proxy)
-            ]
-            if not callers:
-                continue
-            counts = await asyncio.gather(*(envoys_t.counters(self._http, c, cluster) for c in callers))
-            totals = {key: sum(c.get(key, 0) for c in counts) for key in envoys_t.COUNTERS}
-            ejected = [
-                e | {"replica": replica_at.get(e["host"], "?")} for c in callers for e in envoys_t.ejections(c, cluster)
-            ]
-            policy = index.traffic_policies.get(service)
-            fault = policy.spec.fault if policy else None
-            out[service] = {
-                "callers": [c.node for c in callers],
-                "counters": totals,
-                "ejected": ejected,
-                "recent_failures": envoys_t.recent_failures(callers, cluster),
-                "fault": None if fault is None else describe_fault(fault),
-            }
-        return out
+        (self.settings.run_dir / "ready.json").write_text(json.dumps(ready, indent=1) + "\n")
+        self.say(
+            f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
+            f"dashboard={ready['dashboard']} replicas={ready['replicas']} logs={self.settings.run_dir / 'logs'}"
+        )
+        self.ready.set()
 
-    def status(self) -> dict[str, Any]:
-        xds = self.ads.status()
-        services = {}
-        for name, workload in self.index.workloads.items():
-            replicas = self.replicas.get(name, [])
-            services[name] = {
-                "desired": workload.spec.replicas,
-                "ready": sum(1 for r in replicas if r.state is State.READY),
-                "injected": workload.injected,
-                "policy": self.index.policy_for(workload),
-                "mtls": self.index.mtls_mode(workload).value if workload.injected else "DISABLED (not injected)",
-                "replicas": [r.status() | {"xds": xds.get(r.proxy.node_id) if r.proxy else None} for r in replicas],
-            }
-        out: dict[str, Any] = {"services": services, "xds": {"port": self.xds_port, "nodes": len(xds)}}
-        if self.ingress is not None:
-            out["ingress"] = {
-                "url": f"http://{self.settings.host}:{self.ingress_port}",
-                "admin": self.ingress.admin_port,
-                "pid": self.ingress.child.pid,
-                "xds": xds.get(self.ingress.proxy.node_id),
-            }
-        out["boundary"] = self.boundary.summary()
-        out["autoscaling"] = self.autoscaler.status()
-        return out
+    # ---- requests from the control plane ------------------------------------------------------
+    async def _handle(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        if op == "start":
+            return {"unit": (await self._start(UnitSpec.from_json(args["spec"]))).to_json()}
+        names = [str(n) for n in args.get("names", [])]
+        if op == "drain":
+            units = [self.units[n] for n in names if n in self.units]
+            await asyncio.gather(*(u.drain(float(args.get("timeout", self.settings.drain_timeout_s))) for u in units))
+            return {}
+        if op == "stop":
+            await self._stop(names)
+            return {}
+        raise PermanentError(f"unknown request {op!r}")
+
+    def _listen(self, event: str, args: dict[str, Any]) -> None:
+        log.warning("unexpected event from the control plane: %s", event)
+
+    async def _start(self, spec: UnitSpec) -> UnitStatus:
+        if spec.name in self.units:
+            raise PermanentError(f"{spec.name} is already running")
+        unit = Unit(spec, self.settings, self.envoy_binary, self.http, self._report)
+        self.units[spec.name] = unit
+        try:
+            await unit.start()
+        except BaseException:
+            await unit.stop()
+            self.units.pop(spec.name, None)
+            raise
+        return unit.status()
+
+    async def _stop(self, names: list[str]) -> None:
+        units = [self.units[n] for n in names if n in self.units]
+        await asyncio.gather(*(u.stop() for u in units), return_exceptions=True)
+        for unit in units:
+            self.units.pop(unit.name, None)
+
+    def _report(self, status: UnitStatus) -> None:
+        if self.channel is not None:
+            self.channel.notify("unit", unit=status.to_json())
+
+    # ---- stopping --------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """Ask the control plane to stop the mesh (drain the ingress, drain and stop replicas,
+        record mesh.stop); stop whatever is left ourselves; then the control plane."""
+        self.stopping = True
+        channel = self.channel
+        if channel is not None and self._started_mesh:
+            try:
+                await asyncio.wait_for(channel.request("shutdown"), SHUTDOWN_TIMEOUT_S)
+            except (InterstateError, TimeoutError) as exc:
+                log.error("the control plane did not stop the mesh (%s); stopping it here", exc)
+        elif self._started_mesh and self.units:
+            # the control plane is away: nobody can withdraw endpoints; stop what runs
+            stopped = sorted(n for n in self.units if n != "ingress")
+            audit.AuditLog(self.settings.run_dir / audit.FILE_NAME).record(
+                audit.UP, "mesh.stop", [], {"replicas_stopped": stopped, "control_plane": "away"}
+            )
+        ingress = [n for n in self.units if n == "ingress"]
+        for name in ingress:
+            await self.units[name].drain(min(self.settings.drain_timeout_s, 2.0))
+        await self._stop(list(self.units))
+        if self.control_plane is not None:
+            await self.control_plane.stop(self.settings.stop_timeout_s)
+        (self.settings.run_dir / "ready.json").unlink(missing_ok=True)
+        await self.http.aclose()
+
+
+async def run(settings: Settings, say: Callable[[str], None]) -> None:
+    """`interstate up` after validation: supervise until SIGINT/SIGTERM, then stop everything."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = Supervisor(settings, say)
+    keeping = asyncio.create_task(supervisor.keep_control_plane(), name="control plane")
+    try:
+        ready = asyncio.create_task(supervisor.ready.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if supervisor.failed is not None:
+            raise supervisor.failed
+        if not ready.done():
+            say("interstate: stopping before the mesh was ready")
+            ready.cancel()
+            return
+        stopping.cancel()
+        await stop.wait()
+        say("interstate: stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await supervisor.shutdown()
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)
+        if supervisor.failed is None:
+            say("interstate: stopped")

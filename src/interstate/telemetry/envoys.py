@@ -3,7 +3,8 @@
 For each service, the proxies that call it (side-cars of its callers, the ingress) hold a
 cluster `outbound|<service>`. This module reads their admin stats, their outlier-detection event
 logs (who was ejected, when, why) and the tail of their access logs (recent failures, explained
-with `flags`). It only reads; the supervisor decides whom to ask.
+with `flags`). It only reads; the control plane decides whom to ask. `read_stats_json` is the one
+reader of Envoy's stats in the mesh.
 """
 
 from __future__ import annotations
@@ -42,11 +43,20 @@ class Caller:
     outlier_log: Path
 
 
+async def read_stats_json(http: httpx.AsyncClient, admin_url: str, pattern: str, timeout: float = 2.0) -> Any:
+    """Envoy's `/stats?format=json` answer for stats whose name matches `pattern` (Envoy's regex
+    filter), histograms included: the one place the mesh reads Envoy stats (status, dashboard,
+    autoscaler, draining). Raises httpx.HTTPError or ValueError when Envoy cannot say."""
+    response = await http.get(admin_url + "/stats", params={"format": "json", "filter": pattern}, timeout=timeout)
+    response.raise_for_status()
+    return response.json()
+
+
 async def read_stats(http: httpx.AsyncClient, admin_url: str, pattern: str) -> dict[str, int]:
-    """Counters and gauges whose name matches `pattern` (Envoy's regex filter); text stats such
-    as a version hash are skipped. Raises httpx.HTTPError or ValueError when Envoy cannot say."""
-    response = await http.get(admin_url + "/stats", params={"format": "json", "filter": pattern}, timeout=2.0)
-    return {s["name"]: s["value"] for s in response.json().get("stats", []) if isinstance(s.get("value"), int)}
+    """Counters and gauges whose name matches `pattern`; text stats such as a version hash are
+    skipped. Raises httpx.HTTPError or ValueError when Envoy cannot say."""
+    payload = await read_stats_json(http, admin_url, pattern)
+    return {s["name"]: s["value"] for s in payload.get("stats", []) if isinstance(s.get("value"), int)}
 
 
 async def counters(http: httpx.AsyncClient, caller: Caller, cluster: str) -> dict[str, int]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from interstate.errors import TemporaryError
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.snapshot import Snapshot, response
@@ -35,6 +36,9 @@ from interstate.xds.snapshot import Snapshot, response
 log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+Authenticator = Callable[[grpc.aio.ServicerContext, str], Awaitable[str | None]]
+"""(a stream's context, the node ID it claims) -> None to serve it, or why it is refused."""
 
 
 @dataclass
@@ -91,20 +95,25 @@ class AdsServer:
         )
         self.refused = Counter(
             "interstate_xds_refused_streams",
-            "streams whose node ID did not match their certificate",
+            "streams refused: the node ID was not the one their credential proves",
             registry=self.registry,
         )
-        self.require_identity = False
+        self.authenticate: Authenticator | None = None
         self.connected = Gauge("interstate_xds_connected_streams", "open ADS streams", registry=self.registry)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(
-        self, host: str = "127.0.0.1", port: int = 0, credentials: grpc.ServerCredentials | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        credentials: grpc.ServerCredentials | None = None,
+        authenticate: Authenticator | None = None,
     ) -> int:
         """Listen on host:port (0 = any free port). With `credentials` (mutual TLS), each stream's
-        node ID must equal the common name of the client certificate it connected with: what a
-        proxy receives is decided by the identity it proved, not the one it claims."""
-        self.require_identity = credentials is not None
+        node ID must equal the common name of the client certificate it connected with, unless
+        `authenticate` decides instead (e.g. from a bearer token): what a proxy receives is
+        decided by the identity it proved, not the one it claims."""
+        self.authenticate = authenticate or (self._certificate_proves if credentials is not None else None)
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -203,9 +212,28 @@ class AdsServer:
             await asyncio.sleep(0.01)
 
     @staticmethod
-    def _proven_node(context: grpc.aio.ServicerContext) -> str:
+    async def _certificate_proves(context: grpc.aio.ServicerContext, node_id: str) -> str | None:
         names = context.auth_context().get("x509_common_name", [])
-        return names[0].decode() if len(names) == 1 else ""
+        proven = names[0].decode() if len(names) == 1 else ""
+        if proven == node_id:
+            return None
+        return f"node {node_id!r} does not match the client certificate ({proven or 'none'})"
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext, peer: str, node_id: str) -> None:
+        """Abort the stream unless its credential proves `node_id`: PERMISSION_DENIED when it
+        does not, UNAVAILABLE when it cannot be checked now (the hook raised TemporaryError)."""
+        if self.authenticate is None:
+            return
+        try:
+            refusal = await self.authenticate(context, node_id)
+        except TemporaryError as exc:
+            self.refused.inc()
+            log.error("could not authenticate the ADS stream from %s: %s", peer, exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot authenticate now: {exc}")
+        if refusal is not None:
+            self.refused.inc()
+            log.error("refused ADS stream from %s: %s", peer, refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 
     # ---- the stream ------------------------------------------------------------------------
     async def _stream(
@@ -258,24 +286,13 @@ class AdsServer:
                     if request is None:
                         return
                     if not state.node_id:
-                        state.node_id = request.node.id
-                        if not state.node_id:
+                        claimed = request.node.id
+                        if not claimed:
                             await context.abort(
                                 grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id"
                             )
-                        proven = self._proven_node(context)
-                        if self.require_identity and proven != state.node_id:
-                            self.refused.inc()
-                            log.error(
-                                "refused ADS stream from %s: node %r does not match its certificate (%r)",
-                                state.peer,
-                                state.node_id,
-                                proven,
-                            )
-                            await context.abort(
-                                grpc.StatusCode.PERMISSION_DENIED,
-                                f"node {state.node_id!r} does not match the client certificate ({proven or 'none'})",
-                            )
+                        await self._authenticate(context, state.peer, claimed)
+                        state.node_id = claimed  # only now does the stream count as this node's
                         log.info("ADS stream opened: %s (%s)", state.node_id, state.peer)
                     if changed is None:
                         changed = self.cache.watch(state.node_id)

@@ -1,55 +1,60 @@
-"""Identity of a standalone mesh: its CA, each proxy's X.509-SVID, and mTLS to the control plane.
+"""Identity of a mesh, in every mode: its CA, each proxy's X.509-SVID, and mTLS to the control plane.
 
-- Workload certificates (SDS): one per proxy, from `CertStore`, rotated at half life.
-- Bootstrap certificates: one per Envoy, common name = its node ID, written (0600) for the
-  Envoy's static xDS cluster; the ADS server accepts a stream only for the node ID it proves.
-- The control plane's own server certificate, for the gRPC listener.
-Called by the supervisor; calls `ca`.
+- Workload certificates (SDS): one per proxy, from `CertStore`, rotated at half life, kept in
+  `certs_dir/svid` so a restarted control plane serves the same ones until they are due.
+- Bootstrap certificates (standalone): one per Envoy, common name = its node ID, written (0600)
+  for the Envoy's static xDS cluster; the ADS server accepts a stream only for the node ID it proves.
+- The control plane's own server certificate, for the gRPC listener (DNS SAN `xds.interstate`,
+  which injected side-cars check in Kubernetes mode).
+Owned by `core.plane.ControlPlane`; calls `ca`.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from interstate.ca import spiffe
 from interstate.ca.authority import Authority, Issued, utcnow
-from interstate.ca.store import CertStore
+from interstate.ca.store import CertStore, write_private
 from interstate.compile import Credentials, Proxy, Role
 from interstate.compile.bootstrap import XdsTls
-from interstate.settings import Settings
+
+if TYPE_CHECKING:
+    import grpc
 
 BOOTSTRAP_TTL = timedelta(days=30)  # for the xDS connection only; see README "Identity"
 XDS_SERVER_NAME = "xds.interstate"
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class IdentitySettings:
+    certs_dir: Path  # bootstrap certificates, the trust bundle, kept SVIDs (0700)
+    ca_dir: Path  # the mesh root CA, created on first start
+    ca_cert: Path | None = None  # an operator's CA instead: signing cert (+ chain to the root)
+    ca_key: Path | None = None
+    ca_bundle: Path | None = None  # the roots peers trust, when not the last cert of ca_cert
+    cert_ttl: timedelta = timedelta(hours=24)  # workload certificates; rotated at half life
 
 
-def load_authority(settings: Settings, trust_domain: str, now: datetime) -> Authority:
+def load_authority(settings: IdentitySettings, trust_domain: str, now: datetime) -> Authority:
     if settings.ca_cert is not None and settings.ca_key is not None:
         return Authority.from_files(settings.ca_cert, settings.ca_key, settings.ca_bundle)
     return Authority.load_or_create(settings.ca_dir, trust_domain, now)
 
 
 class MeshIdentity:
-    def __init__(self, settings: Settings, trust_domain: str) -> None:
+    def __init__(self, settings: IdentitySettings, trust_domain: str) -> None:
         now = utcnow()
         self.trust_domain = trust_domain
         self.authority = load_authority(settings, trust_domain, now)
-        self.certs = CertStore(self.authority, settings.cert_ttl)
-        self.folder = settings.run_dir / "certs"
+        self.folder = settings.certs_dir
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.folder, 0o700)
+        self.certs = CertStore(self.authority, settings.cert_ttl, self.folder / "svid")
         self.bundle_path = self.folder / "bundle.pem"
         self.bundle_path.write_text(self.authority.bundle_pem)
         self.server_identity = spiffe.control_plane_id(trust_domain)
@@ -60,12 +65,15 @@ class MeshIdentity:
             return spiffe.system_id(self.trust_domain, "ingress")
         return spiffe.workload_id(self.trust_domain, proxy.service)
 
-    def server_credentials(self) -> grpc.ServerCredentials:
+    def server_credentials(self, client_auth: bool = True) -> grpc.ServerCredentials:
+        """TLS for the ADS listener; with `client_auth`, Envoys must present a certificate of this CA."""
+        import grpc  # only the control plane's process needs it
+
         cert = self._server_cert
         return grpc.ssl_server_credentials(
             [(cert.key_pem.encode(), cert.chain_pem.encode())],
-            root_certificates=self.authority.bundle_pem.encode(),
-            require_client_auth=True,
+            root_certificates=self.authority.bundle_pem.encode() if client_auth else None,
+            require_client_auth=client_auth,
         )
 
     def bootstrap_tls(self, proxy: Proxy) -> XdsTls:
@@ -74,8 +82,8 @@ class MeshIdentity:
         cert = self.authority.issue(identity, BOOTSTRAP_TTL, utcnow(), common_name=proxy.node_id)
         stem = proxy.node_id.replace("~", "-")
         cert_path, key_path = self.folder / f"{stem}.crt", self.folder / f"{stem}.key"
-        _write_private(key_path, cert.key_pem)
-        _write_private(cert_path, cert.chain_pem)
+        write_private(key_path, cert.key_pem)
+        write_private(cert_path, cert.chain_pem)
         return XdsTls(str(cert_path), str(key_path), str(self.bundle_path), self.server_identity)
 
     def credentials(self, proxy: Proxy, now: datetime) -> Credentials:

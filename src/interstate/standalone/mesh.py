@@ -1,0 +1,584 @@
+"""The standalone source of the control plane: desired config in, units to run and snapshots out.
+
+Runs in the control-plane process. Holds the mesh config (saved to the run folder after every
+change that took effect) and the units (replicas and the ingress) as the supervisor reports
+them. It decides what runs — replica counts, each unit's ports, command and Envoy bootstrap — and
+asks the supervisor (a `Runner`, over `standalone.protocol`) to start, drain and stop units;
+endpoints and proxies of what runs go to the core (`core.plane.ControlPlane.push`), which
+compiles and serves them. Changes (apply, scale, fault, split) are all or nothing and recorded in
+the audit trail. Called by the admin API, the autoscaler and `interstate.controlplane`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from interstate import audit
+from interstate.compile import Proxy, bootstrap, names, passthrough, policy_context
+from interstate.core.control import INGRESS_SERIES, EnvoyAdmin
+from interstate.core.identity import MeshIdentity
+from interstate.core.plane import ControlPlane
+from interstate.core.status import ControlPlaneInfo, ReplicaState
+from interstate.errors import InterstateError, PermanentError, UnknownService
+from interstate.model.autoscaler import HorizontalPodAutoscaler
+from interstate.model.gateway import Gateway
+from interstate.model.index import Endpoint, MeshConfig, MeshIndex
+from interstate.model.traffic_policy import Fault
+from interstate.model.workload import Workload
+from interstate.settings import Settings
+from interstate.standalone import changes, preflight, state
+from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
+from interstate.standalone.ports import PortAllocator
+from interstate.standalone.protocol import AppSpec, EnvoySpec, UnitSpec, UnitStatus
+from interstate.standalone.units import app_command, app_environment, endpoint_of, replica_status, template_digest
+from interstate.telemetry import envoys as envoys_t
+from interstate.telemetry.boundary import BoundaryLedger
+from interstate.xds import resources as rt
+
+log = logging.getLogger(__name__)
+
+EDS_ACK_TIMEOUT_S = 2.0
+INGRESS = "ingress"
+
+
+class Runner(Protocol):
+    """What the control plane needs of the process supervisor."""
+
+    async def start(self, spec: UnitSpec) -> UnitStatus: ...
+    async def drain(self, names: list[str], timeout: float) -> None: ...
+    async def stop(self, names: list[str]) -> None: ...
+
+
+class StandaloneMesh:
+    def __init__(
+        self, settings: Settings, config: MeshConfig, core: ControlPlane, runner: Runner, info: ControlPlaneInfo
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.core = core
+        self.runner = runner
+        self.control_plane = info
+        self.audit = core.audit
+        self.registry = core.registry
+        self.ports = PortAllocator(settings.host)
+        self.ports.take(settings.ingress_port)
+        self.units: dict[str, UnitStatus] = {}
+        self._next_index: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self.http = httpx.AsyncClient(trust_env=False)
+        self.boundary = BoundaryLedger(
+            settings.run_dir / "logs",
+            self.registry,
+            refused_route=passthrough.REFUSED_ROUTE,
+            passed_route=passthrough.ROUTE,
+            policy_routes={policy_context.REPLACED: "replaced", policy_context.REJECTED: "rejected"},
+        )
+        self.boundary.skip_existing()
+        self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self.http, audit_log=self.audit)
+        self._autoscaling: asyncio.Task[None] | None = None
+        self._rotation: asyncio.Task[None] | None = None
+
+    # ---- views -----------------------------------------------------------------------------
+    @property
+    def index(self) -> MeshIndex:
+        endpoints: dict[str, list[Endpoint]] = {}
+        for unit in self.units.values():
+            ep = endpoint_of(unit, self.settings.host)
+            if ep is not None:
+                endpoints.setdefault(ep.service, []).append(ep)
+        return MeshIndex(self.config).with_endpoints({k: tuple(sorted(v)) for k, v in endpoints.items()})
+
+    @property
+    def identity(self) -> MeshIdentity | None:
+        return self.core.identity
+
+    @property
+    def mesh_dir(self) -> Path:
+        return self.settings.mesh_dir
+
+    def refresh_metrics(self) -> None:
+        self.boundary.refresh()
+
+    def envoy_admins(self) -> list[EnvoyAdmin]:
+        """Every running Envoy of the mesh's workloads and the ingress, for the dashboard."""
+        out = []
+        for unit in self.envoys():
+            url, proxy = unit.admin_url, unit.spec.proxy
+            if url is None or proxy is None:
+                continue
+            series = unit.spec.service or INGRESS_SERIES
+            out.append(EnvoyAdmin(series, unit.spec.name, proxy.node_id, url))
+        return out
+
+    @property
+    def replicas(self) -> dict[str, list[UnitStatus]]:
+        """Units of each workload, in start order (the ingress is not a replica)."""
+        out: dict[str, list[UnitStatus]] = {}
+        for unit in sorted(self.units.values(), key=lambda u: (u.spec.service, u.spec.index)):
+            if unit.spec.service:
+                out.setdefault(unit.spec.service, []).append(unit)
+        return out
+
+    @property
+    def ingress(self) -> UnitStatus | None:
+        return self.units.get(INGRESS)
+
+    def proxies(self) -> Iterable[Proxy]:
+        gateway = bool(self.config.of_kind(Gateway))
+        for unit in self.units.values():
+            proxy = unit.spec.proxy
+            if proxy is None or unit.state is ReplicaState.STOPPED:
+                continue
+            if unit.spec.name == INGRESS and not gateway:
+                continue
+            yield proxy
+
+    # ---- the push --------------------------------------------------------------------------
+    def push(self) -> None:
+        """Every proxy's snapshot from one index (see `core.plane.ControlPlane.push`)."""
+        self.core.push(self.index, self.proxies())
+
+    def _pushed_after_change(self) -> None:
+        try:
+            self.push()
+        except InterstateError as exc:
+            log.error("push after a change failed: %s", exc)
+
+    # ---- units reported by the supervisor ---------------------------------------------------
+    def adopt(self, units: list[UnitStatus]) -> None:
+        """Take over what the supervisor runs (at a control-plane (re)start): their ports stay
+        taken and new replicas get indexes after theirs."""
+        for unit in units:
+            self.units[unit.spec.name] = unit
+            self.ports.take_all(unit.spec.ports())
+            if unit.spec.service:
+                self._next_index[unit.spec.service] = max(
+                    self._next_index.get(unit.spec.service, 0), unit.spec.index + 1
+                )
+
+    def unit_changed(self, unit: UnitStatus) -> None:
+        """A `unit` event: a unit became ready, is restarting a child, or got a new pid."""
+        known = self.units.get(unit.spec.name)
+        if known is None:
+            self.adopt([unit])  # started for a control plane that died before it heard back
+        elif known.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
+            unit = unit.with_state(known.state)  # leaving: stays out of EDS whatever its children do
+        self.units[unit.spec.name] = unit
+        if known is None or known.state is not unit.state:
+            self._pushed_after_change()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def start_background(self) -> None:
+        """Certificate rotation and the autoscaler (both resume from what they measure now)."""
+        self._rotation = asyncio.create_task(self.core.rotation(self._pushed_after_change), name="rotation")
+        self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
+
+    async def start_mesh(self, actor: str = audit.UP) -> dict[str, Any]:
+        """Start every workload's replicas, then the ingress; return once all are ready (recorded
+        as mesh.start, with the state of the trail it continues)."""
+        detail = {"config_sha256": audit.config_digest(self.config), "trail_before": audit.integrity(self.audit.path)}
+        target = sorted(self.index.workloads)
+        try:
+            async with self._lock:
+                await self._reconcile()
+                if self.index.gateway is not None:
+                    await self._start_ingress()
+                await self.core.settle(self._nodes())
+        except BaseException as exc:
+            self.audit.record(actor, "mesh.start", target, detail | audit.error_detail(exc), audit.refused(exc))
+            raise
+        replicas = sorted(u.spec.name for rs in self.replicas.values() for u in rs)
+        self.audit.record(actor, "mesh.start", target, detail | {"replicas": replicas, "ingress": bool(self.ingress)})
+        self.start_background()
+        return {"replicas": len(replicas), "ingress": bool(self.ingress)}
+
+    async def resume(self) -> None:
+        """After a control-plane restart: serve what runs, recorded in the audit trail; then
+        bring the mesh back to its config (a change cut short by the restart is finished or
+        undone the same way any reconcile would)."""
+        self.push()
+        info = self.control_plane
+        detail = {"pid": info.pid, "restarts": info.restarts, "previous": info.last_exit, "units": sorted(self.units)}
+        self.audit.record(audit.SUPERVISOR, "control-plane.restart", "control-plane", detail)
+        self.start_background()
+        async with self._lock:
+            try:
+                await self._reconcile()
+            except InterstateError as exc:
+                log.error("could not bring the mesh back to its config after the restart: %s", exc)
+
+    async def shutdown(self) -> list[str]:
+        """Stop the loops, drain the ingress, drain and stop every replica; record mesh.stop."""
+        for task in (self._autoscaling, self._rotation):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        async with self._lock:
+            await self._stop_ingress()
+            names = sorted(n for n in self.units if n != INGRESS)
+            try:
+                await self.runner.stop(names)
+            except InterstateError as exc:
+                log.error("stopping replicas: %s", exc)
+            for name in names:
+                self.units.pop(name, None)
+        self.audit.record(audit.UP, "mesh.stop", sorted(self.index.workloads), {"replicas_stopped": names})
+        await self.http.aclose()
+        return names
+
+    # ---- the ingress -----------------------------------------------------------------------
+    async def _start_ingress(self) -> None:
+        proxy = Proxy.ingress(self.settings.ingress_port)
+        spec = UnitSpec(INGRESS, "", 0, "", "", proxy, None, self._envoy_spec(proxy))
+        await self._start([spec])
+
+    async def _stop_ingress(self) -> None:
+        unit = self.units.get(INGRESS)
+        if unit is None:
+            return
+        self.units[INGRESS] = unit.with_state(ReplicaState.DRAINING)
+        try:
+            await self.runner.drain([INGRESS], min(self.settings.drain_timeout_s, 2.0))
+            await self.runner.stop([INGRESS])
+        finally:
+            self._forget(unit.spec)
+            self.push()
+
+    # ---- changes as the audit trail records them ----------------------------------------------
+    async def apply(self, config: MeshConfig, actor: str = audit.SYSTEM) -> dict[str, Any]:
+        """`_apply`, recorded as config.apply or config.apply.rejected (with the error)."""
+        before = self.config
+        try:
+            changes = await self._apply(config)
+        except BaseException as exc:
+            detail = audit.apply_detail(before, config) | audit.error_detail(exc)
+            self.audit.record(actor, "config.apply.rejected", audit.touched(detail), detail, audit.refused(exc))
+            raise
+        detail = audit.apply_detail(before, self.config) | changes
+        self.audit.record(actor, "config.apply", audit.touched(detail), detail)
+        return changes
+
+    async def scale(
+        self, service: str, replicas: int, autoscaler: bool = False, actor: str = audit.SYSTEM
+    ) -> dict[str, Any]:
+        """`_scale`, recorded as replicas.scale (the autoscaler records its own decisions)."""
+        if autoscaler:
+            return await self._scale(service, replicas, autoscaler=True)
+        workload = self.index.workloads.get(service)
+        detail = {"from": None if workload is None else workload.spec.replicas, "to": replicas}
+        return await self._recorded(actor, "replicas.scale", service, detail, self._scale(service, replicas))
+
+    async def set_fault(self, service: str, fault: Fault | None, actor: str = audit.SYSTEM) -> dict[str, Any]:
+        if fault is None:
+            return await self._recorded(actor, "fault.clear", service, {}, self._set_fault(service, None))
+        detail = {"fault": changes.describe_fault(fault)}
+        return await self._recorded(actor, "fault.set", service, detail, self._set_fault(service, fault))
+
+    async def set_split(self, service: str, weights: dict[str, int], actor: str = audit.SYSTEM) -> dict[str, Any]:
+        detail = {"weights": weights}
+        return await self._recorded(actor, "split.set", service, detail, self._set_split(service, weights))
+
+    async def _recorded(
+        self, actor: str, action: str, service: str, detail: dict[str, Any], change: Awaitable[dict[str, Any]]
+    ) -> dict[str, Any]:
+        try:
+            result = await change
+        except BaseException as exc:
+            self.audit.record(actor, action, service, detail | audit.error_detail(exc), audit.refused(exc))
+            raise
+        self.audit.record(actor, action, service, detail | {k: v for k, v in result.items() if k in audit.TOOK})
+        return result
+
+    # ---- changes ---------------------------------------------------------------------------
+    def _set_config(self, config: MeshConfig) -> None:
+        self.config = config
+        state.save_config(self.settings.run_dir, config)
+
+    async def _apply(self, change: MeshConfig | Callable[[MeshConfig], MeshConfig]) -> dict[str, Any]:
+        """Make a new config the running mesh — `change` itself, or `change(running config)`,
+        computed under the lock so no concurrent change is lost — or leave the running mesh as
+        it was: if compiling fails, a new replica does not start, or any Envoy rejects its new
+        config, the previous config is put back (replicas started for the new one are stopped)
+        and the error raised. Autoscaled workloads keep their current replica counts."""
+        async with self._lock:
+            previous = self.config
+            config = change(previous) if callable(change) else change
+            if config is previous:
+                return {"started": [], "stopped": []}
+            preflight.check(config, self.settings.mesh_dir)
+            config = keep_autoscaled(previous, config)
+            header, new_header = MeshIndex(previous).mesh.policy_header, MeshIndex(config).mesh.policy_header
+            if new_header != header and self.units:
+                raise PermanentError(
+                    f"Mesh spec.policyHeader cannot change from {header!r} to {new_header!r} while the mesh runs "
+                    "(every Envoy registered it at start); stop the mesh and start it again"
+                )
+            self.core.check_trust_domain(MeshIndex(config))
+            self.config = config
+            try:
+                self.push()
+                changes = await self._reconcile()
+                if self.index.gateway is not None and self.ingress is None:
+                    await self._start_ingress()
+                await self.core.settle(self._nodes())
+            except InterstateError:
+                await self._restore(previous)
+                raise
+            self._set_config(config)
+            if self.index.gateway is None and self.ingress is not None:
+                await self._stop_ingress()
+            return changes
+
+    async def _restore(self, previous: MeshConfig) -> None:
+        self.config = previous
+        try:
+            self.push()
+            await self._reconcile()
+        except InterstateError as exc:
+            log.error("could not fully restore the previous mesh: %s", exc)
+
+    async def _scale(self, service: str, replicas: int, autoscaler: bool = False) -> dict[str, Any]:
+        """Run `replicas` replicas of `service`. A workload with a HorizontalPodAutoscaler is
+        scaled by its autoscaler only (`autoscaler=True`): a manual count would be undone."""
+        if not autoscaler:
+            owners = [h.name for h in self.config.of_kind(HorizontalPodAutoscaler) if h.workload == service]
+            if owners:
+                raise PermanentError(
+                    f"{service} is scaled by its HorizontalPodAutoscaler {owners[0]}; change its "
+                    "minReplicas/maxReplicas (interstate apply) instead"
+                )
+        async with self._lock:
+            workload = self.workload(service)
+            spec = workload.spec.model_copy(update={"replicas": replicas})
+            previous = self.config
+            self.config = previous.replace(workload, workload.model_copy(update={"spec": spec}))
+            try:
+                changes = await self._reconcile()
+            except InterstateError:  # a replica did not start: the mesh stays as it was
+                await self._restore(previous)
+                raise
+            self._set_config(self.config)
+            return changes
+
+    async def _set_fault(self, service: str, fault: Fault | None) -> dict[str, Any]:
+        """Turn a rehearsal fault for calls to `service` on (or off, with None): the service's
+        TrafficPolicy gets (or loses) its `fault` section; only routes change."""
+        self.workload(service)
+
+        await self._apply(lambda config: changes.with_fault(config, service, fault))
+        return {"service": service, "fault": fault is not None}
+
+    async def _set_split(self, service: str, weights: dict[str, int]) -> dict[str, Any]:
+        """Share calls to `service` among backends by weight ({backend: percent}), live. Raises
+        pydantic's ValidationError for weights that do not add up."""
+        self.workload(service)
+        for backend in weights:
+            self.workload(backend)
+        await self._apply(lambda config: changes.with_split(config, service, weights))
+        return {"service": service, "weights": weights}
+
+    def workload(self, service: str) -> Workload:
+        workload = self.index.workloads.get(service)
+        if workload is None:
+            known = ", ".join(sorted(self.index.workloads)) or "none"
+            raise UnknownService(f"no workload named {service!r}; known: {known}")
+        return workload
+
+    # ---- replicas --------------------------------------------------------------------------
+    async def _reconcile(self) -> dict[str, Any]:
+        """Start and stop replicas until each workload runs spec.replicas of its current spec."""
+        workloads = self.index.workloads
+        started: list[UnitSpec] = []
+        retiring: list[UnitSpec] = []
+        for service, units in self.replicas.items():
+            live = [u.spec for u in units if u.state not in (ReplicaState.STOPPED, ReplicaState.DRAINING)]
+            workload = workloads.get(service)
+            if workload is None:
+                retiring += live
+                continue
+            template = template_digest(workload)
+            current = [s for s in live if s.template == template]
+            retiring += [s for s in live if s.template != template]  # replaced: new ones first
+            want = workload.spec.replicas
+            if len(current) > want:
+                retiring += sorted(current, key=lambda s: s.index)[want:]
+            started += [self._new_replica(workload) for _ in range(max(0, want - len(current)))]
+        for service, workload in workloads.items():
+            if service not in self.replicas:
+                started += [self._new_replica(workload) for _ in range(workload.spec.replicas)]
+        if started:
+            await self._start(started)
+        if retiring:
+            await self._retire(retiring)
+        return {"started": [s.name for s in started], "stopped": [s.name for s in retiring]}
+
+    async def _start(self, specs: list[UnitSpec]) -> None:
+        """Start units (their snapshots are set first, so new Envoys find them when they
+        connect); a unit that fails to start is forgotten and the first error raised."""
+        for spec in specs:
+            self.units[spec.name] = UnitStatus(spec)
+        self.push()
+        results = await asyncio.gather(*(self.runner.start(s) for s in specs), return_exceptions=True)
+        failed: list[BaseException] = []
+        for spec, result in zip(specs, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(result)
+                self._forget(spec)
+            else:
+                self.units[spec.name] = result
+        self.push()
+        if failed:
+            raise failed[0]
+
+    def _new_replica(self, workload: Workload) -> UnitSpec:
+        index = self._next_index.get(workload.name, 0)
+        self._next_index[workload.name] = index + 1
+        name = f"{workload.name}-{index}"
+        app_port = self.ports.take()
+        proxy = envoy = None
+        if workload.injected:
+            proxy = Proxy.sidecar(
+                workload.name, index, inbound_port=self.ports.take(), outbound_port=self.ports.take(), app_port=app_port
+            )
+            envoy = self._envoy_spec(proxy)
+        env = app_environment(workload, index, app_port, proxy.outbound_port if proxy else None)
+        probe = workload.spec.readiness_probe
+        app = AppSpec(
+            argv=app_command(workload, env),
+            env=env,
+            cwd=str(self.settings.mesh_dir / (workload.spec.runs().working_dir or ".")),
+            log=str(self.settings.run_dir / "logs" / f"{name}.app.log"),
+            port=app_port,
+            probe_path=probe.http_get.path if probe.http_get is not None else None,
+            ready_timeout_s=probe.timeout.total_seconds()
+            if probe.timeout is not None
+            else self.settings.ready_timeout_s,
+        )
+        return UnitSpec(name, workload.name, index, workload.spec.version, template_digest(workload), proxy, app, envoy)
+
+    def _envoy_spec(self, proxy: Proxy) -> EnvoySpec:
+        """An Envoy for `proxy`: its admin port, bootstrap certificate and bootstrap file."""
+        identity = self.core.identity
+        assert identity is not None, "the core has not started"
+        admin_port = self.ports.take()
+        stem = proxy.node_id.replace("~", "-")
+        logs = self.settings.run_dir / "logs"
+        config = bootstrap.build(
+            proxy.node_id,
+            proxy.service,
+            admin_port,
+            self.settings.host,
+            self.core.port,
+            identity.bootstrap_tls(proxy),
+            outlier_event_log=str(logs / f"{stem}.outlier.log"),
+            joined_headers=(self.index.mesh.policy_header,),
+        )
+        path = self.settings.run_dir / "envoy" / f"{stem}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1))
+        return EnvoySpec(str(path), admin_port, str(logs / f"{stem}.envoy.log"), str(logs / f"{stem}.outlier.log"))
+
+    async def _retire(self, specs: list[UnitSpec]) -> None:
+        """Withdraw endpoints, wait until every proxy ACKed that, drain, then stop."""
+        for spec in specs:
+            unit = self.units.get(spec.name)
+            if unit is not None:
+                self.units[spec.name] = unit.with_state(ReplicaState.DRAINING)
+        self.push()
+        if not await self.core.wait_acked(self._nodes(), rt.ENDPOINT, EDS_ACK_TIMEOUT_S):
+            log.warning("not every proxy ACKed the endpoint removal within %.0fs", EDS_ACK_TIMEOUT_S)
+        names = [s.name for s in specs]
+        try:
+            await self.runner.drain(names, self.settings.drain_timeout_s)
+            await self.runner.stop(names)
+        finally:
+            for spec in specs:
+                self._forget(spec)
+            self.push()
+
+    def _forget(self, spec: UnitSpec) -> None:
+        self.units.pop(spec.name, None)
+        self.ports.release(*spec.ports())
+
+    def _nodes(self) -> list[str]:
+        return [p.node_id for p in self.proxies()]
+
+    # ---- status ----------------------------------------------------------------------------
+    def envoys(self) -> list[UnitStatus]:
+        return [u for u in self.units.values() if u.spec.envoy is not None and u.state is not ReplicaState.STOPPED]
+
+    async def resilience(self) -> dict[str, dict[str, Any]]:
+        """Per service, what its callers' Envoys saw: retries (and those the budget refused),
+        overflows, timeouts, who is ejected now and since when, recent failures in words."""
+        index = self.index
+        replica_at = {
+            f"{ep.address}:{ep.port}": f"{ep.service}-{ep.replica}" for eps in index.endpoints.values() for ep in eps
+        }
+        out: dict[str, dict[str, Any]] = {}
+        for service in index.workloads:
+            cluster = names.outbound_cluster(service)
+            callers = [
+                envoys_t.Caller(u.spec.proxy.node_id, url, Path(u.spec.envoy.log), Path(u.spec.envoy.outlier_log))
+                for u in self.envoys()
+                if u.spec.proxy is not None
+                and u.spec.envoy is not None
+                and (url := u.admin_url) is not None
+                and service in index.callees(u.spec.proxy.service or None)
+            ]
+            if not callers:
+                continue
+            counts = await asyncio.gather(*(envoys_t.counters(self.http, c, cluster) for c in callers))
+            totals = {key: sum(c.get(key, 0) for c in counts) for key in envoys_t.COUNTERS}
+            ejected = [
+                e | {"replica": replica_at.get(e["host"], "?")} for c in callers for e in envoys_t.ejections(c, cluster)
+            ]
+            policy = index.traffic_policies.get(service)
+            fault = policy.spec.fault if policy else None
+            out[service] = {
+                "callers": [c.node for c in callers],
+                "counters": totals,
+                "ejected": ejected,
+                "recent_failures": envoys_t.recent_failures(callers, cluster),
+                "fault": None if fault is None else changes.describe_fault(fault),
+            }
+        return out
+
+    def status(self) -> dict[str, Any]:
+        xds = self.core.ads.status()
+        services = {}
+        replicas = self.replicas
+        for name, workload in self.index.workloads.items():
+            units = replicas.get(name, [])
+            services[name] = {
+                "desired": workload.spec.replicas,
+                "ready": sum(1 for u in units if u.state is ReplicaState.READY),
+                "injected": workload.injected,
+                "policy": self.index.policy_for(workload),
+                "mtls": self.index.mtls_mode(workload).value if workload.injected else "DISABLED (not injected)",
+                "replicas": [
+                    replica_status(u) | {"xds": xds.get(u.spec.proxy.node_id) if u.spec.proxy else None} for u in units
+                ],
+            }
+        out: dict[str, Any] = {
+            "services": services,
+            "xds": {"port": self.core.port, "nodes": len(xds)},
+            "control_plane": self.control_plane.to_json(),
+        }
+        ingress = self.ingress
+        if ingress is not None and ingress.spec.envoy is not None and ingress.spec.proxy is not None:
+            out["ingress"] = {
+                "url": f"http://{self.settings.host}:{self.settings.ingress_port}",
+                "admin": ingress.spec.envoy.admin_port,
+                "pid": ingress.envoy_pid,
+                "xds": xds.get(ingress.spec.proxy.node_id),
+            }
+        out["boundary"] = self.boundary.summary()
+        out["autoscaling"] = self.autoscaler.status()
+        return out
