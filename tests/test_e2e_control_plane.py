@@ -1,10 +1,13 @@
-"""End-to-end: the control plane is a process of its own, and the data plane outlives it.
+"""End-to-end: the control plane is a process of its own, and the data plane outlives it and
+the supervisor.
 
 `interstate up` (the supervisor) runs the control plane as a child and restarts it when it dies.
 Killed with SIGKILL under load through the ingress, no request fails: every Envoy serves on its
 last configuration, reconnects to the new control plane, and is handed the very same versions
 (content-hashed snapshots from the same config, the same certificates kept on disk). A
 certificate rotation that fell due while the control plane was away happens once it is back.
+Killed `interstate up` itself, and the apps and Envoys keep serving; the next `interstate up` on
+the same run folder adopts them, and `interstate down` stops them when no `up` is left.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, cli, running_mesh, wait_for
+from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, running_mesh, wait_for
 
 from interstate import audit
 
@@ -150,3 +154,58 @@ def test_a_rotation_due_while_the_control_plane_is_away_happens_when_it_is_back(
             load.stop()
         assert load.failures == [], load.failures[:5]
         assert load.ok > 50
+
+
+def unit_pids(status: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """{unit: (app pid, Envoy pid)}, the ingress's app pid 0."""
+    out = {
+        r["name"]: (r["app"]["pid"], r["sidecar"]["pid"]) for s in status["services"].values() for r in s["replicas"]
+    }
+    out["ingress"] = (0, status["ingress"]["pid"])
+    return out
+
+
+def running(pids: dict[str, tuple[int, int]]) -> list[psutil.Process]:
+    return alive([psutil.Process(p) for pair in pids.values() for p in pair if p and psutil.pid_exists(p)])
+
+
+def test_a_killed_up_leaves_the_mesh_serving_and_the_next_up_adopts_it(tmp_path: Path) -> None:
+    folder, run_dir = fixed_mesh(tmp_path), tmp_path / "run"
+    with running_mesh(folder, run_dir) as first:
+        before = first.status()
+        pids = unit_pids(before)
+        with Load(first.ingress + "/results", workers=4, max_s=90) as load:
+            wait_for(lambda: load.ok >= 50, what="traffic flowing")
+            first.proc.send_signal(signal.SIGKILL)
+            first.proc.wait(10)
+            served = load.ok
+            wait_for(lambda: load.ok >= served + 100, what="traffic with no `interstate up` at all")
+            assert len(running(pids)) == 2 * len(pids) - 1  # every app and Envoy still serves
+            with running_mesh(folder, run_dir) as second:
+                assert second.ingress == first.ingress and second.admin == first.admin  # the mesh's ports
+                after = second.status()
+                assert sorted(after["supervisor"]["adopted"]) == sorted(pids)
+                assert unit_pids(after) == pids  # the same processes, taken over, not restarted
+                assert after["control_plane"]["restarts"] == 0
+                served = load.ok
+                wait_for(lambda: load.ok >= served + 100, what="traffic under the new supervisor")
+                load.stop()
+                assert second.stop() == 0
+            assert running(pids) == []  # a later SIGTERM stops the adopted mesh too
+        assert load.failures == [], load.failures[:5]
+        starts = [r for r in audit.read(run_dir / audit.FILE_NAME) if r["action"] == "mesh.start"]
+        assert sorted(starts[-1]["detail"]["adopted"]) == sorted(pids)
+
+
+def test_down_stops_what_a_killed_up_left_running(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with running_mesh(fixed_mesh(tmp_path), run_dir) as mesh:
+        pids = unit_pids(mesh.status())
+        mesh.proc.send_signal(signal.SIGKILL)
+        mesh.proc.wait(10)
+        assert len(running(pids)) == 2 * len(pids) - 1
+        down = cli("down", "--run-dir", str(run_dir))
+        assert down.returncode == 0, down.stderr
+        assert f"stopped {len(pids)} unit(s)" in down.stdout
+        assert running(pids) == []
+        assert "nothing runs" in cli("down", "--run-dir", str(run_dir)).stdout

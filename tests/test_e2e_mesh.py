@@ -215,13 +215,19 @@ def test_a_killed_app_is_restarted_and_stop_leaves_nothing(tmp_path: Path) -> No
         assert "interstate: stopped" in "".join(mesh.output)
 
 
-def test_children_die_with_a_killed_supervisor(tmp_path: Path) -> None:
+def test_a_killed_supervisor_takes_its_control_plane_and_leaves_the_data_plane(tmp_path: Path) -> None:
     with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
         children = mesh.descendants()
-        assert len(children) >= 7
-        mesh.proc.kill()  # no chance to clean up: the kernel tells each child its parent died
+        plane = [c for c in children if "interstate.controlplane" in " ".join(c.cmdline())]
+        data = [c for c in children if c not in plane]  # 3 apps, 3 side-cars, the ingress
+        assert len(plane) == 1 and len(data) >= 7
+        mesh.proc.kill()  # no chance to clean up: the kernel tells the control plane its parent died
         mesh.proc.wait(10)
-        wait_for(lambda: alive(children) == [], timeout=15, what="every child to exit")
+        wait_for(lambda: alive(plane) == [], timeout=15, what="the control plane to exit")
+        assert alive(data) == data  # apps and Envoys serve on, for the next `up` to adopt
+        down = cli("down", "--run-dir", str(tmp_path / "run"))
+        assert down.returncode == 0 and "unit(s) left running" in down.stdout, down
+        assert alive(data) == []
 
 
 def test_an_invalid_mesh_is_refused_and_nothing_starts(tmp_path: Path) -> None:

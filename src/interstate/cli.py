@@ -406,6 +406,40 @@ def certs(admin: str, as_json: bool) -> None:
         )
 
 
+@main.command()
+@click.option("--run-dir", type=click.Path(), default=".interstate/run", show_default=True)
+@click.option("--timeout", "timeout_s", type=click.IntRange(1, 3600), default=120, show_default=True)
+def down(run_dir: str, timeout_s: int) -> None:
+    """Stop the mesh that runs from RUN_DIR: ask its `interstate up` to stop (as Ctrl-C would),
+    or, if that was killed, stop the apps and Envoys it left serving."""
+    import os
+    import signal
+    import time
+
+    from interstate.standalone import adoption
+
+    folder = Path(run_dir).resolve()
+    pid = adoption.live_supervisor(folder)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while adoption.live_supervisor(folder) == pid and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if adoption.live_supervisor(folder) == pid:
+            _fail(f"interstate up (pid {pid}) did not stop within {timeout_s}s")
+        click.echo(f"stopped the mesh of {folder} (interstate up, pid {pid})")
+        return
+    found = adoption.survey(folder)
+    for item in found:
+        adoption.terminate(item.pids)
+    adoption.forget(folder)
+    (folder / "ready.json").unlink(missing_ok=True)
+    if found:
+        click.echo(f"stopped {len(found)} unit(s) left running in {folder}: {', '.join(f.unit.name for f in found)}")
+    else:
+        click.echo(f"nothing runs from {folder}")
+
+
 @main.command("audit")
 @click.option(
     "--run-dir", type=click.Path(), default=".interstate/run", show_default=True, help="The mesh's run folder."

@@ -92,6 +92,7 @@ class ControlPlaneProcess:
         mesh = StandaloneMesh(self.settings, config, self.core, RemoteRunner(self.channel), info)
         await self.core.start(self.settings.host, self.settings.xds_port, MeshIndex(config).mesh.trust_domain)
         mesh.adopt([UnitStatus.from_json(u) for u in args.get("units", [])])
+        mesh.supervisor = dict(args.get("supervisor") or {})
         self.mesh = mesh
         self.admin = AdminServer(create_app(mesh), self.settings.host, self.settings.admin_port)
         await self.admin.start()

@@ -1,18 +1,30 @@
 """`interstate up`: fix the mesh's ports, save its settings and config in the run folder, then
 hand over to the standalone supervisor until Ctrl-C or SIGTERM. An edge like the CLI (which
-alone calls it)."""
+alone calls it).
+
+When an earlier `interstate up` on the same run folder was killed, its apps and Envoys are still
+serving: this one adopts them (`standalone.adoption`), keeping the ports the mesh was started
+with, and the mesh files given now win (units that no longer fit them are replaced, autoscaled
+counts are kept within their bounds). Adoption is refused, and what is left is stopped and
+started afresh, when the CA settings changed (the Envoys' bootstrap certificates would no longer
+be trusted) or the saved settings cannot be read.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-from interstate.errors import PermanentError
+from interstate.errors import ConfigError, PermanentError
 from interstate.model.index import MeshConfig
 from interstate.settings import Settings
-from interstate.standalone import state, supervisor
+from interstate.standalone import adoption, state, supervisor
+from interstate.standalone.autoscaler import keep_autoscaled
 from interstate.standalone.ports import PortAllocator
 from interstate.standalone.process import port_is_free
+
+log = logging.getLogger(__name__)
 
 
 def fix_ports(settings: Settings) -> Settings:
@@ -33,9 +45,41 @@ def fix_ports(settings: Settings) -> Settings:
     )
 
 
+def take_over(settings: Settings, config: MeshConfig) -> tuple[Settings, MeshConfig, list[adoption.Found]]:
+    """What to start from: fresh settings, or those of the mesh a killed `up` left running."""
+    found = adoption.survey(settings.run_dir)
+    if not found:
+        return fix_ports(settings), config, []
+    try:
+        saved = state.load_settings(settings.run_dir)
+        running = state.load_config(settings.run_dir)
+    except (OSError, ValueError, TypeError, ConfigError) as exc:
+        return _start_over(settings, config, found, f"its saved state cannot be read ({exc})")
+    if saved.identity() != settings.identity():
+        return _start_over(settings, config, found, "the CA settings changed")
+    kept = replace(settings, xds_port=saved.xds_port, ingress_port=saved.ingress_port, admin_port=saved.admin_port)
+    return kept, keep_autoscaled(running, config), found
+
+
+def _start_over(
+    settings: Settings, config: MeshConfig, found: list[adoption.Found], why: str
+) -> tuple[Settings, MeshConfig, list[adoption.Found]]:
+    log.warning("not adopting the mesh left running in %s: %s; stopping it", settings.run_dir, why)
+    for item in found:
+        adoption.terminate(item.pids, settings.stop_timeout_s)
+    adoption.forget(settings.run_dir)
+    return fix_ports(settings), config, []
+
+
 async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]) -> None:
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    settings = fix_ports(settings)
+    other = adoption.live_supervisor(settings.run_dir)
+    if other is not None:
+        raise PermanentError(
+            f"a mesh already runs from {settings.run_dir} (interstate up, pid {other}); stop it first "
+            f"(`interstate down --run-dir {settings.run_dir}`) or use another --run-dir"
+        )
+    settings, config, found = take_over(settings, config)
     state.save_settings(settings)
     state.save_config(settings.run_dir, config)
-    await supervisor.run(settings, say)
+    await supervisor.run(settings, say, found)

@@ -84,6 +84,7 @@ class StandaloneMesh:
         self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self.http, audit_log=self.audit)
         self._autoscaling: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
+        self.supervisor: dict[str, Any] = {}  # its pid, and the units it adopted at its start
 
     # ---- views -----------------------------------------------------------------------------
     @property
@@ -183,19 +184,26 @@ class StandaloneMesh:
     async def start_mesh(self, actor: str = audit.UP) -> dict[str, Any]:
         """Start every workload's replicas, then the ingress; return once all are ready (recorded
         as mesh.start, with the state of the trail it continues)."""
-        detail = {"config_sha256": audit.config_digest(self.config), "trail_before": audit.integrity(self.audit.path)}
+        detail: dict[str, Any] = {
+            "config_sha256": audit.config_digest(self.config),
+            "trail_before": audit.integrity(self.audit.path),
+        }
         target = sorted(self.index.workloads)
         try:
             async with self._lock:
-                await self._reconcile()
-                if self.index.gateway is not None:
+                await self._reconcile()  # adopted units that still fit the config are kept
+                if self.index.gateway is not None and self.ingress is None:
                     await self._start_ingress()
+                elif self.index.gateway is None and self.ingress is not None:
+                    await self._stop_ingress()
                 await self.core.settle(self._nodes())
         except BaseException as exc:
             self.audit.record(actor, "mesh.start", target, detail | audit.error_detail(exc), audit.refused(exc))
             raise
         replicas = sorted(u.spec.name for rs in self.replicas.values() for u in rs)
-        self.audit.record(actor, "mesh.start", target, detail | {"replicas": replicas, "ingress": bool(self.ingress)})
+        adopted = {"adopted": self.supervisor["adopted"]} if self.supervisor.get("adopted") else {}
+        detail |= {"replicas": replicas, "ingress": bool(self.ingress)} | adopted
+        self.audit.record(actor, "mesh.start", target, detail)
         self.start_background()
         return {"replicas": len(replicas), "ingress": bool(self.ingress)}
 
@@ -570,6 +578,7 @@ class StandaloneMesh:
             "services": services,
             "xds": {"port": self.core.port, "nodes": len(xds)},
             "control_plane": self.control_plane.to_json(),
+            "supervisor": self.supervisor,
         }
         ingress = self.ingress
         if ingress is not None and ingress.spec.envoy is not None and ingress.spec.proxy is not None:

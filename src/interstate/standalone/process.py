@@ -1,7 +1,9 @@
-"""One child process (an app or an Envoy): start, wait until ready, stop for sure.
+"""One child process (an app, an Envoy, the control plane): start, wait until ready, stop for sure.
 
-Each child runs in its own process group with its output in a log file; `stop` sends SIGTERM to
-the group, then SIGKILL after a timeout, so nothing outlives the supervisor's shutdown.
+Each child runs in its own session and process group with its output in a log file; `stop` sends
+SIGTERM to the group, then SIGKILL after a timeout, so nothing outlives the supervisor's
+shutdown. The data plane (apps, Envoys) outlives a supervisor that is killed, so that the next
+`interstate up` can adopt it (`Child.adopt`); the control plane dies with it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ def dies_with_parent(argv: Sequence[str]) -> list[str]:
 
 
 class Child:
+    """A process we run: started by us (`start`), or found running and taken over (`adopt`:
+    a unit started by an earlier `interstate up` that was killed). `outlives_us` children keep
+    running when the supervisor dies (the data plane); the others get SIGTERM with it."""
+
     def __init__(
         self,
         name: str,
@@ -50,6 +56,7 @@ class Child:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         pass_fds: Sequence[int] = (),
+        outlives_us: bool = False,
     ) -> None:
         self.name = name
         self.pass_fds = tuple(pass_fds)
@@ -57,23 +64,52 @@ class Child:
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
+        self.outlives_us = outlives_us
         self.proc: asyncio.subprocess.Process | None = None
+        self._adopted: int | None = None
+        self._exited: asyncio.Event | None = None
         self.started_at = 0.0
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
+        if self.proc is not None:
+            return self.proc.pid
+        return self._adopted
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+        if self.proc is not None:
+            return self.proc.returncode is None
+        return self._exited is not None and not self._exited.is_set()
+
+    def adopt(self, pid: int) -> None:
+        """Take over a running process (not our child): we learn of its exit through a pidfd."""
+        self.proc = None
+        self._adopted = pid
+        self.started_at = time.monotonic()
+        exited = asyncio.Event()
+        self._exited = exited
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            exited.set()
+            return
+        loop = asyncio.get_running_loop()
+
+        def gone() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            exited.set()
+
+        loop.add_reader(fd, gone)
 
     async def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.argv if self.outlives_us else dies_with_parent(self.argv)
         with open(self.log_path, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *dies_with_parent(self.argv),
+                    *argv,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
@@ -84,32 +120,37 @@ class Child:
                 )
             except (OSError, ValueError) as exc:
                 raise StartupError(f"{self.name} could not be started: {exc}") from None
+        self._adopted = None
         self.started_at = time.monotonic()
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
     async def wait(self) -> int:
-        assert self.proc is not None
-        return await self.proc.wait()
+        """Its exit code (-1 for an adopted process: only its parent can know)."""
+        if self.proc is not None:
+            return await self.proc.wait()
+        assert self._exited is not None
+        await self._exited.wait()
+        return -1
 
     async def stop(self, timeout: float) -> None:
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
+        if not self.running:
             return
         self._signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), timeout)
+            await asyncio.wait_for(self.wait(), timeout)
         except TimeoutError:
             log.warning("%s did not stop in %.1fs; killing it", self.name, timeout)
             self._signal(signal.SIGKILL)
-            await proc.wait()
+            await self.wait()
         self._signal(signal.SIGKILL)  # anything the child left in its group
-        log.info("stopped %s (exit %s)", self.name, proc.returncode)
+        log.info("stopped %s", self.name)
 
     def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is None:
+        pid = self.pid
+        if pid is None:
             return
         try:
-            os.killpg(self.proc.pid, sig)
+            os.killpg(pid, sig)  # its own session and group (start_new_session)
         except (ProcessLookupError, PermissionError):
             pass
 

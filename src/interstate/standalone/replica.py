@@ -50,10 +50,12 @@ class Unit:
         if spec.envoy is not None:
             argv = envoy_command(envoy_binary, Path(spec.envoy.bootstrap), settings.envoy_log_level)
             name = spec.proxy.node_id if spec.proxy is not None else spec.name
-            self.envoy = Child(f"envoy {name}", argv, Path(spec.envoy.log))
+            self.envoy = Child(f"envoy {name}", argv, Path(spec.envoy.log), outlives_us=True)
         if spec.app is not None:
             app = spec.app
-            self.app = Child(f"app {spec.name}", app.argv, Path(app.log), env=app.env, cwd=Path(app.cwd))
+            self.app = Child(
+                f"app {spec.name}", app.argv, Path(app.log), env=app.env, cwd=Path(app.cwd), outlives_us=True
+            )
         self._watchers: list[asyncio.Task[None]] = []
         self._down: set[str] = set()
         self._stopping = False
@@ -88,6 +90,18 @@ class Unit:
         if self.app is not None:
             await self._start_app()
         self._set(ReplicaState.READY)
+        self._supervise()
+
+    def adopt(self, app_pid: int | None, envoy_pid: int | None) -> None:
+        """Take over this unit's processes, started by an earlier supervisor and verified by
+        `standalone.adoption`; supervise them from now on as if we had started them."""
+        for child, pid in ((self.app, app_pid), (self.envoy, envoy_pid)):
+            if child is not None and pid is not None:
+                child.adopt(pid)
+        self.state = ReplicaState.READY
+        self._supervise()
+
+    def _supervise(self) -> None:
         for kind, child, start in (("envoy", self.envoy, self._start_envoy), ("app", self.app, self._start_app)):
             if child is not None:
                 self._watchers.append(asyncio.create_task(self._watch(kind, child, start), name=f"watch {child.name}"))

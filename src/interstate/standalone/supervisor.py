@@ -30,6 +30,7 @@ from interstate import audit
 from interstate.core.status import ControlPlaneInfo
 from interstate.errors import InterstateError, PermanentError
 from interstate.settings import Settings
+from interstate.standalone import adoption
 from interstate.standalone.envoy import find_envoy
 from interstate.standalone.process import Child
 from interstate.standalone.protocol import Channel, UnitSpec, UnitStatus
@@ -57,6 +58,7 @@ class Supervisor:
         self.say = say
         self.envoy_binary = find_envoy(settings.envoy_path)
         self.units: dict[str, Unit] = {}
+        self.adopted: list[str] = []
         self.http = httpx.AsyncClient(trust_env=False)
         self.channel: Channel | None = None
         self.control_plane: Child | None = None
@@ -66,6 +68,24 @@ class Supervisor:
         self.failed: InterstateError | None = None  # the first start failed: nothing to supervise
         self.stopping = False
         self._started_mesh = False
+
+    # ---- what an earlier supervisor left running -------------------------------------------
+    def adopt(self, found: list[adoption.Found]) -> None:
+        """Supervise the units a killed `interstate up` left serving (verified by
+        `adoption.survey`); stop what is left of the others (they are started afresh)."""
+        for item in found:
+            if item.adoptable:
+                unit = Unit(item.unit.spec, self.settings, self.envoy_binary, self.http, self._report)
+                unit.adopt(item.unit.app_pid, item.unit.envoy_pid)
+                self.units[unit.name] = unit
+                self.adopted.append(unit.name)
+            else:
+                log.warning("not adopting %s (%s); stopping what is left of it", item.unit.name, item.why)
+                adoption.terminate(item.pids, self.settings.stop_timeout_s)
+        self._save()
+
+    def _save(self) -> None:
+        adoption.save_units(self.settings.run_dir, [u.status() for u in self.units.values()])
 
     # ---- the control plane -----------------------------------------------------------------
     async def keep_control_plane(self) -> None:
@@ -126,6 +146,7 @@ class Supervisor:
             await channel.request(
                 "hello",
                 control_plane=self.info.to_json(),
+                supervisor={"pid": os.getpid(), "adopted": self.adopted},
                 units=[u.status().to_json() for u in self.units.values()],
             )
             if not self._started_mesh:
@@ -150,8 +171,11 @@ class Supervisor:
             "run_dir": str(self.settings.run_dir),
             "replicas": facts.get("replicas", 0),
             "supervisor_pid": os.getpid(),
+            "adopted": self.adopted,
         }
         (self.settings.run_dir / "ready.json").write_text(json.dumps(ready, indent=1) + "\n")
+        if self.adopted:
+            self.say(f"interstate: adopted {len(self.adopted)} running unit(s): {', '.join(self.adopted)}")
         self.say(
             f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
             f"dashboard={ready['dashboard']} replicas={ready['replicas']} logs={self.settings.run_dir / 'logs'}"
@@ -186,6 +210,8 @@ class Supervisor:
             await unit.stop()
             self.units.pop(spec.name, None)
             raise
+        finally:
+            self._save()
         return unit.status()
 
     async def _stop(self, names: list[str]) -> None:
@@ -193,8 +219,10 @@ class Supervisor:
         await asyncio.gather(*(u.stop() for u in units), return_exceptions=True)
         for unit in units:
             self.units.pop(unit.name, None)
+        self._save()
 
     def _report(self, status: UnitStatus) -> None:
+        self._save()  # a new pid after a restart, or a new state
         if self.channel is not None:
             self.channel.notify("unit", unit=status.to_json())
 
@@ -222,16 +250,20 @@ class Supervisor:
         if self.control_plane is not None:
             await self.control_plane.stop(self.settings.stop_timeout_s)
         (self.settings.run_dir / "ready.json").unlink(missing_ok=True)
+        adoption.forget(self.settings.run_dir)
         await self.http.aclose()
 
 
-async def run(settings: Settings, say: Callable[[str], None]) -> None:
-    """`interstate up` after validation: supervise until SIGINT/SIGTERM, then stop everything."""
+async def run(settings: Settings, say: Callable[[str], None], found: list[adoption.Found] | None = None) -> None:
+    """`interstate up` after validation: adopt the units in `found` (left by a killed `up`),
+    supervise until SIGINT/SIGTERM, then stop everything."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    adoption.save_supervisor(settings.run_dir)
     supervisor = Supervisor(settings, say)
+    supervisor.adopt(found or [])
     keeping = asyncio.create_task(supervisor.keep_control_plane(), name="control plane")
     try:
         ready = asyncio.create_task(supervisor.ready.wait())
