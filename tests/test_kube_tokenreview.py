@@ -23,6 +23,7 @@ from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources
 from interstate.core.identity import XDS_SERVER_NAME, IdentitySettings
 from interstate.core.plane import ControlPlane
+from interstate.errors import TemporaryError
 from interstate.kube.tokenreview import ReviewSettings, TokenRefused, TokenReviewer, bearer_token, pod_identity
 from interstate.kube.watch import ApiSettings
 from interstate.model.index import MeshIndex
@@ -176,20 +177,23 @@ def test_accepted_tokens_are_kept_briefly_and_boundedly(tmp_path: Path) -> None:
     run(body())
 
 
-def test_when_the_api_server_cannot_be_asked_the_stream_is_refused(tmp_path: Path) -> None:
+def test_when_the_api_server_cannot_be_asked_the_stream_cannot_be_served_yet(tmp_path: Path) -> None:
+    """Not a refusal of the side-car (PERMISSION_DENIED) but TemporaryError, which the ADS server
+    answers with UNAVAILABLE: Envoy retries, and is served once the API server answers."""
+
     async def body() -> None:
         async with fake_apiserver(tmp_path) as api:
             with_tokens(api)
             # the controller's own credentials are refused (RBAC or a wrong token): 401
             async with TokenReviewer(api_settings(api, token="not-the-controllers")) as reviewer:
-                refusal = await reviewer(bearer(GOOD), NODE)
-                assert refusal is not None and "cannot check the token: TokenReview answered HTTP 401" in refusal
+                with pytest.raises(TemporaryError, match="cannot check the token: TokenReview answered HTTP 401"):
+                    await reviewer(bearer(GOOD), NODE)
         # nobody listens there any more
         unreachable = ApiSettings(f"https://127.0.0.1:{free_port()}", token=TOKEN, ca_file=api.ca_file)
         async with TokenReviewer(unreachable, ReviewSettings(timeout_s=2)) as reviewer:
-            refusal = await reviewer(bearer(GOOD), NODE)
-            assert refusal is not None and refusal.startswith("cannot check the token: TokenReview failed")
-            assert GOOD not in refusal
+            with pytest.raises(TemporaryError, match=r"^cannot check the token: TokenReview failed") as caught:
+                await reviewer(bearer(GOOD), NODE)
+            assert GOOD not in str(caught.value)
 
     run(body())
 

@@ -20,11 +20,13 @@ from interstate.ca.authority import Authority, utcnow
 from interstate.ca.store import CertStore
 from interstate.compile import Proxy
 from interstate.config import load
-from interstate.core.status import ReplicaState
+from interstate.core.plane import ControlPlane
+from interstate.core.status import ControlPlaneInfo, ReplicaState
 from interstate.errors import ConfigError, ControlPlaneAway, PermanentError
 from interstate.model import TokenPolicy
 from interstate.settings import Settings
 from interstate.standalone import state
+from interstate.standalone.mesh import StandaloneMesh
 from interstate.standalone.protocol import AppSpec, Channel, EnvoySpec, UnitSpec, UnitStatus
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "election-night"
@@ -144,3 +146,80 @@ spec:
     again = state.load_config(tmp_path / "run")
     (before,), (after,) = config.of_kind(TokenPolicy), again.of_kind(TokenPolicy)
     assert after.spec.issuers[0].jwks.text == before.spec.issuers[0].jwks.text == signer.jwks()
+
+
+def test_work_the_peer_asked_for_finishes_when_the_peer_goes() -> None:
+    """A drain or stop the control plane asked for must not be cut short by its death: a unit
+    half-stopped would stay DRAINING for good."""
+
+    async def scenario() -> None:
+        a_sock, b_sock = socket.socketpair()
+        finished = asyncio.Event()
+
+        async def slow_stop(op: str, args: dict[str, Any]) -> dict[str, Any]:
+            await asyncio.sleep(0.3)
+            finished.set()
+            return {}
+
+        async def nothing(op: str, args: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+        supervisor = await Channel.over_socket(a_sock, slow_stop, lambda e, a: None)
+        plane = await Channel.over_socket(b_sock, nothing, lambda e, a: None)
+        tasks = [asyncio.create_task(supervisor.run()), asyncio.create_task(plane.run())]
+        asking = asyncio.create_task(plane.request("stop", names=["stats-1"]))
+        await asyncio.sleep(0.05)
+        await plane.close()  # the control plane dies mid-request
+        await supervisor.close()
+        with pytest.raises(ControlPlaneAway):
+            await asking
+        await asyncio.wait_for(finished.wait(), 2)  # the stop was carried out all the same
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+class RecordingRunner:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[str]]] = []
+
+    async def start(self, spec: UnitSpec) -> UnitStatus:
+        self.calls.append(("start", [spec.name]))
+        return UnitStatus(spec, ReplicaState.READY, 1, 2)
+
+    async def drain(self, names: list[str], timeout: float) -> None:
+        self.calls.append(("drain", names))
+
+    async def stop(self, names: list[str]) -> None:
+        self.calls.append(("stop", names))
+
+
+def test_a_restarted_control_plane_finishes_a_retirement_its_predecessor_began(tmp_path: Path) -> None:
+    config = load(EXAMPLE)
+    settings = Settings(mesh_dir=EXAMPLE, run_dir=tmp_path / "run", ca_dir=tmp_path / "ca").auto_ports()
+
+    async def scenario() -> list[tuple[str, list[str]]]:
+        core = ControlPlane(settings.identity(), settings.run_dir / "audit.jsonl")
+        await core.start("127.0.0.1", 0, "fec.gov.local")
+        runner = RecordingRunner()
+        again = StandaloneMesh(settings, config, core, runner, ControlPlaneInfo(pid=2, restarts=1))
+        again.reconnect_wait_s = 0.1
+        # what the supervisor reports: the units the previous control plane had it run
+        specs = [again._new_replica(again.workload(name)) for name in ("results", "results", "stats", "stats")]
+        units = [UnitStatus(s, ReplicaState.READY, 10 + i, 20 + i) for i, s in enumerate(specs)]
+        units[3] = units[3].with_state(ReplicaState.DRAINING)  # stats-1 was being scaled away
+        again.adopt(units)
+        await again.resume()
+        for task in (again._autoscaling, again._rotation):
+            assert task is not None
+            task.cancel()
+        await asyncio.gather(again._autoscaling, again._rotation, return_exceptions=True)
+        assert sorted(again.units) == ["results-0", "results-1", "stats-0"]
+        await again.http.aclose()
+        await core.stop()
+        return runner.calls
+
+    calls = asyncio.run(scenario())
+    assert calls == [("drain", ["stats-1"]), ("stop", ["stats-1"])]  # nothing started: the rest fits the config

@@ -77,7 +77,7 @@ class ControlPlaneProcess:
             return {}
         if op == "shutdown":
             stopped = await mesh.shutdown()
-            self.done.set()
+            asyncio.get_running_loop().call_later(0.2, self.done.set)  # after the reply went out
             return {"stopped": stopped}
         raise PermanentError(f"unknown request {op!r}")
 
@@ -90,10 +90,10 @@ class ControlPlaneProcess:
         info = ControlPlaneInfo.from_json(args["control_plane"])
         config = state.load_config(self.settings.run_dir)
         mesh = StandaloneMesh(self.settings, config, self.core, RemoteRunner(self.channel), info)
-        await self.core.start(self.settings.host, self.settings.xds_port, MeshIndex(config).mesh.trust_domain)
         mesh.adopt([UnitStatus.from_json(u) for u in args.get("units", [])])
         mesh.supervisor = dict(args.get("supervisor") or {})
-        self.mesh = mesh
+        self.mesh = mesh  # from now on unit events are taken (pushed once the core serves)
+        await self.core.start(self.settings.host, self.settings.xds_port, MeshIndex(config).mesh.trust_domain)
         self.admin = AdminServer(create_app(mesh), self.settings.host, self.settings.admin_port)
         await self.admin.start()
         return {"admin": self.admin.url, "xds": self.core.port}
@@ -104,8 +104,6 @@ class ControlPlaneProcess:
         reading = asyncio.create_task(self.channel.run())
         finished = asyncio.create_task(self.done.wait())
         await asyncio.wait({reading, finished}, return_when=asyncio.FIRST_COMPLETED)
-        if not reading.done():
-            await asyncio.sleep(0.05)  # let the shutdown reply go out
         reading.cancel()
         if self.admin is not None:
             await self.admin.stop()

@@ -72,7 +72,7 @@ def _start_over(
 
 
 async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]) -> None:
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     other = adoption.live_supervisor(settings.run_dir)
     if other is not None:
         raise PermanentError(

@@ -56,7 +56,7 @@ class MeshIdentity:
         os.chmod(self.folder, 0o700)
         self.certs = CertStore(self.authority, settings.cert_ttl, self.folder / "svid")
         self.bundle_path = self.folder / "bundle.pem"
-        self.bundle_path.write_text(self.authority.bundle_pem)
+        write_private(self.bundle_path, self.authority.bundle_pem)
         self.server_identity = spiffe.control_plane_id(trust_domain)
         self._server_cert = self.authority.issue(self.server_identity, BOOTSTRAP_TTL, now, dns_names=(XDS_SERVER_NAME,))
 

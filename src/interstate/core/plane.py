@@ -108,7 +108,12 @@ class ControlPlane:
             wait = 1.0 if due is None else (due - utcnow()).total_seconds()
             await asyncio.sleep(min(max(wait, 0.05), ROTATION_CHECK_MAX_S))
             if due is not None and utcnow() >= due:
-                on_due()
+                try:
+                    on_due()
+                except Exception:  # rotation must go on whatever one push hit
+                    log.exception("rotating certificates failed; trying again in 1s")
+                if self.identity is not None and self.identity.certs.next_rotation() == due:
+                    await asyncio.sleep(1.0)  # the push did not re-issue it: do not spin
 
     # ---- has every Envoy taken it? ---------------------------------------------------------
     async def settle(self, node_ids: list[str], timeout: float = SETTLE_TIMEOUT_S) -> None:
@@ -116,6 +121,15 @@ class ControlPlane:
         nacks = await self.ads.wait_settled(node_ids, timeout)
         if nacks:
             raise Rejected(nacks)
+
+    async def wait_connected(self, node_ids: list[str], timeout: float) -> bool:
+        """Wait (bounded) until every node in `node_ids` has an ADS stream open."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not set(node_ids) <= self.ads.connected_nodes():
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def wait_acked(self, node_ids: list[str], type_url: str, timeout: float) -> bool:
         return await self.ads.wait_acked(node_ids, type_url, timeout)

@@ -104,8 +104,8 @@ class TokenReviewer:
         """None to serve the stream claiming `node_id`, else why it is refused."""
         try:
             identity = await self.review(bearer_token(context.invocation_metadata()))
-        except (TokenRefused, TemporaryError) as exc:
-            return str(exc)
+        except TokenRefused as exc:
+            return str(exc)  # TemporaryError (the API server cannot be asked) -> UNAVAILABLE
         if identity.node_id != node_id:
             return (
                 f"node {node_id!r} is not the token's pod: the token is pod {identity.pod!r} in namespace "

@@ -45,6 +45,7 @@ from interstate.xds import resources as rt
 log = logging.getLogger(__name__)
 
 EDS_ACK_TIMEOUT_S = 2.0
+RECONNECT_WAIT_S = 5.0  # after a control-plane restart, how long Envoys get to reconnect
 INGRESS = "ingress"
 
 
@@ -85,6 +86,7 @@ class StandaloneMesh:
         self._autoscaling: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
         self.supervisor: dict[str, Any] = {}  # its pid, and the units it adopted at its start
+        self.reconnect_wait_s = RECONNECT_WAIT_S
 
     # ---- views -----------------------------------------------------------------------------
     @property
@@ -167,6 +169,11 @@ class StandaloneMesh:
     def unit_changed(self, unit: UnitStatus) -> None:
         """A `unit` event: a unit became ready, is restarting a child, or got a new pid."""
         known = self.units.get(unit.spec.name)
+        if unit.state is ReplicaState.STOPPED:
+            if known is not None:
+                self._forget(unit.spec)
+                self._pushed_after_change()
+            return
         if known is None:
             self.adopt([unit])  # started for a control plane that died before it heard back
         elif known.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
@@ -216,8 +223,12 @@ class StandaloneMesh:
         detail = {"pid": info.pid, "restarts": info.restarts, "previous": info.last_exit, "units": sorted(self.units)}
         self.audit.record(audit.SUPERVISOR, "control-plane.restart", "control-plane", detail)
         self.start_background()
+        await self.core.wait_connected(self._nodes(), self.reconnect_wait_s)  # before anything is retired
         async with self._lock:
             try:
+                leaving = [u.spec for u in self.units.values() if u.state is ReplicaState.DRAINING]
+                if leaving:  # the previous control plane died while retiring them: finish it
+                    await self._retire(leaving)
                 await self._reconcile()
             except InterstateError as exc:
                 log.error("could not bring the mesh back to its config after the restart: %s", exc)
@@ -513,7 +524,7 @@ class StandaloneMesh:
 
     def _forget(self, spec: UnitSpec) -> None:
         self.units.pop(spec.name, None)
-        self.ports.release(*spec.ports())
+        self.ports.release(*(p for p in spec.ports() if p != self.settings.ingress_port))  # the mesh's for good
 
     def _nodes(self) -> list[str]:
         return [p.node_id for p in self.proxies()]

@@ -173,10 +173,11 @@ class Channel:
                     return
                 try:
                     message = json.loads(line)
-                except ValueError:
-                    log.error("unreadable message from the peer: %r", line[:200])
-                    continue
-                self._dispatch(message)
+                    if not isinstance(message, dict):
+                        raise ValueError("not an object")
+                    self._dispatch(message)
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.error("unreadable message from the peer (%s): %r", exc, line[:200])
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             log.warning("channel to the peer broke: %s", exc)
         finally:
@@ -237,15 +238,20 @@ class Channel:
         id_ = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[id_] = future
-        await self._send({"id": id_, "op": op, "args": args})
-        return await future
+        if not self._write({"id": id_, "op": op, "args": args}):
+            self._pending.pop(id_, None)
+            raise ControlPlaneAway("the other process is not connected")
+        try:
+            return await future
+        finally:
+            self._pending.pop(id_, None)
 
     def notify(self, event: str, **args: Any) -> None:
         self._write({"event": event, "args": args})
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        """Close the stream. Requests the peer made are *not* cancelled: a drain or stop that
+        was asked for finishes (its reply is dropped), so no unit is left half-stopped."""
         with contextlib.suppress(Exception):
             self._writer.close()
             await self._writer.wait_closed()

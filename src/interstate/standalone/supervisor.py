@@ -28,7 +28,7 @@ import httpx
 
 from interstate import audit
 from interstate.core.status import ControlPlaneInfo
-from interstate.errors import InterstateError, PermanentError
+from interstate.errors import InterstateError, PermanentError, TemporaryError
 from interstate.settings import Settings
 from interstate.standalone import adoption
 from interstate.standalone.envoy import find_envoy
@@ -39,6 +39,8 @@ from interstate.standalone.replica import Unit
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT_S = 60.0
+HELLO_TIMEOUT_S = 60.0  # a control plane that cannot load its state and listen by then is replaced
+RESUME_TIMEOUT_S = 120.0
 
 
 def describe_exit(code: int | None) -> str:
@@ -59,6 +61,7 @@ class Supervisor:
         self.envoy_binary = find_envoy(settings.envoy_path)
         self.units: dict[str, Unit] = {}
         self.adopted: list[str] = []
+        self._starting: set[asyncio.Task[Any]] = set()  # `start` requests being carried out
         self.http = httpx.AsyncClient(trust_env=False)
         self.channel: Channel | None = None
         self.control_plane: Child | None = None
@@ -102,7 +105,13 @@ class Supervisor:
                     self.ready.set()
                     return
                 log.error("control plane: %s", exc)
-            code = await self.control_plane.wait() if self.control_plane is not None else None
+            except Exception:  # whatever happened, keep a control plane running
+                log.exception("supervising the control plane failed")
+            code = None
+            if self.control_plane is not None:
+                if self.control_plane.running and not self.stopping:
+                    await self.control_plane.stop(self.settings.stop_timeout_s)  # we gave up on it
+                code = await self.control_plane.wait()
             if self.stopping:
                 return
             last_exit = describe_exit(code)
@@ -143,18 +152,21 @@ class Supervisor:
             child.pid, self.restarts, datetime.now(UTC).isoformat(timespec="seconds"), last_exit
         )
         try:
-            await channel.request(
-                "hello",
-                control_plane=self.info.to_json(),
-                supervisor={"pid": os.getpid(), "adopted": self.adopted},
-                units=[u.status().to_json() for u in self.units.values()],
+            await asyncio.wait_for(
+                channel.request(
+                    "hello",
+                    control_plane=self.info.to_json(),
+                    supervisor={"pid": os.getpid(), "adopted": self.adopted},
+                    units=[u.status().to_json() for u in self.units.values()],
+                ),
+                HELLO_TIMEOUT_S,
             )
             if not self._started_mesh:
                 facts = await channel.request("start_mesh")
                 self._started_mesh = True
                 self._announce(facts)
             else:
-                await channel.request("resume")
+                await asyncio.wait_for(channel.request("resume"), RESUME_TIMEOUT_S)
             await reading
         finally:
             self.channel = None
@@ -200,17 +212,25 @@ class Supervisor:
         log.warning("unexpected event from the control plane: %s", event)
 
     async def _start(self, spec: UnitSpec) -> UnitStatus:
+        if self.stopping:
+            raise TemporaryError(f"not starting {spec.name}: the mesh is stopping")
         if spec.name in self.units:
             raise PermanentError(f"{spec.name} is already running")
         unit = Unit(spec, self.settings, self.envoy_binary, self.http, self._report)
         self.units[spec.name] = unit
+        task = asyncio.current_task()
+        if task is not None:
+            self._starting.add(task)
         try:
             await unit.start()
         except BaseException:
             await unit.stop()
             self.units.pop(spec.name, None)
+            self._report(unit.status())  # STOPPED: whichever control plane is there forgets it
             raise
         finally:
+            if task is not None:
+                self._starting.discard(task)
             self._save()
         return unit.status()
 
@@ -219,6 +239,7 @@ class Supervisor:
         await asyncio.gather(*(u.stop() for u in units), return_exceptions=True)
         for unit in units:
             self.units.pop(unit.name, None)
+            self._report(unit.status())  # STOPPED
         self._save()
 
     def _report(self, status: UnitStatus) -> None:
@@ -243,6 +264,8 @@ class Supervisor:
             audit.AuditLog(self.settings.run_dir / audit.FILE_NAME).record(
                 audit.UP, "mesh.stop", [], {"replicas_stopped": stopped, "control_plane": "away"}
             )
+        if self._starting:  # starts already under way finish (bounded), then stop with the rest
+            await asyncio.wait(set(self._starting), timeout=self.settings.ready_timeout_s)
         ingress = [n for n in self.units if n == "ingress"]
         for name in ingress:
             await self.units[name].drain(min(self.settings.drain_timeout_s, 2.0))
@@ -279,10 +302,10 @@ async def run(settings: Settings, say: Callable[[str], None], found: list[adopti
         await stop.wait()
         say("interstate: stopping")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await supervisor.shutdown()
+        await supervisor.shutdown()  # a second Ctrl-C meanwhile changes nothing: we are stopping
         keeping.cancel()
         await asyncio.gather(keeping, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
         if supervisor.failed is None:
             say("interstate: stopped")

@@ -158,6 +158,10 @@ class AdsServer:
                 }
         return out
 
+    def connected_nodes(self) -> set[str]:
+        """Nodes with an authenticated stream open."""
+        return {s.node_id for s in self._streams.values() if s.node_id}
+
     def acked(self, node_id: str, type_url: str) -> bool:
         """True when some stream of `node_id` has ACKed the node's current version of `type_url`,
         or does not subscribe to that type at all (nothing to wait for)."""
