@@ -262,7 +262,8 @@ def describe(item: object) -> str:
 class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         name = self.server.name  # type: ignore[attr-defined]
-        body = json.dumps({"path": self.path, "server": name}).encode()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        body = json.dumps({"path": self.path, "server": name, "headers": headers}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -275,7 +276,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def upstream(name: str = "stats") -> Iterator[int]:
-    """A tiny HTTP server on 127.0.0.1 in a thread; yields its port."""
+    """A tiny HTTP server on 127.0.0.1 in a thread that says who it is and which path and
+    headers reached it; yields its port."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.name = name  # type: ignore[attr-defined]

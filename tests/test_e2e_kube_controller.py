@@ -24,12 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import http.server
-import json
 import logging
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,37 +111,6 @@ def injected_pod(name: str, service: str, app_port: int, pod_ip: str, settings: 
     return pod
 
 
-class _Echo(http.server.BaseHTTPRequestHandler):
-    """The `stats` app: says who it is and which headers reached it."""
-
-    def do_GET(self) -> None:
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        body = json.dumps({"server": self.server.name, "headers": headers}).encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def echo_app(name: str) -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
-    server.name = name  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, name=f"app-{name}", daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 async def served_by(http: httpx.AsyncClient, url: str = "http://archive:8080/results/today") -> str:
     response = await http.get(url)
     assert response.status_code == 200, response.text
@@ -196,7 +161,7 @@ def test_injected_side_cars_get_svids_from_the_controller_and_talk_mutual_tls(
             return path
 
         results_settings = injector()
-        with echo_app("stats-app") as stats_app, upstream("archive-a") as port_a, upstream("archive-b") as port_b:
+        with upstream("stats-app") as stats_app, upstream("archive-a") as port_a, upstream("archive-b") as port_b:
             results = injected_pod(RESULTS_POD, "results", free_port(), RESULTS_IP, results_settings)
             stats = injected_pod(STATS_POD, "stats", stats_app, STATS_IP, injector())
             async with fake_apiserver(tmp_path) as api:
