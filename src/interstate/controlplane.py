@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from interstate import audit
 from interstate.api.admin import AdminServer, create_app
 from interstate.core.plane import ControlPlane
 from interstate.core.status import ControlPlaneInfo
@@ -54,7 +55,7 @@ class RemoteRunner:
 class ControlPlaneProcess:
     def __init__(self, run_dir: Path) -> None:
         self.settings = state.load_settings(run_dir)
-        self.core = ControlPlane(self.settings.identity(), run_dir / "audit.jsonl")
+        self.core = ControlPlane(self.settings.identity(), run_dir / audit.FILE_NAME)
         self.mesh: StandaloneMesh | None = None
         self.admin: AdminServer | None = None
         self.done = asyncio.Event()

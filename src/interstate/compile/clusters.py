@@ -32,19 +32,14 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
     return clusters
 
 
-def caller(proxy: Proxy) -> str | None:
-    """The proxy as the index names callers: its workload, or None for the ingress."""
-    return None if proxy.role is Role.INGRESS else proxy.service
-
-
 def called(index: MeshIndex, proxy: Proxy) -> list[str]:
     """Services this proxy's clients may address (Host names, Gateway routes), sorted."""
-    return index.called(caller(proxy))
+    return index.called(proxy.caller)
 
 
 def callees(index: MeshIndex, proxy: Proxy) -> list[str]:
     """Services this proxy sends requests to: those called, or their TrafficSplit backends."""
-    return index.callees(caller(proxy))
+    return index.callees(proxy.caller)
 
 
 def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb2.Cluster:

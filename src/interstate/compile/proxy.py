@@ -37,6 +37,11 @@ class Proxy:
     app_port: int = 0  # side-car: where the app itself listens (127.0.0.1 only)
     ingress_port: int = 0  # ingress: where clients of the mesh connect
 
+    @property
+    def caller(self) -> str | None:
+        """The proxy as `MeshIndex.called/callees` name callers: its workload, None for the ingress."""
+        return None if self.role is Role.INGRESS else self.service
+
     @classmethod
     def sidecar(cls, service: str, replica: int, **ports: int) -> Proxy:
         return cls(node_id=f"sidecar~{service}-{replica}", role=Role.SIDECAR, service=service, replica=replica, **ports)  # type: ignore[arg-type]

@@ -26,16 +26,13 @@ from typing import Any
 import psutil
 
 from interstate.ca.store import write_private
+from interstate.standalone import state
 from interstate.standalone.protocol import UnitStatus
 
 log = logging.getLogger(__name__)
 
 UNITS_FILE = "units.json"
 SUPERVISOR_FILE = "supervisor.json"
-
-
-def _folder(run_dir: Path) -> Path:
-    return run_dir / "state"
 
 
 def started_at(pid: int | None) -> float | None:
@@ -57,26 +54,24 @@ def save_units(run_dir: Path, units: list[UnitStatus]) -> None:
         {"unit": u.to_json(), "app_started": started_at(u.app_pid), "envoy_started": started_at(u.envoy_pid)}
         for u in units
     ]
-    _folder(run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private(_folder(run_dir) / UNITS_FILE, json.dumps(rows))
+    write_private(state.folder(run_dir) / UNITS_FILE, json.dumps(rows))
 
 
 def save_supervisor(run_dir: Path) -> None:
-    _folder(run_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {"pid": os.getpid(), "started": started_at(os.getpid())}
-    write_private(_folder(run_dir) / SUPERVISOR_FILE, json.dumps(record))
+    write_private(state.folder(run_dir) / SUPERVISOR_FILE, json.dumps(record))
 
 
 def forget(run_dir: Path) -> None:
     """After a clean stop: nothing runs from this folder any more."""
     for name in (UNITS_FILE, SUPERVISOR_FILE):
-        (_folder(run_dir) / name).unlink(missing_ok=True)
+        (run_dir / state.FOLDER / name).unlink(missing_ok=True)
 
 
 def live_supervisor(run_dir: Path) -> int | None:
     """The pid of the `interstate up` still running from this folder, if any."""
     try:
-        record = json.loads((_folder(run_dir) / SUPERVISOR_FILE).read_text())
+        record = json.loads((run_dir / state.FOLDER / SUPERVISOR_FILE).read_text())
         pid, started = int(record["pid"]), record["started"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -124,7 +119,7 @@ def _check(row: dict[str, Any]) -> Found:
 def survey(run_dir: Path) -> list[Found]:
     """Every unit the last supervisor ran from `run_dir`, checked (empty when none was left)."""
     try:
-        rows = json.loads((_folder(run_dir) / UNITS_FILE).read_text())
+        rows = json.loads((run_dir / state.FOLDER / UNITS_FILE).read_text())
     except (OSError, ValueError):
         return []
     found = []
@@ -132,7 +127,7 @@ def survey(run_dir: Path) -> list[Found]:
         try:
             found.append(_check(row))
         except (KeyError, TypeError, ValueError) as exc:
-            log.warning("ignoring an unreadable unit in %s: %s", run_dir / "state" / UNITS_FILE, exc)
+            log.warning("ignoring an unreadable unit in %s: %s", run_dir / state.FOLDER / UNITS_FILE, exc)
     return found
 
 

@@ -549,7 +549,7 @@ class StandaloneMesh:
                 if u.spec.proxy is not None
                 and u.spec.envoy is not None
                 and (url := u.admin_url) is not None
-                and service in index.callees(u.spec.proxy.service or None)
+                and service in index.callees(u.spec.proxy.caller)
             ]
             if not callers:
                 continue

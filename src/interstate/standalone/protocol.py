@@ -86,6 +86,11 @@ class UnitSpec:
             envoy=None if envoy is None else EnvoySpec(**envoy),
         )
 
+    @property
+    def admin_url(self) -> str | None:
+        """Its Envoy's admin interface (always on 127.0.0.1: see `compile.bootstrap`)."""
+        return None if self.envoy is None else f"http://127.0.0.1:{self.envoy.admin_port}"
+
     def ports(self) -> list[int]:
         out = [] if self.app is None else [self.app.port]
         if self.envoy is not None:
@@ -133,8 +138,7 @@ class UnitStatus:
 
     @property
     def admin_url(self) -> str | None:
-        """Its Envoy's admin interface (always on 127.0.0.1: see `compile.bootstrap`)."""
-        return None if self.spec.envoy is None else f"http://127.0.0.1:{self.spec.envoy.admin_port}"
+        return self.spec.admin_url
 
 
 # ---- the channel -------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ class Unit:
 
     @property
     def admin_url(self) -> str | None:
-        return None if self.spec.envoy is None else f"http://{self.settings.host}:{self.spec.envoy.admin_port}"
+        return self.spec.admin_url
 
     def status(self) -> UnitStatus:
         return UnitStatus(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from interstate.compile import Credentials, Proxy, Role, compile_proxy, endpoints, names
+from interstate.compile import Credentials, Proxy, compile_proxy, endpoints, names
 from interstate.model.index import Endpoint, MeshConfig, MeshIndex
 from interstate.xds import resources as rt
 from interstate.xds.snapshot import Snapshot, TypeSet, any_bytes, static_types
@@ -86,7 +86,6 @@ class SnapshotBuilder:
 
 def _services(index: MeshIndex, proxy: Proxy, eds_names: tuple[str, ...]) -> tuple[str, ...]:
     """The services behind a proxy's EDS clusters, checked against what the compiler produced."""
-    caller = None if proxy.role is Role.INGRESS else proxy.service
-    services = tuple(s for s in index.callees(caller) if s not in index.externals)
+    services = tuple(s for s in index.callees(proxy.caller) if s not in index.externals)
     assert tuple(names.outbound_cluster(s) for s in services) == eds_names, (services, eds_names)
     return services
