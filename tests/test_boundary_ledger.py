@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from interstate.telemetry.boundary import MAX_LABELS, OTHER, BoundaryLedger
+from interstate.telemetry.boundary import MAX_LABELS, OTHER, BoundaryLedger, Coverage, Stripped, Undeclared
 
 
 def ledger(folder: Path) -> tuple[BoundaryLedger, CollectorRegistry]:
@@ -48,8 +48,8 @@ def test_counts_are_cumulative_across_reads_and_split_lines(tmp_path: Path) -> N
     append(log, first[20:] + line(direction="ingress", service="ingress", route="policy-replaced|/r->r|idempotent"))
     books.refresh()
     summary = books.summary()
-    assert {(s["header"], s["count"]) for s in summary["headers_stripped"]} == {("x-ssn", 2), ("x-debug", 2)}
-    assert summary["policy_headers"] == {"replaced": 1}
+    assert {(s.header, s.count) for s in summary.headers_stripped} == {("x-ssn", 2), ("x-debug", 2)}
+    assert summary.policy_headers == {"replaced": 1}
 
 
 def test_undeclared_hosts_are_counted_per_service_host_and_outcome(tmp_path: Path) -> None:
@@ -60,11 +60,11 @@ def test_undeclared_hosts_are_counted_per_service_host_and_outcome(tmp_path: Pat
     append(log, line(direction="outbound", service="results", route="passthrough", authority="127.0.0.1:9"))
     append(log, line(direction="outbound", service="results", route="stats|idempotent", authority="stats"))
     append(log, line(direction="outbound", service="results", stripped="x-ssn", route="fec-api|idempotent"))
-    assert books.summary()["undeclared_hosts"] == [
-        {"service": "results", "host": "127.0.0.1:9", "outcome": "passed", "count": 1},
-        {"service": "results", "host": "evil.example", "outcome": "refused", "count": 2},
+    assert books.summary().undeclared_hosts == [
+        Undeclared("results", "127.0.0.1:9", "passed", 1),
+        Undeclared("results", "evil.example", "refused", 2),
     ]
-    assert books.summary()["headers_stripped"] == [{"header": "x-ssn", "side": "out", "count": 1}]
+    assert books.summary().headers_stripped == [Stripped("x-ssn", "out", 1)]
     labels = {"service": "results", "host": "evil.example", "outcome": "refused"}
     assert registry.get_sample_value("interstate_undeclared_host_calls_total", labels) == 2
 
@@ -75,18 +75,18 @@ def test_an_earlier_run_is_not_counted_and_a_truncated_log_is_read_again(tmp_pat
     books, _ = ledger(tmp_path)
     books.skip_existing()
     books.refresh()
-    assert books.summary()["headers_stripped"] == []
+    assert books.summary().headers_stripped == []
     log.write_text(line(direction="ingress", stripped="x-n"))  # truncated and rewritten, shorter
-    assert books.summary()["headers_stripped"] == [{"header": "x-n", "side": "in", "count": 1}]
+    assert books.summary().headers_stripped == [Stripped("x-n", "in", 1)]
 
 
 def test_client_chosen_names_are_capped(tmp_path: Path) -> None:
     books, registry = ledger(tmp_path)
     log = tmp_path / "ingress-ingress.envoy.log"
     append(log, "".join(line(direction="ingress", stripped=f"x-h{i}") for i in range(MAX_LABELS + 50)))
-    summary = books.summary()["headers_stripped"]
+    summary = books.summary().headers_stripped
     assert len(summary) == MAX_LABELS + 1
-    assert {"header": OTHER, "side": "in", "count": 50} in summary
+    assert Stripped(OTHER, "in", 50) in summary
     assert (
         registry.get_sample_value("interstate_boundary_headers_stripped_total", {"header": OTHER, "side": "in"}) == 50
     )
@@ -98,6 +98,6 @@ def test_policy_coverage_counts_inbound_requests_with_and_without_the_header(tmp
     append(log, line(direction="inbound", service="stats", policy="FEC-F101") * 3)
     append(log, line(direction="inbound", service="stats", policy=None))
     append(log, line(direction="outbound", service="stats", policy=None))  # not inbound: not counted
-    assert books.summary()["policy_coverage"] == {"stats": {"requests": 4, "with_policy": 3}}
+    assert books.summary().policy_coverage == {"stats": Coverage(4, 3)}
     labels = {"service": "stats", "policy": "missing"}
     assert registry.get_sample_value("interstate_inbound_requests_total", labels) == 1

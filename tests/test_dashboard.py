@@ -17,7 +17,27 @@ import pytest
 from interstate.api import admin, dashboard
 from interstate.api.dashboard import RateTracker, Reading
 from interstate.core.control import INGRESS_SERIES, EnvoyAdmin
+from interstate.core.status import (
+    AppProcess,
+    AutoscalerStatus,
+    AutoscalingStatus,
+    CaStatus,
+    CertStatus,
+    ControlPlaneInfo,
+    IdentityStatus,
+    IngressStatus,
+    MeshStatus,
+    ReplicaStatus,
+    Resilience,
+    ScaleDecision,
+    ServiceStatus,
+    SidecarProcess,
+    XdsSummary,
+)
 from interstate.core.status import ReplicaState as State
+from interstate.telemetry.boundary import BoundarySummary, Coverage, Stripped, Undeclared
+from interstate.telemetry.envoys import Ejection
+from interstate.xds.server import Nack, NodeSync, TypeSync
 
 AT = datetime(2026, 11, 3, 19, 0, tzinfo=UTC)
 
@@ -148,16 +168,12 @@ def test_history_keeps_the_last_window_as_ages() -> None:
 
 
 # ---- assembly --------------------------------------------------------------------------------
-def xds(nack: str | None = None, pending: bool = False, streams: int = 1) -> dict[str, Any]:
+def xds(nack: str | None = None, pending: bool = False, streams: int = 1) -> NodeSync:
     types = {
-        "CDS": {"sent": "v2", "acked": "v1" if pending else "v2", "nack": None},
-        "LDS": {
-            "sent": "v3",
-            "acked": "v2" if nack else "v3",
-            "nack": None if nack is None else {"version": "v3", "message": nack, "at": 1.0},
-        },
+        "CDS": TypeSync("v2", "v1" if pending else "v2", None),
+        "LDS": TypeSync("v3", "v2" if nack else "v3", None if nack is None else Nack("v3", nack, 1.0)),
     }
-    return {"streams": streams, "types": types}
+    return NodeSync(streams, types)
 
 
 def test_xds_state_in_one_word() -> None:
@@ -169,8 +185,8 @@ def test_xds_state_in_one_word() -> None:
     assert dashboard.xds_state(xds(streams=0))["state"] == "disconnected"
 
 
-def ejection(replica: str, by: str) -> dict[str, Any]:
-    return {"host": "127.0.0.1:1", "replica": replica, "by": by, "since": "2026-11-03T19:00:00Z", "reason": "5xx"}
+def ejection(replica: str, by: str) -> Ejection:
+    return Ejection("127.0.0.1:1", "2026-11-03T19:00:00Z", "5xx", 1, by, replica)
 
 
 def test_circuit_from_the_callers_view() -> None:
@@ -185,67 +201,61 @@ def test_circuit_from_the_callers_view() -> None:
     assert [e["replica"] for e in opened["ejected"]] == ["stats-0", "stats-1"]
 
 
-def replica(name: str, state: str = "ready", restarts: int = 0) -> dict[str, Any]:
-    return {
-        "name": name,
-        "state": state,
-        "app": {"restarts": restarts},
-        "sidecar": {"node": f"sidecar~{name}", "restarts": 0},
-        "xds": xds(),
-    }
+def replica(name: str, state: State = State.READY, restarts: int = 0) -> ReplicaStatus:
+    return ReplicaStatus(
+        name,
+        state,
+        "v1",
+        AppProcess(1, 1, restarts, "app.log"),
+        SidecarProcess(2, f"sidecar~{name}", 1, 2, 3, "envoy.log", 0),
+        xds(),
+    )
 
 
-DECISION = {"at": "2026-11-03T18:59:58+00:00", "from": 2, "to": 3, "reason": "results: 2 → 3, ...", "metrics": []}
-STATUS: dict[str, Any] = {
-    "services": {
-        "results": {
-            "desired": 3,
-            "ready": 2,
-            "injected": True,
-            "policy": "FEC-F101",
-            "replicas": [replica("results-0"), replica("results-1", restarts=1), replica("results-2", "starting")],
-        },
-        "stats": {"desired": 1, "ready": 1, "injected": True, "policy": "FEC-F101", "replicas": [replica("stats-0")]},
+def service(replicas: list[ReplicaStatus], desired: int, ready: int, seen: Resilience | None = None) -> ServiceStatus:
+    return ServiceStatus(desired, ready, True, "FEC-F101", "STRICT", replicas, seen)
+
+
+DECISION = ScaleDecision("2026-11-03T18:59:58+00:00", 2, 3, "results: 2 → 3, ...", [])
+DECISION_JSON = {"at": "2026-11-03T18:59:58+00:00", "from": 2, "to": 3, "reason": "results: 2 → 3, ...", "metrics": []}
+STATS_SEEN = Resilience(
+    ["sidecar~results-0", "sidecar~results-1"],
+    {},
+    [ejection("stats-0", "sidecar~results-0")],
+    [],
+    "50% of calls get 503",
+)
+STATUS = MeshStatus(
+    services={
+        "results": service(
+            [replica("results-0"), replica("results-1", restarts=1), replica("results-2", State.STARTING)], 3, 2
+        ),
+        "stats": service([replica("stats-0")], 1, 1, STATS_SEEN),
     },
-    "ingress": {"url": "http://127.0.0.1:8080", "xds": xds(nack="bad route")},
-    "boundary": {
-        "headers_stripped": [
-            {"header": "x-debug", "side": "in", "count": 4},
-            {"header": "cookie", "side": "out", "count": 1},
-        ],
-        "undeclared_hosts": [{"service": "results", "host": "evil.example", "outcome": "refused", "count": 2}],
-        "policy_headers": {"replaced": 5},
-        "policy_coverage": {
-            "results": {"requests": 100, "with_policy": 100},
-            "stats": {"requests": 100, "with_policy": 98},
-        },
-    },
-    "autoscaling": {
-        "period_s": 15.0,
-        "autoscalers": {"results-hpa": {"last": DECISION, "changes": [DECISION], "scaling": True}},
-    },
-}
-RESILIENCE = {
-    "stats": {
-        "callers": ["sidecar~results-0", "sidecar~results-1"],
-        "ejected": [ejection("stats-0", "sidecar~results-0")],
-        "fault": "50% of calls get 503",
-    }
-}
-CERTS = {
-    "ca": {"trust_domain": "fec.gov.local"},
-    "certs": [
-        {"node": "sidecar~stats-0", "spiffe_id": "spiffe://fec.gov.local/ns/default/sa/stats", "rotates_in_s": 900.0},
-        {"node": "ingress~ingress", "spiffe_id": "spiffe://fec.gov.local/system/ingress", "rotates_in_s": 300.5},
+    xds=XdsSummary(1, 5),
+    control_plane=ControlPlaneInfo(1),
+    ingress=IngressStatus("http://127.0.0.1:8080", 3, 4, xds(nack="bad route")),
+    boundary=BoundarySummary(
+        [Stripped("x-debug", "in", 4), Stripped("cookie", "out", 1)],
+        [Undeclared("results", "evil.example", "refused", 2)],
+        {"replaced": 5},
+        {"results": Coverage(100, 100), "stats": Coverage(100, 98)},
+    ),
+    autoscaling=AutoscalingStatus(15.0, {"results-hpa": AutoscalerStatus(DECISION, [DECISION], True)}),
+)
+CERTS = IdentityStatus(
+    CaStatus("ab", "2027-01-01T00:00:00+00:00", "fec.gov.local", 2),
+    [
+        CertStatus("sidecar~stats-0", "spiffe://fec.gov.local/ns/default/sa/stats", "1", "x", 900.0),
+        CertStatus("ingress~ingress", "spiffe://fec.gov.local/system/ingress", "2", "x", 300.5),
     ],
-}
+)
 
 
 def test_the_page_json_from_status_resilience_and_traffic() -> None:
     traffic = dashboard.Traffic(dashboard.Rate(123.456, 0.01234, 2), 8.123, [(1.0, 120.0), (0.0, 123.46)])
     data = dashboard.assemble(
         STATUS,
-        RESILIENCE,
         {"results": traffic, "stats": dashboard.Traffic(None, None, [])},
         dashboard.Traffic(dashboard.Rate(50.0, 0.0, 1), None, []),
         CERTS,
@@ -264,8 +274,13 @@ def test_the_page_json_from_status_resilience_and_traffic() -> None:
         "p99_ms": 8.12,
         "history": [[1.0, 120.0], [0.0, 123.46]],
     }
-    assert results["autoscaler"] == {"name": "results-hpa", "last": DECISION, "scaling": True, "changes": [DECISION]}
-    assert results["circuit"] is None and results["fault"] is None  # no callers' view in RESILIENCE
+    assert results["autoscaler"] == {
+        "name": "results-hpa",
+        "last": DECISION_JSON,
+        "scaling": True,
+        "changes": [DECISION_JSON],
+    }
+    assert results["circuit"] is None and results["fault"] is None  # no callers' view of results
     assert stats["traffic"]["rps"] is None  # not measured yet
     assert stats["circuit"]["state"] == "open" and stats["fault"] == "50% of calls get 503"
     assert stats["autoscaler"] is None
@@ -287,7 +302,8 @@ def test_the_page_json_from_status_resilience_and_traffic() -> None:
 
 
 def test_a_starting_control_plane_gives_an_empty_but_valid_page() -> None:
-    data = dashboard.assemble({"services": {}}, {}, {}, None, None, {}, AT)
+    empty = MeshStatus(services={}, xds=XdsSummary(0, 0), control_plane=ControlPlaneInfo(1))
+    data = dashboard.assemble(empty, {}, None, None, {}, AT)
     assert data["services"] == [] and data["certs"] is None and data["mesh"]["ingress"] is None
     assert data["mesh"]["policy_coverage"]["share"] is None
 
@@ -345,7 +361,9 @@ class FakeMesh:
     replicas: dict[str, list[FakeReplica]]
     ingress: FakeEnvoy | None
     config: FakeConfig = field(default_factory=FakeConfig)
-    identity: Any = None
+
+    def certificates(self) -> IdentityStatus | None:
+        return None
 
     def envoy_admins(self) -> list[EnvoyAdmin]:
         out = [
@@ -358,19 +376,22 @@ class FakeMesh:
             out.append(EnvoyAdmin(INGRESS_SERIES, "ingress", self.ingress.node_id, self.ingress.admin_url))
         return out
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> MeshStatus:
         services = {
-            name: {
-                "desired": len(rs),
-                "ready": sum(r.state is State.READY for r in rs),
-                "injected": any(r.sidecar is not None for r in rs),
-                "replicas": [{"name": r.name, "state": r.state.value} for r in rs],
-            }
+            name: ServiceStatus(
+                len(rs),
+                sum(r.state is State.READY for r in rs),
+                any(r.sidecar is not None for r in rs),
+                None,
+                "STRICT",
+                [ReplicaStatus(r.name, r.state, "v1") for r in rs],
+            )
             for name, rs in self.replicas.items()
         }
-        return {"services": services, "ingress": {"xds": None} if self.ingress else None}
+        ingress = IngressStatus("http://127.0.0.1:8080", 9, None, None) if self.ingress else None
+        return MeshStatus(services, XdsSummary(1, 0), ControlPlaneInfo(1), ingress=ingress)
 
-    async def resilience(self) -> dict[str, dict[str, Any]]:
+    async def resilience(self) -> dict[str, Resilience]:
         return {}
 
 

@@ -1,7 +1,7 @@
 """End-to-end: a fault `at: SERVICE` is a real failure for the callers, so their circuit opens.
 
-The example's stats-breaker (the chapter's: 3 consecutive errors, 30 s ejection) guards calls to
-stats. `interstate fault stats --abort 100 --in-service` makes stats' own side-car fail every
+The example's stats-breaker (the chapter's: 3 consecutive errors; its 30 s ejection shortened to
+8 s here, so the end of the ejection is seen too) guards calls to stats. `interstate fault stats --abort 100 --in-service` makes stats' own side-car fail every
 request; the results side-car sees the 503s, ejects the only stats replica, and then answers
 503 itself at once, without trying stats: the chapter's "fast 503 instead of hanging". A client
 of the ingress gets that 503 from results (not a 502).
@@ -24,6 +24,7 @@ from mesh_runner import EXAMPLE, MeshRun, cli, envoy_stats, running_mesh, wait_f
 pytestmark = pytest.mark.e2e
 
 STATS_IN = "http.inbound.downstream_rq_total"
+EJECTION_S = 8
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRun]:
     folder = root / "mesh"
     shutil.copytree(EXAMPLE, folder)
     (folder / "results-autoscale.yaml").unlink()  # a fixed set of replicas
+    breaker = folder / "stats-destination.yml"
+    breaker.write_text(breaker.read_text().replace("baseEjectionTime: 30s", f"baseEjectionTime: {EJECTION_S}s"))
     with running_mesh(folder, root / "run") as run:
         yield run
 
@@ -76,3 +79,33 @@ def test_a_failing_service_trips_its_callers_breaker_and_they_fail_fast(mesh: Me
     assert status["fault"] and "own side-cars" in status["fault"]
     off = cli("fault", "stats", "--off", "--admin", mesh.admin)
     assert off.returncode == 0, off.stderr
+
+
+def test_once_the_ejection_ends_status_and_dashboard_show_the_circuit_closed(mesh: MeshRun) -> None:
+    """Issue 11: Envoy logs the uneject with `"enforced": false`; it was dropped, so status and the
+    dashboard kept the replica ejected and the circuit open for ever."""
+    port = mesh.status()["services"]["results"]["replicas"][0]["sidecar"]["outbound"]
+    with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=10) as results:
+        cli("fault", "stats", "--abort", "100", "--in-service", "--admin", mesh.admin)
+        wait_for(lambda: results.get("http://stats:8080/healthz").status_code == 503, what="the fault to apply")
+
+        def ejected() -> list[dict[str, Any]]:
+            results.get("http://stats:8080/healthz")
+            return list(mesh.status()["services"]["stats"]["resilience"]["ejected"])
+
+        (ejection,) = wait_for(ejected, what="stats to be ejected")
+        assert ejection["replica"] == "stats-0"
+        assert cli("fault", "stats", "--off", "--admin", mesh.admin).returncode == 0
+        # Envoy brings the host back after its ejection time (checked every `interval`, 1 s)
+        wait_for(
+            lambda: not mesh.status()["services"]["stats"]["resilience"]["ejected"],
+            timeout=EJECTION_S * 2 + 5,
+            what="the uneject to show in status",
+        )
+        outlier_log = mesh.run_dir / "logs" / "sidecar-results-0.outlier.log"
+        events = [json.loads(x) for x in outlier_log.read_text().splitlines() if x.startswith("{")]
+        assert any(e.get("action") == "UNEJECT" for e in events), events
+        assert results.get("http://stats:8080/healthz").status_code == 200
+    board = httpx.get(mesh.admin + "/dashboard/data", timeout=10, trust_env=False).json()
+    (stats,) = [s for s in board["services"] if s["name"] == "stats"]
+    assert stats["circuit"]["state"] == "closed", stats["circuit"]

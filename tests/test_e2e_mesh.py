@@ -295,7 +295,7 @@ def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_co
         removed = cli("apply", str(mesh_copy), "--admin", mesh.admin)
         assert removed.returncode == 0, removed.stderr
         status = mesh.status()
-        assert "ingress" not in status and status["services"]["results"]["ready"] == 2
+        assert status["ingress"] is None and status["services"]["results"]["ready"] == 2
         with pytest.raises(httpx.ConnectError):
             get(mesh.ingress + "/results")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interstate.telemetry import envoys
+from interstate.telemetry import envoys, flags
 from interstate.telemetry.flags import explain
 
 
@@ -65,13 +65,7 @@ def test_ejections_are_the_hosts_whose_last_event_is_an_eject(tmp_path: Path) ->
     c = caller(tmp_path)
     c.outlier_log.write_text("\n".join(json.dumps(e) for e in events) + "\nnot json\n")
     assert envoys.ejections(c, "outbound|stats") == [
-        {
-            "host": "127.0.0.1:1002",
-            "since": "2026-11-03T19:00:02Z",
-            "reason": "CONSECUTIVE_5XX",
-            "times": 1,
-            "by": "sidecar~results-0",
-        }
+        envoys.Ejection("127.0.0.1:1002", "2026-11-03T19:00:02Z", "CONSECUTIVE_5XX", 1, "sidecar~results-0")
     ]
     assert envoys.ejections(caller(tmp_path / "missing"), "outbound|stats") == []
 
@@ -98,8 +92,62 @@ def test_recent_failures_are_grouped_by_status_and_flag(tmp_path: Path) -> None:
         + "\n"
     )
     failures = envoys.recent_failures([c], "outbound|stats")
-    assert [(f["status"], f["flags"], f["count"], f["last"]) for f in failures] == [
+    assert [(f.status, f.flags, f.count, f.last) for f in failures] == [
         (504, "UT", 1, "19:00:03"),
         (503, "UH", 2, "19:00:02"),
     ]
-    assert failures[1]["why"].startswith("no healthy upstream")
+    assert failures[1].why.startswith("no healthy upstream")
+
+
+def test_an_uneject_as_envoy_logs_it_ends_the_ejection(tmp_path: Path) -> None:
+    """Envoy logs the uneject with `"enforced": false` (it enforces nothing): it must still end
+    the ejection, while an ejection Envoy did not enforce never starts one. (Issue 11: after an
+    ejection ended, status and the dashboard kept the replica ejected and the circuit open.)"""
+    eject = {
+        "type": "CONSECUTIVE_5XX",
+        "cluster_name": "outbound|stats",
+        "upstream_url": "127.0.0.1:1001",
+        "action": "EJECT",
+        "num_ejections": 1,
+        "enforced": True,
+        "timestamp": "2026-11-03T19:00:01Z",
+    }
+    uneject = {
+        "type": "CONSECUTIVE_5XX",
+        "cluster_name": "outbound|stats",
+        "upstream_url": "127.0.0.1:1001",
+        "action": "UNEJECT",
+        "num_ejections": 1,
+        "enforced": False,
+        "timestamp": "2026-11-03T19:00:31Z",
+    }
+    not_enforced = eject | {"upstream_url": "127.0.0.1:1002", "enforced": False}
+    c = caller(tmp_path)
+    c.outlier_log.write_text(json.dumps(eject) + "\n")
+    assert [e.host for e in envoys.ejections(c, "outbound|stats")] == ["127.0.0.1:1001"]
+    c.outlier_log.write_text("".join(json.dumps(e) + "\n" for e in (eject, uneject, not_enforced)))
+    assert envoys.ejections(c, "outbound|stats") == []
+
+
+def test_no_healthy_upstream_at_start_up_is_not_called_a_circuit_open(tmp_path: Path) -> None:
+    """Issue 11: at start-up, probes of an app whose callee was not ready yet read `503 UH ...
+    (circuit open)`, like an outage. Only a UH while the caller had replicas ejected is one."""
+    c = caller(tmp_path)
+    event = {"cluster_name": "outbound|stats", "upstream_url": "127.0.0.1:1001", "num_ejections": 1}
+    c.outlier_log.write_text(
+        json.dumps(event | {"action": "EJECT", "enforced": True, "timestamp": "2026-11-03T19:00:10.000Z"})
+        + "\n"
+        + json.dumps(event | {"action": "UNEJECT", "enforced": False, "timestamp": "2026-11-03T19:00:40.000Z"})
+        + "\n"
+    )
+
+    def uh(time: str) -> str:
+        return json.dumps({"status": 503, "flags": "UH", "time": time, "cluster": "outbound|stats"})
+
+    c.access_log.write_text(
+        "\n".join(uh(t) for t in ("2026-11-03T19:00:01.500Z", "2026-11-03T19:00:02.000Z", "2026-11-03T19:00:20.000Z"))
+        + "\n"
+    )
+    failures = envoys.recent_failures([c], "outbound|stats")
+    assert [(f.count, f.why) for f in failures] == [(1, flags.UH_EJECTED), (2, flags.UH_NOT_READY)]
+    assert "circuit open" not in flags.UH_NOT_READY

@@ -34,7 +34,7 @@ from interstate.compile import ProxyResources
 from interstate.compile.proxy import Proxy
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
-from interstate.xds.server import AdsServer
+from interstate.xds.server import AdsServer, Nack
 from interstate.xds.snapshot import Snapshot
 
 pytestmark = pytest.mark.e2e
@@ -121,17 +121,19 @@ async def scenario(workdir: Path, upstream_port: int) -> None:
             assert bad.version(rt.ENDPOINT) == good.version(rt.ENDPOINT)
             assert cache.set(node, bad)
 
-            def nack() -> dict[str, object] | None:
-                return server.status().get(node, {}).get("types", {}).get("CDS", {}).get("nack")
+            def nack() -> Nack | None:
+                sync = server.status().get(node)
+                cds = None if sync is None else sync.types.get("CDS")
+                return None if cds is None else cds.nack
 
             assert await wait_until(lambda: nack() is not None, 10.0), server.status()
-            cds = server.status()[node]["types"]["CDS"]
-            assert cds["nack"]["version"] == bad.version(rt.CLUSTER)
+            cds = server.status()[node].types["CDS"]
+            assert cds.nack is not None and cds.nack.version == bad.version(rt.CLUSTER)
             # Envoy's own words, e.g. "Invalid duration: Expected positive duration ... seconds: -1"
-            message = cds["nack"]["message"]
+            message = cds.nack.message
             assert "duration" in message.lower() and "-1" in message, message
-            assert cds["acked"] == good.version(rt.CLUSTER)  # the last accepted version stays
-            assert cds["sent"] == bad.version(rt.CLUSTER)
+            assert cds.acked == good.version(rt.CLUSTER)  # the last accepted version stays
+            assert cds.sent == bad.version(rt.CLUSTER)
             assert not server.acked(node, rt.CLUSTER)
             assert nacks(server) >= 1
 
@@ -164,7 +166,7 @@ async def scenario(workdir: Path, upstream_port: int) -> None:
             assert fixed.version(rt.ENDPOINT) == good.version(rt.ENDPOINT)
             assert cache.set(node, fixed)
             assert await server.wait_acked([node], rt.CLUSTER, 10.0), server.status()
-            assert server.status()[node]["types"]["CDS"]["acked"] == fixed.version(rt.CLUSTER)
+            assert server.status()[node].types["CDS"].acked == fixed.version(rt.CLUSTER)
             await wait_until_stat(side, "cluster_manager.cds.update_success", success_before + 1)
             active = (await side.active_clusters())[STATS_CLUSTER]
             assert active["cluster"]["connect_timeout"] == "2s", active

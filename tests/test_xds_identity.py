@@ -165,7 +165,7 @@ def test_a_proxy_gets_its_own_secrets_for_the_node_it_proves(pki: Pki) -> None:
             for leaked in (pki.stats.key_pem, pki.stats.chain_pem):
                 assert not any(leaked.encode() in data for data in seen)
             assert metric(server, REFUSED) == 0
-            assert server.status()[RESULTS.node_id]["streams"] == 1
+            assert server.status()[RESULTS.node_id].streams == 1
 
     run(body())
 

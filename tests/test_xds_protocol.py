@@ -141,7 +141,7 @@ def test_first_request_per_type_gets_full_current_state() -> None:
                 if type_url == rt.ENDPOINT:  # the payload is the endpoint we compiled
                     lb = resources["outbound|stats"].endpoints[0].lb_endpoints
                     assert [e.endpoint.address.socket_address.port_value for e in lb] == [19000]
-            assert server.status()[NODE]["types"]["CDS"]["sent"] == snap.version(rt.CLUSTER)
+            assert server.status()[NODE].types["CDS"].sent == snap.version(rt.CLUSTER)
             assert metric(server, "interstate_xds_pushes_total", type="CDS") == 1
 
     run(body())
@@ -177,8 +177,8 @@ def test_ack_gets_no_response() -> None:
                 await client.expect_nothing()
                 assert server.acked(NODE, type_url)
                 assert metric(server, "interstate_xds_acks_total", type=rt.SHORT[type_url]) == 1
-            types = server.status()[NODE]["types"]
-            assert {t: s["acked"] for t, s in types.items()} == {rt.SHORT[t]: snap.version(t) for t in rt.ORDER}
+            types = server.status()[NODE].types
+            assert {t: s.acked for t, s in types.items()} == {rt.SHORT[t]: snap.version(t) for t in rt.ORDER}
             assert metric(server, "interstate_xds_pushes_total", type="CDS") == 1
 
     run(body())
@@ -209,11 +209,11 @@ def test_stale_nonce_is_ignored() -> None:
             await client.expect_nothing()
             assert metric(server, "interstate_xds_stale_requests_total", type="CDS") == 2
             assert metric(server, "interstate_xds_nacks_total", type="CDS") == 0
-            assert server.status()[NODE]["types"]["CDS"]["nack"] is None
+            assert server.status()[NODE].types["CDS"].nack is None
 
             await client.ack(new)  # the current nonce is a real ACK
             await client.expect_nothing()
-            assert server.status()[NODE]["types"]["CDS"]["acked"] == newer.version(rt.CLUSTER)
+            assert server.status()[NODE].types["CDS"].acked == newer.version(rt.CLUSTER)
 
     run(body())
 
@@ -244,10 +244,10 @@ def test_nack_is_recorded_not_resent_and_a_new_version_is_sent() -> None:
             )
             await client.expect_nothing()
             assert metric(server, "interstate_xds_nacks_total", type="CDS") == 1
-            cds = server.status()[NODE]["types"]["CDS"]
-            assert cds["acked"] == good.version(rt.CLUSTER)
-            assert cds["nack"]["version"] == rejected.version(rt.CLUSTER)
-            assert "connect_timeout must be greater than 0s" in cds["nack"]["message"]
+            cds = server.status()[NODE].types["CDS"]
+            assert cds.acked == good.version(rt.CLUSTER)
+            assert cds.nack is not None and cds.nack.version == rejected.version(rt.CLUSTER)
+            assert "connect_timeout must be greater than 0s" in cds.nack.message
             assert not server.acked(NODE, rt.CLUSTER)
             for type_url in (rt.ENDPOINT, rt.LISTENER, rt.ROUTE):
                 await client.ack(pushed[type_url], names=NAMES[type_url])
@@ -278,7 +278,7 @@ def test_nack_is_recorded_not_resent_and_a_new_version_is_sent() -> None:
             assert got[rt.CLUSTER].version_info == fixed.version(rt.CLUSTER)
             await client.ack(got[rt.CLUSTER])
             await client.expect_nothing()
-            assert server.status()[NODE]["types"]["CDS"]["acked"] == fixed.version(rt.CLUSTER)
+            assert server.status()[NODE].types["CDS"].acked == fixed.version(rt.CLUSTER)
             assert server.acked(NODE, rt.CLUSTER)
 
     run(body())
@@ -387,7 +387,7 @@ def test_reconnect_gets_everything_again_at_the_same_version() -> None:
                     assert resp.type_url == type_url
                     assert resp.version_info == before[type_url].version_info == version
                     assert list(resp.resources) == list(before[type_url].resources)
-                assert server.status()[NODE]["streams"] == 1
+                assert server.status()[NODE].streams == 1
 
     run(body())
 

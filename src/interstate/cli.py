@@ -243,7 +243,7 @@ def status(admin: str, as_json: bool) -> None:
     if plane:
         ended = f", the last one {plane['last_exit']}" if plane.get("last_exit") else ""
         click.echo(f"control plane: pid {plane['pid']}, restarts {plane['restarts']}, since {plane['since']}{ended}")
-    if "ingress" in data:
+    if data.get("ingress"):
         odd = ", ".join(f"{n} {what}" for what, n in boundary.get("policy_headers", {}).items() if n)
         click.echo(f"ingress {data['ingress']['url']}" + (f" (policy header: {odd})" if odd else ""))
     stripped = [f"{s['header']} ({s['side']}) x{s['count']}" for s in boundary.get("headers_stripped", [])]

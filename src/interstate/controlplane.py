@@ -26,7 +26,7 @@ from typing import Any
 from interstate import audit
 from interstate.api.admin import AdminServer, create_app
 from interstate.core.plane import ControlPlane
-from interstate.core.status import ControlPlaneInfo
+from interstate.core.status import ControlPlaneInfo, SupervisorInfo
 from interstate.errors import InterstateError, PermanentError
 from interstate.model.index import MeshIndex
 from interstate.standalone import state
@@ -92,7 +92,7 @@ class ControlPlaneProcess:
         config = state.load_config(self.settings.run_dir)
         mesh = StandaloneMesh(self.settings, config, self.core, RemoteRunner(self.channel), info)
         mesh.adopt([UnitStatus.from_json(u) for u in args.get("units", [])])
-        mesh.supervisor = dict(args.get("supervisor") or {})
+        mesh.supervisor = SupervisorInfo.from_json(args["supervisor"])
         self.mesh = mesh  # from now on unit events are taken (pushed once the core serves)
         await self.core.start(self.settings.host, self.settings.xds_port, MeshIndex(config).mesh.trust_domain)
         self.admin = AdminServer(create_app(mesh), self.settings.host, self.settings.admin_port)

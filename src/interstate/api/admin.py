@@ -32,9 +32,9 @@ from starlette.routing import Route
 
 from interstate import audit
 from interstate.api import dashboard
-from interstate.ca.authority import utcnow
 from interstate.config.loader import decode_sources
 from interstate.core.control import MeshControl
+from interstate.core.status import to_json
 from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, UnknownService
 from interstate.model.traffic_policy import Fault
 
@@ -84,10 +84,7 @@ def create_app(mesh: MeshControl) -> Starlette:
         return PlainTextResponse("ok\n")
 
     async def status(request: Request) -> Response:
-        out = mesh.status()
-        for service, facts in (await mesh.resilience()).items():
-            out["services"][service]["resilience"] = facts
-        return JSONResponse(out)
+        return JSONResponse(to_json(mesh.status().with_resilience(await mesh.resilience())))
 
     async def apply(request: Request) -> Response:
         try:
@@ -165,9 +162,10 @@ def create_app(mesh: MeshControl) -> Starlette:
             return invalid("split", exc)
 
     async def certs(request: Request) -> Response:
-        if mesh.identity is None:
+        certs = mesh.certificates()
+        if certs is None:
             return JSONResponse({"error": "the control plane is starting"}, 503)
-        return JSONResponse(mesh.identity.status(utcnow()))
+        return JSONResponse(to_json(certs))
 
     async def metrics(request: Request) -> Response:
         mesh.refresh_metrics()

@@ -4,7 +4,7 @@
 Envoy admin, at most once per `MIN_INTERVAL_S` whoever asks (several browsers get the same
 sample); `RateTracker` turns successive cumulative reads into requests/s and 5xx share (restarts
 and replicas that come and go included) and keeps the last minute for the sparklines; `assemble`
-(pure) joins that with `MeshControl.status()`, `resilience()` and the certificates into the JSON
+(pure) joins that with the typed `MeshControl.status()`, `resilience()` and certificates into the JSON
 the page draws. Called by the admin API; reads the mesh's `core.control.MeshControl` views and Envoy admin
 endpoints, never changes anything.
 """
@@ -27,9 +27,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from interstate.ca.authority import utcnow
 from interstate.core.control import INGRESS_SERIES, MeshControl
+from interstate.core.status import AutoscalingStatus, IdentityStatus, MeshStatus, to_json
 from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import HorizontalPodAutoscaler
-from interstate.telemetry.envoys import read_stats_json
+from interstate.telemetry.envoys import Ejection, read_stats_json
+from interstate.xds.server import NodeSync
 
 MIN_INTERVAL_S = 0.9  # a page polling every second gets a fresh sample each time; others share it
 WINDOW_S = 60.0  # how much history a sparkline shows
@@ -206,27 +208,26 @@ class Traffic:
 
 
 # ---- assembly (pure) -------------------------------------------------------------------------
-def xds_state(xds: Mapping[str, Any] | None) -> dict[str, Any]:
+def xds_state(xds: NodeSync | None) -> dict[str, str]:
     """One proxy's xDS in a word: `nack` (with Envoy's messages), `pending` (sent, not yet
     answered), `synced`, or `disconnected` (no open stream)."""
-    if not xds or not xds.get("streams"):
+    if xds is None or not xds.streams:
         return {"state": "disconnected", "message": "no open xDS stream"}
-    types: Mapping[str, Any] = xds.get("types") or {}
-    nacks = [f"{kind}: {t['nack'].get('message', '')}" for kind, t in types.items() if t.get("nack")]
+    nacks = [f"{kind}: {t.nack.message}" for kind, t in xds.types.items() if t.nack is not None]
     if nacks:
         return {"state": "nack", "message": "; ".join(nacks)}
-    pending = [kind for kind, t in types.items() if t.get("sent") != t.get("acked")]
+    pending = [kind for kind, t in xds.types.items() if t.sent != t.acked]
     if pending:
         return {"state": "pending", "message": "waiting for the ACK of " + ", ".join(pending)}
     return {"state": "synced", "message": ""}
 
 
-def circuit(ejected: Sequence[Mapping[str, Any]], ready: Sequence[str], callers: Sequence[str]) -> dict[str, Any]:
+def circuit(ejected: Sequence[Ejection], ready: Sequence[str], callers: Sequence[str]) -> dict[str, Any]:
     """The callers' view of a service: `open` when some caller has ejected every ready replica
     (its calls get a fast 503), `partial` when some replicas are ejected, else `closed`."""
     by_caller: dict[str, set[str]] = {}
     for e in ejected:
-        by_caller.setdefault(str(e.get("by", "?")), set()).add(str(e.get("replica", "?")))
+        by_caller.setdefault(e.by, set()).add(e.replica)
     replicas = sorted({r for names in by_caller.values() for r in names})
     if not replicas:
         state, words = "closed", "no replica ejected"
@@ -239,79 +240,75 @@ def circuit(ejected: Sequence[Mapping[str, Any]], ready: Sequence[str], callers:
         "state": state,
         "words": words,
         "ejected": [
-            {k: e.get(k) for k in ("replica", "by", "since", "reason", "times")}
-            for e in sorted(ejected, key=lambda e: (str(e.get("replica")), str(e.get("by"))))
+            {"replica": e.replica, "by": e.by, "since": e.since, "reason": e.reason, "times": e.times}
+            for e in sorted(ejected, key=lambda e: (e.replica, e.by))
         ],
         "callers": list(callers),
     }
 
 
+def _autoscaler(name: str | None, autoscaling: AutoscalingStatus | None) -> dict[str, Any] | None:
+    if name is None:
+        return None
+    loop = None if autoscaling is None else autoscaling.autoscalers.get(name)
+    return {
+        "name": name,
+        "last": None if loop is None else to_json(loop.last),
+        "scaling": loop is not None and loop.scaling,
+        "changes": [] if loop is None else to_json(loop.changes[-3:]),
+    }
+
+
 def assemble(
-    status: Mapping[str, Any],
-    resilience: Mapping[str, Mapping[str, Any]],
+    status: MeshStatus,
     services: Mapping[str, Traffic],
     ingress: Traffic | None,
-    certs: Mapping[str, Any] | None,
+    certs: IdentityStatus | None,
     autoscaled: Mapping[str, str],
     at: datetime,
     ingress_node: str = "ingress~ingress",
 ) -> dict[str, Any]:
-    """The page's JSON. `status` is `MeshControl.status()`, `resilience` its `resilience()`,
-    `services` the traffic per workload (ignored for one without side-cars), `certs` `MeshIdentity.status()` (None while starting),
-    `autoscaled` {workload: its HorizontalPodAutoscaler's name}."""
-    autoscalers = (status.get("autoscaling") or {}).get("autoscalers") or {}
+    """The page's JSON. `status` is `MeshControl.status()` with its `resilience()`, `services`
+    the traffic per workload (ignored for one without side-cars), `certs` the identity's status
+    (None while starting), `autoscaled` {workload: its HorizontalPodAutoscaler's name}."""
     rows = []
     proxies = []
-    for name, facts in (status.get("services") or {}).items():
-        replicas = facts.get("replicas") or []
-        ready = [r["name"] for r in replicas if r.get("state") == State.READY.value]
-        seen = resilience.get(name)
-        hpa = autoscaled.get(name)
-        loop = autoscalers.get(hpa) if hpa else None
+    for name, facts in status.services.items():
+        ready = [r.name for r in facts.replicas if r.state is State.READY]
+        seen = facts.resilience
         traffic = services.get(name)
         rows.append(
             {
                 "name": name,
-                "ready": facts.get("ready", 0),
-                "desired": facts.get("desired", 0),
-                "injected": facts.get("injected", False),
-                "policy": facts.get("policy"),
+                "ready": facts.ready,
+                "desired": facts.desired,
+                "injected": facts.injected,
+                "policy": facts.policy,
                 "replicas": [
                     {
-                        "name": r["name"],
-                        "state": r.get("state"),
-                        "restarts": (r.get("app") or {}).get("restarts", 0)
-                        + (r.get("sidecar") or {}).get("restarts", 0),
+                        "name": r.name,
+                        "state": r.state.value,
+                        "restarts": (r.app.restarts if r.app else 0) + (r.sidecar.restarts if r.sidecar else 0),
                     }
-                    for r in replicas
+                    for r in facts.replicas
                 ],
-                "traffic": None if traffic is None or not facts.get("injected") else traffic.json(),
-                "circuit": None
-                if seen is None
-                else circuit(seen.get("ejected") or [], ready, seen.get("callers") or []),
-                "fault": None if seen is None else seen.get("fault"),
-                "autoscaler": None
-                if hpa is None
-                else {
-                    "name": hpa,
-                    "last": None if loop is None else loop.get("last"),
-                    "scaling": bool(loop and loop.get("scaling")),
-                    "changes": [] if loop is None else (loop.get("changes") or [])[-3:],
-                },
+                "traffic": None if traffic is None or not facts.injected else traffic.json(),
+                "circuit": None if seen is None else circuit(seen.ejected, ready, seen.callers),
+                "fault": None if seen is None else seen.fault,
+                "autoscaler": _autoscaler(autoscaled.get(name), status.autoscaling),
             }
         )
-        for r in replicas:
-            node = (r.get("sidecar") or {}).get("node")
-            if node and r.get("state") != State.STOPPED.value:
-                proxies.append({"node": node, "service": name, **xds_state(r.get("xds"))})
-    if status.get("ingress"):
-        proxies.append({"node": ingress_node, "service": "ingress", **xds_state(status["ingress"].get("xds"))})
-    boundary = status.get("boundary") or {}
-    coverage = boundary.get("policy_coverage") or {}
-    requests = sum(c.get("requests", 0) for c in coverage.values())
-    with_policy = sum(c.get("with_policy", 0) for c in coverage.values())
-    stripped = boundary.get("headers_stripped") or []
-    cert_rows = sorted((certs or {}).get("certs") or [], key=lambda c: c.get("rotates_in_s", 0))
+        for r in facts.replicas:
+            if r.sidecar is not None and r.state is not State.STOPPED:
+                proxies.append({"node": r.sidecar.node, "service": name, **xds_state(r.xds)})
+    if status.ingress is not None:
+        proxies.append({"node": ingress_node, "service": "ingress", **xds_state(status.ingress.xds)})
+    boundary = status.boundary
+    coverage = boundary.policy_coverage
+    requests = sum(c.requests for c in coverage.values())
+    with_policy = sum(c.with_policy for c in coverage.values())
+    stripped = boundary.headers_stripped
+    cert_rows = [] if certs is None else sorted(certs.certs, key=lambda c: c.rotates_in_s)
     return {
         "at": at.isoformat(timespec="seconds"),
         "window_s": WINDOW_S,
@@ -322,11 +319,11 @@ def assemble(
                 "requests": requests,
                 "with_policy": with_policy,
                 "share": None if not requests else round(with_policy / requests, 4),
-                "by_service": dict(coverage),
+                "by_service": to_json(coverage),
             },
-            "headers_stripped": {"total": sum(s.get("count", 0) for s in stripped), "by_header": list(stripped)},
-            "policy_headers": dict(boundary.get("policy_headers") or {}),
-            "undeclared_hosts": sum(u.get("count", 0) for u in boundary.get("undeclared_hosts") or []),
+            "headers_stripped": {"total": sum(s.count for s in stripped), "by_header": to_json(stripped)},
+            "policy_headers": dict(boundary.policy_headers),
+            "undeclared_hosts": sum(u.count for u in boundary.undeclared_hosts),
             "xds": {
                 "proxies": len(proxies),
                 "synced": sum(1 for p in proxies if p["state"] == "synced"),
@@ -337,9 +334,12 @@ def assemble(
         "certs": None
         if certs is None
         else {
-            "ca": certs.get("ca"),
-            "next_rotation_s": cert_rows[0].get("rotates_in_s") if cert_rows else None,
-            "certs": [{k: c.get(k) for k in ("node", "spiffe_id", "not_after", "rotates_in_s")} for c in cert_rows],
+            "ca": to_json(certs.ca),
+            "next_rotation_s": cert_rows[0].rotates_in_s if cert_rows else None,
+            "certs": [
+                {"node": c.node, "spiffe_id": c.spiffe_id, "not_after": c.not_after, "rotates_in_s": c.rotates_in_s}
+                for c in cert_rows
+            ],
         },
     }
 
@@ -389,7 +389,7 @@ class Dashboard:
     async def _sample(self) -> dict[str, Any]:
         mesh = self.mesh
         status = mesh.status()
-        admins = [a for a in mesh.envoy_admins() if a.series in status["services"] or a.series == INGRESS]
+        admins = [a for a in mesh.envoy_admins() if a.series in status.services or a.series == INGRESS]
         ingress = next((a for a in admins if a.series == INGRESS), None)
         reads = [(a.series, a.name, a.url, INGRESS_STATS if a.series == INGRESS else INBOUND_STATS) for a in admins]
 
@@ -398,7 +398,7 @@ class Dashboard:
             return self.clock(), readings  # the time of the reads, not of the slower resilience()
 
         (now, readings), resilience = await asyncio.gather(read_all(), mesh.resilience())
-        by_series: dict[str, dict[str, Reading | None]] = {service: {} for service in status["services"]}
+        by_series: dict[str, dict[str, Reading | None]] = {service: {} for service in status.services}
         if ingress is not None:
             by_series[INGRESS] = {}
         for (series, name, _, _), reading in zip(reads, readings, strict=True):
@@ -413,13 +413,11 @@ class Dashboard:
         self.tracker.keep_only(set(by_series))
         mesh_ingress = traffic.pop(INGRESS, None)
         hpas = mesh.config.of_kind(HorizontalPodAutoscaler)
-        identity = mesh.identity
         return assemble(
-            status,
-            resilience,
+            status.with_resilience(resilience),
             traffic,
             mesh_ingress,
-            None if identity is None else identity.status(utcnow()),
+            mesh.certificates(),
             {h.workload: h.name for h in hpas},
             utcnow(),
             ingress_node=ingress.node_id if ingress is not None else "",

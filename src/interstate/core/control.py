@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from interstate.audit import AuditLog
-    from interstate.core.identity import MeshIdentity
+    from interstate.core.status import IdentityStatus, MeshStatus, Resilience
     from interstate.model.index import MeshConfig
     from interstate.model.traffic_policy import Fault
 
@@ -46,12 +46,11 @@ class MeshControl(Protocol):
     @property
     def registry(self) -> CollectorRegistry: ...
 
-    @property
-    def identity(self) -> MeshIdentity | None: ...
+    def certificates(self) -> IdentityStatus | None: ...  # None while the core is starting
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self) -> MeshStatus: ...
 
-    async def resilience(self) -> dict[str, dict[str, Any]]: ...
+    async def resilience(self) -> dict[str, Resilience]: ...  # per service, what its callers saw
 
     def envoy_admins(self) -> list[EnvoyAdmin]: ...
 

@@ -15,13 +15,14 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from interstate.ca import spiffe
 from interstate.ca.authority import Authority, Issued, utcnow
 from interstate.ca.store import CertStore, write_private
 from interstate.compile import Credentials, Proxy, Role
 from interstate.compile.bootstrap import XdsTls
+from interstate.core.status import CaStatus, CertStatus, IdentityStatus
 
 if TYPE_CHECKING:
     import grpc
@@ -91,22 +92,14 @@ class MeshIdentity:
         cert = self.certs.current(proxy.node_id, self.identity_of(proxy), now)
         return Credentials(cert.identity, cert.chain_pem, cert.key_pem, self.authority.bundle_pem)
 
-    def status(self, now: datetime) -> dict[str, Any]:
-        def one(node: str, cert: Issued) -> dict[str, Any]:
-            return {
-                "node": node,
-                "spiffe_id": cert.identity,
-                "serial": f"{cert.serial:x}",
-                "not_after": cert.not_after.isoformat(),
-                "rotates_in_s": round((cert.rotate_at() - now).total_seconds(), 1),
-            }
+    def status(self, now: datetime) -> IdentityStatus:
+        """The CA and every certificate in force, with how long until each rotates."""
 
-        return {
-            "ca": {
-                "fingerprint": self.authority.fingerprint,
-                "not_after": self.authority.not_after.isoformat(),
-                "trust_domain": self.trust_domain,
-                "issued": self.certs.issued_total,
-            },
-            "certs": [one(node, cert) for node, cert in self.certs.items()],
-        }
+        def one(node: str, cert: Issued) -> CertStatus:
+            rotates_in = round((cert.rotate_at() - now).total_seconds(), 1)
+            return CertStatus(node, cert.identity, f"{cert.serial:x}", cert.not_after.isoformat(), rotates_in)
+
+        ca = CaStatus(
+            self.authority.fingerprint, self.authority.not_after.isoformat(), self.trust_domain, self.certs.issued_total
+        )
+        return IdentityStatus(ca, [one(node, cert) for node, cert in self.certs.items()])

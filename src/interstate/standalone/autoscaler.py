@@ -33,6 +33,7 @@ import psutil
 
 from interstate import audit
 from interstate.autoscale import algorithm
+from interstate.core.status import AutoscalerStatus, AutoscalingStatus, MetricReading, ScaleDecision, to_json
 from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import CpuUtilization, HorizontalPodAutoscaler, RequestRate, Scaling
 from interstate.model.index import MeshConfig, MeshIndex
@@ -159,8 +160,8 @@ class _Loop:
 
     state: algorithm.State = field(default_factory=algorithm.State)
     scaling: asyncio.Task[None] | None = None
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    last: dict[str, Any] | None = None
+    decisions: list[ScaleDecision] = field(default_factory=list)
+    last: ScaleDecision | None = None
 
 
 class Autoscaler:
@@ -235,16 +236,13 @@ class Autoscaler:
             before,
             unready_pods=unready,
         )
-        record = {
-            "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "from": decision.current,
-            "to": decision.desired,
-            "reason": decision.reason,
-            "metrics": [
-                {"name": p.name, "current": p.current, "target": p.target, "proposal": p.replicas}
-                for p in decision.proposals
-            ],
-        }
+        record = ScaleDecision(
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            decision.current,
+            decision.desired,
+            decision.reason,
+            [MetricReading(p.name, p.current, p.target, p.replicas) for p in decision.proposals],
+        )
         loop.last = record
         if decision.desired != current:
             log.info("autoscaler %s: %s", hpa.name, decision.reason)
@@ -255,7 +253,7 @@ class Autoscaler:
         return decision
 
     async def _scale(self, service: str, replicas: int, loop: _Loop, before: algorithm.State) -> None:
-        decision = {k: v for k, v in (loop.last or {}).items() if k in ("from", "to", "reason", "metrics")}
+        decision: dict[str, Any] = {k: v for k, v in to_json(loop.last).items() if k != "at"} if loop.last else {}
         outcome = "ok"
         try:
             changes = await self.mesh.scale(service, replicas, autoscaler=True)
@@ -268,16 +266,14 @@ class Autoscaler:
             self.audit.record("autoscaler", "autoscaler.scale", service, decision, outcome)
         self.sampler.keep_only(r.name for rs in self.mesh.replicas.values() for r in rs)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> AutoscalingStatus:
         """Per autoscaler: the last decision (with its measured inputs) and the recent changes."""
-        return {
-            "period_s": self.period_s,
-            "autoscalers": {
-                name: {
-                    "last": loop.last,
-                    "changes": loop.decisions,
-                    "scaling": loop.scaling is not None and not loop.scaling.done(),
-                }
+        return AutoscalingStatus(
+            self.period_s,
+            {
+                name: AutoscalerStatus(
+                    loop.last, list(loop.decisions), loop.scaling is not None and not loop.scaling.done()
+                )
                 for name, loop in self._loops.items()
             },
-        }
+        )

@@ -12,6 +12,7 @@ the audit trail. Called by the admin API, the autoscaler and `interstate.control
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,11 +22,21 @@ from typing import Any, Protocol
 import httpx
 
 from interstate import audit
+from interstate.ca.authority import utcnow
 from interstate.compile import Proxy, bootstrap, names, passthrough, policy_context
 from interstate.core.control import INGRESS_SERIES, EnvoyAdmin
-from interstate.core.identity import MeshIdentity
 from interstate.core.plane import ControlPlane
-from interstate.core.status import ControlPlaneInfo, ReplicaState
+from interstate.core.status import (
+    ControlPlaneInfo,
+    IdentityStatus,
+    IngressStatus,
+    MeshStatus,
+    ReplicaState,
+    Resilience,
+    ServiceStatus,
+    SupervisorInfo,
+    XdsSummary,
+)
 from interstate.errors import InterstateError, PermanentError, UnknownService
 from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.model.gateway import Gateway
@@ -85,7 +96,7 @@ class StandaloneMesh:
         self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self.http, audit_log=self.audit)
         self._autoscaling: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
-        self.supervisor: dict[str, Any] = {}  # its pid, and the units it adopted at its start
+        self.supervisor: SupervisorInfo | None = None  # its pid, and the units it adopted at its start
         self.reconnect_wait_s = RECONNECT_WAIT_S
 
     # ---- views -----------------------------------------------------------------------------
@@ -97,10 +108,6 @@ class StandaloneMesh:
             if ep is not None:
                 endpoints.setdefault(ep.service, []).append(ep)
         return MeshIndex(self.config).with_endpoints({k: tuple(sorted(v)) for k, v in endpoints.items()})
-
-    @property
-    def identity(self) -> MeshIdentity | None:
-        return self.core.identity
 
     @property
     def mesh_dir(self) -> Path:
@@ -208,7 +215,7 @@ class StandaloneMesh:
             self.audit.record(actor, "mesh.start", target, detail | audit.error_detail(exc), audit.refused(exc))
             raise
         replicas = sorted(u.spec.name for rs in self.replicas.values() for u in rs)
-        adopted = {"adopted": self.supervisor["adopted"]} if self.supervisor.get("adopted") else {}
+        adopted = {"adopted": self.supervisor.adopted} if self.supervisor and self.supervisor.adopted else {}
         detail |= {"replicas": replicas, "ingress": bool(self.ingress)} | adopted
         self.audit.record(actor, "mesh.start", target, detail)
         self.start_background()
@@ -533,14 +540,15 @@ class StandaloneMesh:
     def envoys(self) -> list[UnitStatus]:
         return [u for u in self.units.values() if u.spec.envoy is not None and u.state is not ReplicaState.STOPPED]
 
-    async def resilience(self) -> dict[str, dict[str, Any]]:
+    async def resilience(self) -> dict[str, Resilience]:
         """Per service, what its callers' Envoys saw: retries (and those the budget refused),
-        overflows, timeouts, who is ejected now and since when, recent failures in words."""
+        overflows, timeouts, who is ejected now and since when, recent failures in words.
+        Ejections of hosts that are no replica any more (removed by an apply) are not listed."""
         index = self.index
         replica_at = {
             f"{ep.address}:{ep.port}": f"{ep.service}-{ep.replica}" for eps in index.endpoints.values() for ep in eps
         }
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, Resilience] = {}
         for service in index.workloads:
             cluster = names.outbound_cluster(service)
             callers = [
@@ -556,49 +564,55 @@ class StandaloneMesh:
             counts = await asyncio.gather(*(envoys_t.counters(self.http, c, cluster) for c in callers))
             totals = {key: sum(c.get(key, 0) for c in counts) for key in envoys_t.COUNTERS}
             ejected = [
-                e | {"replica": replica_at.get(e["host"], "?")} for c in callers for e in envoys_t.ejections(c, cluster)
+                dataclasses.replace(e, replica=replica_at[e.host])
+                for c in callers
+                for e in envoys_t.ejections(c, cluster)
+                if e.host in replica_at
             ]
             policy = index.traffic_policies.get(service)
             fault = policy.spec.fault if policy else None
-            out[service] = {
-                "callers": [c.node for c in callers],
-                "counters": totals,
-                "ejected": ejected,
-                "recent_failures": envoys_t.recent_failures(callers, cluster),
-                "fault": None if fault is None else changes.describe_fault(fault),
-            }
+            out[service] = Resilience(
+                [c.node for c in callers],
+                totals,
+                ejected,
+                envoys_t.recent_failures(callers, cluster),
+                None if fault is None else changes.describe_fault(fault),
+            )
         return out
 
-    def status(self) -> dict[str, Any]:
+    def certificates(self) -> IdentityStatus | None:
+        identity = self.core.identity
+        return None if identity is None else identity.status(utcnow())
+
+    def status(self) -> MeshStatus:
         xds = self.core.ads.status()
         services = {}
         replicas = self.replicas
         for name, workload in self.index.workloads.items():
             units = replicas.get(name, [])
-            services[name] = {
-                "desired": workload.spec.replicas,
-                "ready": sum(1 for u in units if u.state is ReplicaState.READY),
-                "injected": workload.injected,
-                "policy": self.index.policy_for(workload),
-                "mtls": self.index.mtls_mode(workload).value if workload.injected else "DISABLED (not injected)",
-                "replicas": [
-                    replica_status(u) | {"xds": xds.get(u.spec.proxy.node_id) if u.spec.proxy else None} for u in units
-                ],
-            }
-        out: dict[str, Any] = {
-            "services": services,
-            "xds": {"port": self.core.port, "nodes": len(xds)},
-            "control_plane": self.control_plane.to_json(),
-            "supervisor": self.supervisor,
-        }
+            services[name] = ServiceStatus(
+                workload.spec.replicas,
+                sum(1 for u in units if u.state is ReplicaState.READY),
+                workload.injected,
+                self.index.policy_for(workload),
+                self.index.mtls_mode(workload).value if workload.injected else "DISABLED (not injected)",
+                [replica_status(u, xds.get(u.spec.proxy.node_id) if u.spec.proxy else None) for u in units],
+            )
         ingress = self.ingress
+        ingress_status = None
         if ingress is not None and ingress.spec.envoy is not None and ingress.spec.proxy is not None:
-            out["ingress"] = {
-                "url": f"http://{self.settings.host}:{self.settings.ingress_port}",
-                "admin": ingress.spec.envoy.admin_port,
-                "pid": ingress.envoy_pid,
-                "xds": xds.get(ingress.spec.proxy.node_id),
-            }
-        out["boundary"] = self.boundary.summary()
-        out["autoscaling"] = self.autoscaler.status()
-        return out
+            ingress_status = IngressStatus(
+                f"http://{self.settings.host}:{self.settings.ingress_port}",
+                ingress.spec.envoy.admin_port,
+                ingress.envoy_pid,
+                xds.get(ingress.spec.proxy.node_id),
+            )
+        return MeshStatus(
+            services,
+            XdsSummary(self.core.port, len(xds)),
+            self.control_plane,
+            self.supervisor,
+            ingress_status,
+            self.boundary.summary(),
+            self.autoscaler.status(),
+        )

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from interstate import audit
-from interstate.core.status import ControlPlaneInfo
+from interstate.core.status import ControlPlaneInfo, SupervisorInfo, to_json
 from interstate.errors import InterstateError, PermanentError, TemporaryError
 from interstate.settings import Settings
 from interstate.standalone import adoption
@@ -155,8 +155,8 @@ class Supervisor:
             await asyncio.wait_for(
                 channel.request(
                     "hello",
-                    control_plane=self.info.to_json(),
-                    supervisor={"pid": os.getpid(), "adopted": self.adopted},
+                    control_plane=to_json(self.info),
+                    supervisor=to_json(SupervisorInfo(os.getpid(), self.adopted)),
                     units=[u.status().to_json() for u in self.units.values()],
                 ),
                 HELLO_TIMEOUT_S,

@@ -11,12 +11,12 @@ import hashlib
 import json
 import os
 import sys
-from typing import Any
 
-from interstate.core.status import ReplicaState
+from interstate.core.status import AppProcess, ReplicaState, ReplicaStatus, SidecarProcess
 from interstate.model.index import Endpoint
 from interstate.model.workload import Workload
 from interstate.standalone.protocol import UnitStatus
+from interstate.xds.server import NodeSync
 
 
 def app_environment(workload: Workload, replica: int, app_port: int, outbound_port: int | None) -> dict[str, str]:
@@ -69,24 +69,19 @@ def endpoint_of(unit: UnitStatus, host: str) -> Endpoint | None:
     return Endpoint(spec.service, spec.index, host, port, spec.version)
 
 
-def replica_status(unit: UnitStatus) -> dict[str, Any]:
+def replica_status(unit: UnitStatus, xds: NodeSync | None) -> ReplicaStatus:
     spec = unit.spec
-    out: dict[str, Any] = {"name": spec.name, "state": unit.state.value, "version": spec.version}
+    app = sidecar = None
     if spec.app is not None:
-        out["app"] = {
-            "pid": unit.app_pid,
-            "port": spec.app.port,
-            "restarts": unit.restarts.get("app", 0),
-            "log": spec.app.log,
-        }
+        app = AppProcess(unit.app_pid, spec.app.port, unit.restarts.get("app", 0), spec.app.log)
     if spec.proxy is not None and spec.envoy is not None:
-        out["sidecar"] = {
-            "pid": unit.envoy_pid,
-            "node": spec.proxy.node_id,
-            "inbound": spec.proxy.inbound_port,
-            "outbound": spec.proxy.outbound_port,
-            "admin": spec.envoy.admin_port,
-            "log": spec.envoy.log,
-            "restarts": unit.restarts.get("envoy", 0),
-        }
-    return out
+        sidecar = SidecarProcess(
+            unit.envoy_pid,
+            spec.proxy.node_id,
+            spec.proxy.inbound_port,
+            spec.proxy.outbound_port,
+            spec.envoy.admin_port,
+            spec.envoy.log,
+            unit.restarts.get("envoy", 0),
+        )
+    return ReplicaStatus(spec.name, unit.state, spec.version, app, sidecar, xds)

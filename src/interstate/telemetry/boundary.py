@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,38 @@ _NO_POLICY = b'"policy":null'
 _SERVICE = re.compile(rb'"service":"([^"]*)"')
 _CLIENT_LABEL = {"stripped": 0, "undeclared": 1}  # which label's values come from clients
 _MARKERS = (b'"stripped":"', b"undeclared", b"passthrough", b"policy-re")
+
+
+@dataclass(frozen=True)
+class Stripped:
+    header: str
+    side: str  # "in": at the ingress; "out": leaving a side-car for a host outside the mesh
+    count: int
+
+
+@dataclass(frozen=True)
+class Undeclared:
+    service: str
+    host: str
+    outcome: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Coverage:
+    requests: int
+    with_policy: int
+
+
+@dataclass(frozen=True)
+class BoundarySummary:
+    """What crossed the mesh's boundary so far: headers stripped, calls to undeclared hosts, what
+    the ingress did with the policy header, and per service how many inbound calls carried it."""
+
+    headers_stripped: list[Stripped] = field(default_factory=list)
+    undeclared_hosts: list[Undeclared] = field(default_factory=list)
+    policy_headers: dict[str, int] = field(default_factory=dict)
+    policy_coverage: dict[str, Coverage] = field(default_factory=dict)
 
 
 @dataclass
@@ -165,26 +197,16 @@ class BoundaryLedger:
         totals = self.totals[family]
         totals[labels] = totals.get(labels, 0) + 1
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> BoundarySummary:
         """Counts for `interstate status`, read up to now."""
         self.refresh()
-        return {
-            "headers_stripped": [
-                {"header": h, "side": s, "count": n} for (h, s), n in sorted(self.totals["stripped"].items())
-            ],
-            "undeclared_hosts": [
-                {"service": svc, "host": host, "outcome": o, "count": n}
-                for (svc, host, o), n in sorted(self.totals["undeclared"].items())
-            ],
-            "policy_headers": {o: n for (o,), n in sorted(self.totals["policy"].items())},
-            "policy_coverage": self._coverage(),
-        }
-
-    def _coverage(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
+        coverage: dict[str, Coverage] = {}
         for (service, present), n in sorted(self.totals["inbound"].items()):
-            counts = out.setdefault(service, {"requests": 0, "with_policy": 0})
-            counts["requests"] += n
-            if present == "present":
-                counts["with_policy"] += n
-        return out
+            was = coverage.get(service, Coverage(0, 0))
+            coverage[service] = Coverage(was.requests + n, was.with_policy + (n if present == "present" else 0))
+        return BoundarySummary(
+            [Stripped(h, s, n) for (h, s), n in sorted(self.totals["stripped"].items())],
+            [Undeclared(svc, host, o, n) for (svc, host, o), n in sorted(self.totals["undeclared"].items())],
+            {o: n for (o,), n in sorted(self.totals["policy"].items())},
+            coverage,
+        )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,56 +72,119 @@ def _re(text: str) -> str:
     return "".join("\\" + c if c in ".|+*?()[]{}^$\\" else c for c in text)
 
 
-def ejections(caller: Caller, cluster: str) -> list[dict[str, Any]]:
-    """Hosts this caller has ejected from `cluster` right now, with since when and why."""
-    last: dict[str, dict[str, Any]] = {}
+@dataclass(frozen=True)
+class Ejection:
+    """A host `by` (a caller's node) has ejected from a cluster right now: since when, why, how
+    often so far; `replica` is filled in by whoever knows which replica the host is."""
+
+    host: str
+    since: str
+    reason: str
+    times: int
+    by: str
+    replica: str = "?"
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    """Recent failed calls with one status and one set of response flags, explained in words."""
+
+    status: int
+    flags: str
+    why: str
+    count: int
+    last: str
+    details: str | None
+
+
+def _outlier_events(caller: Caller, cluster: str) -> list[dict[str, Any]]:
+    """The caller's outlier events for `cluster`, in order. An ejection Envoy did not enforce
+    (`"enforced": false`) changed nothing and is left out; an UNEJECT, which Envoy logs with
+    `"enforced": false` too, is kept: it ends an ejection."""
     try:
         lines = caller.outlier_log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
+    events = []
     for line in lines:
         try:
             event = json.loads(line)
         except ValueError:
             continue
-        if event.get("cluster_name") == cluster and event.get("enforced", True):
-            last[event.get("upstream_url", "?")] = event
+        if not isinstance(event, dict) or event.get("cluster_name") != cluster:
+            continue
+        if event.get("action") == "EJECT" and not event.get("enforced", True):
+            continue
+        events.append(event)
+    return events
+
+
+def ejections(caller: Caller, cluster: str) -> list[Ejection]:
+    """Hosts this caller has ejected from `cluster` right now (a host's last event counts),
+    with since when and why."""
+    last = {str(e.get("upstream_url", "?")): e for e in _outlier_events(caller, cluster)}
     return [
-        {
-            "host": host,
-            "since": e.get("timestamp"),
-            "reason": e.get("type"),
-            "times": e.get("num_ejections"),
-            "by": caller.node,
-        }
+        Ejection(
+            host, str(e.get("timestamp", "")), str(e.get("type", "")), int(e.get("num_ejections") or 0), caller.node
+        )
         for host, e in sorted(last.items())
         if e.get("action") == "EJECT"
     ]
 
 
-def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> list[dict[str, Any]]:
-    """Failed calls to `cluster` in the tail of the callers' access logs, grouped by reason."""
-    groups: dict[tuple[int, str], dict[str, Any]] = {}
+def _instant(text: str) -> str:
+    """An Envoy timestamp (access log START_TIME, outlier event timestamp: both ISO 8601 UTC)
+    cut to milliseconds, so that the two compare as text."""
+    return text[:23]
+
+
+def ejecting_spans(caller: Caller, cluster: str) -> list[tuple[str, str]]:
+    """When the caller had at least one host of `cluster` ejected: [(from, to)], `to` "~" while
+    it still has (later than any timestamp)."""
+    spans: list[tuple[str, str]] = []
+    ejected: set[str] = set()
+    start = ""
+    for event in _outlier_events(caller, cluster):
+        at, host = _instant(str(event.get("timestamp", ""))), str(event.get("upstream_url", "?"))
+        was = bool(ejected)
+        if event.get("action") == "EJECT":
+            ejected.add(host)
+        else:
+            ejected.discard(host)
+        if ejected and not was:
+            start = at
+        elif was and not ejected:
+            spans.append((start, at))
+    if ejected:
+        spans.append((start, "~"))
+    return spans
+
+
+def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> list[FailureGroup]:
+    """Failed calls to `cluster` in the tail of the callers' access logs, grouped by reason. A
+    "no healthy upstream" (UH) is told apart by whether the caller had replicas ejected then
+    (circuit open) or not (no replica ready yet, e.g. at start-up)."""
+    groups: dict[tuple[int, str, str], FailureGroup] = {}
     for caller in callers:
+        spans: list[tuple[str, str]] | None = None
         for entry in _tail_json(caller.access_log):
             status = int(entry.get("status") or 0)
             if entry.get("cluster") != cluster or entry.get("direction") == "inbound" or status < 500:
                 continue
             flags = entry.get("flags") or "-"
-            group = groups.setdefault(
-                (status, flags),
-                {
-                    "status": status,
-                    "flags": flags,
-                    "why": explain(flags),
-                    "count": 0,
-                    "last": None,
-                    "details": entry.get("details"),
-                },
+            time = str(entry.get("time") or "")
+            ejecting = None
+            if "UH" in flags.split(","):
+                spans = ejecting_spans(caller, cluster) if spans is None else spans
+                ejecting = any(start <= _instant(time) <= end for start, end in spans)
+            why = explain(flags, ejecting)
+            was = groups.get((status, flags, why))
+            groups[(status, flags, why)] = (
+                FailureGroup(status, flags, why, 1, time, entry.get("details"))
+                if was is None
+                else replace(was, count=was.count + 1, last=max(was.last, time))
             )
-            group["count"] += 1
-            group["last"] = max(group["last"] or "", entry.get("time") or "")
-    return sorted(groups.values(), key=lambda g: g["last"] or "", reverse=True)[:limit]
+    return sorted(groups.values(), key=lambda g: g.last, reverse=True)[:limit]
 
 
 def _tail_json(path: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ debugging that mesh users ask for). Used by `interstate status` and the access-l
 from __future__ import annotations
 
 FLAGS = {
-    "UH": "no healthy upstream: every replica is ejected or none is ready (circuit open)",
+    "UH": "no healthy upstream: every replica is ejected or none is ready",
     "UF": "upstream connection failure: could not connect to the replica",
     "UO": "upstream overflow: the connection-pool limit was reached (circuit breaker)",
     "NR": "no route: nothing is configured for this host or path",
@@ -31,8 +31,15 @@ FLAGS = {
 }
 
 
-def explain(flags: str) -> str:
-    """'UH' -> words; several flags ('UF,URX') are explained in order; '-' means none."""
+UH_EJECTED = "no healthy upstream: the caller had ejected replicas (circuit open)"
+UH_NOT_READY = "no healthy upstream: no replica was ready yet (none ejected; starting, or none runs)"
+
+
+def explain(flags: str, ejecting: bool | None = None) -> str:
+    """'UH' -> words; several flags ('UF,URX') are explained in order; '-' means none.
+    `ejecting`: whether the caller had a replica ejected at the time, when known: it tells a
+    circuit open from a service that is not ready yet (both are UH to Envoy)."""
     if not flags or flags == "-":
         return "no Envoy flag (the app answered this status itself)"
-    return "; ".join(FLAGS.get(f, f"Envoy flag {f}") for f in flags.split(","))
+    uh = FLAGS["UH"] if ejecting is None else UH_EJECTED if ejecting else UH_NOT_READY
+    return "; ".join(uh if f == "UH" else FLAGS.get(f, f"Envoy flag {f}") for f in flags.split(","))

@@ -48,6 +48,24 @@ class Nack:
     at: float
 
 
+@dataclass(frozen=True)
+class TypeSync:
+    """What one node has of one resource type: the version sent, the version ACKed, and the
+    NACK in force (None once Envoy accepted a later version)."""
+
+    sent: str
+    acked: str
+    nack: Nack | None
+
+
+@dataclass(frozen=True)
+class NodeSync:
+    """One node's xDS state: its open streams and, per short type name (CDS, EDS, ...), its sync."""
+
+    streams: int
+    types: dict[str, TypeSync]
+
+
 @dataclass
 class TypeState:
     subscribed: bool = False
@@ -139,24 +157,18 @@ class AdsServer:
             self._server = None
 
     # ---- status ----------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> dict[str, NodeSync]:
         """Per node: open streams, and per type the version sent, ACKed, and the NACK in force
         (cleared once Envoy accepts a later version; the counter keeps the history)."""
-        out: dict[str, Any] = {}
+        streams: dict[str, int] = {}
+        types: dict[str, dict[str, TypeSync]] = {}
         for state in self._streams.values():
-            node = out.setdefault(state.node_id, {"streams": 0, "types": {}})
-            node["streams"] += 1
+            streams[state.node_id] = streams.get(state.node_id, 0) + 1
+            of_node = types.setdefault(state.node_id, {})
             for type_url, ts in state.types.items():
-                if not ts.subscribed:
-                    continue
-                node["types"][rt.SHORT[type_url]] = {
-                    "sent": ts.sent[0] if ts.sent else "",
-                    "acked": ts.acked,
-                    "nack": None
-                    if ts.nack is None
-                    else {"version": ts.nack.version, "message": ts.nack.message, "at": ts.nack.at},
-                }
-        return out
+                if ts.subscribed:
+                    of_node[rt.SHORT[type_url]] = TypeSync(ts.sent[0] if ts.sent else "", ts.acked, ts.nack)
+        return {node: NodeSync(n, types[node]) for node, n in streams.items()}
 
     def connected_nodes(self) -> set[str]:
         """Nodes with an authenticated stream open."""
