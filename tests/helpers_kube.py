@@ -11,9 +11,11 @@ back as the API server does) for the service-account tokens the test defines in 
 to a pod (`user.extra["authentication.kubernetes.io/pod-name"]`) or not, valid for some audiences;
 any other token, or one for other audiences, is not authenticated, with the API server's error.
 
+`injected_pod` is a pod as the webhook admits it (the real `inject` patch applied) and scheduled;
 `injected_envoy` runs an injected pod's `interstate-proxy` container as the kubelet would: a real
-Envoy with the pod's own arguments. Used by tests/test_kube_watch.py,
-tests/test_kube_tokenreview.py and tests/test_e2e_kube_controller.py; everything is stopped in a
+Envoy with the pod's own arguments. `TokenAdsClient` is a scripted ADS stream that sends a bearer
+token as the side-car does. Used by tests/test_kube_watch.py, tests/test_kube_tokenreview.py,
+tests/test_kube_identity.py and tests/test_e2e_kube_controller.py; everything is stopped in a
 finally.
 """
 
@@ -29,16 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+import jsonpatch
 import uvicorn
-from helpers_xds import EnvoyProcess, running_envoy
+from helpers_xds import AdsClient, EnvoyProcess, running_envoy
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from interstate.ca.authority import Authority, utcnow
-from interstate.kube import webhook
-from interstate.kube.inject import PROXY_CONTAINER
+from interstate.core.identity import XDS_SERVER_NAME
+from interstate.kube import inject, webhook
+from interstate.kube.inject import PROXY_CONTAINER, InjectSettings
 from interstate.standalone.envoy import find_envoy
 
 TOKEN = "test-token"
@@ -369,3 +374,56 @@ async def injected_envoy(
     argv = [str(find_envoy()), *args]
     async with running_envoy(argv, admin_port, workdir / f"envoy-{stem}.log", stem, "/server_info", ready_timeout) as p:
         yield p
+
+
+def injected_pod(
+    name: str,
+    service: str,
+    settings: InjectSettings,
+    *,
+    namespace: str,
+    service_account: str,
+    pod_ip: str,
+    app_port: int,
+) -> dict[str, Any]:
+    """A Deployment's pod (labelled `app: <service>`, running as `service_account`) as the
+    webhook admits it (the real `inject` patch applied), then scheduled with `pod_ip`."""
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": service}},
+        "spec": {
+            "serviceAccountName": service_account,
+            "containers": [
+                {
+                    "name": service,
+                    "image": "registry.example.invalid/app:1",
+                    "ports": [{"name": "http", "containerPort": app_port, "protocol": "TCP"}],
+                }
+            ],
+        },
+    }
+    enabled = {inject.INJECT_ANNOTATION: "enabled"}
+    patch, report = inject.inject(pod, settings, namespace=namespace, namespace_labels=enabled)
+    assert report.injected, report
+    pod = jsonpatch.apply_patch(pod, patch)
+    pod["status"] = {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}
+    return pod
+
+
+class TokenAdsClient(AdsClient):
+    """helpers_xds' scripted ADS stream over TLS (server certificate only), with a bearer token
+    sent on every call as the side-car's token plugin does (None: no token)."""
+
+    bundle_pem: str = ""
+    token: str | None = None
+
+    def open_channel(self) -> grpc.aio.Channel:
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.bundle_pem.encode())
+        if self.token is not None:
+            credentials = grpc.composite_channel_credentials(
+                credentials, grpc.access_token_call_credentials(self.token)
+            )
+        return grpc.aio.secure_channel(
+            f"127.0.0.1:{self.port}", credentials, options=[("grpc.ssl_target_name_override", XDS_SERVER_NAME)]
+        )

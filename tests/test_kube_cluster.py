@@ -171,9 +171,18 @@ def test_a_workload_without_side_car_is_reached_at_the_slice_port_named_http_els
 # ---- Pods ---------------------------------------------------------------------------------------
 
 
+def as_service_account(pods: list[dict[str, Any]], service: str, account: str) -> list[dict[str, Any]]:
+    """The pods labelled as `service` running as `account` (in the fixture, stats' run as `default`)."""
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        if service in (labels.get("app"), labels.get("app.kubernetes.io/name")):
+            pod["spec"]["serviceAccountName"] = account
+    return pods
+
+
 def test_injected_running_pods_become_side_car_proxies() -> None:
     config = cluster.mesh_config(fixture("mesh-crs.json"))
-    proxies = cluster.proxies(fixture("pods.json"), config, PORTS)
+    proxies = cluster.proxies(as_service_account(fixture("pods.json"), "stats", "stats"), config, PORTS)
     assert proxies == [
         Proxy(
             node_id="sidecar~results-5f7d8-x2x9q.elections",
@@ -213,9 +222,68 @@ def test_the_outbound_listener_goes_where_the_injector_pointed_the_apps_http_pro
 
 def test_why_a_pod_has_no_proxy() -> None:
     config = cluster.mesh_config(fixture("mesh-crs.json"))
-    reasons = {p["metadata"]["name"]: cluster.proxy_of(p, config) for p in fixture("pods.json")}
+    pods = as_service_account(fixture("pods.json"), "stats", "stats")
+    reasons = {p["metadata"]["name"]: cluster.proxy_of(p, config) for p in pods}
     assert reasons["stats-6d9f7c-pending"] == "no pod IP yet"
     assert reasons["migrate-db-7k2"] == "pod has finished (Succeeded)"
     assert reasons["redis-0"] == "not injected"
     assert reasons["unlabelled-1"] == "no service label (app or app.kubernetes.io/name)"
     assert cluster.node_id(fixture("pods.json")[0]) == "sidecar~results-5f7d8-x2x9q.elections"
+
+
+# ---- who may carry a workload's identity -------------------------------------------------------
+
+
+def test_only_the_workloads_own_service_account_gets_its_side_car_and_certificate() -> None:
+    """A label is not a proof: a pod labelled `app: results` gets results' config (and so its
+    SVID) only when it runs as service account `results` in the Workload's namespace."""
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    assert cluster.entitled(config, "results") == ("elections", "results")  # the Workload CR's namespace
+    assert cluster.entitled(config, "redis") is None  # no Workload: nobody
+    honest = fixture("pods.json")[0]
+    assert isinstance(cluster.proxy_of(honest, config, PORTS), Proxy)
+
+    def impostor(namespace: str, account: str | None, app: str = "results") -> dict[str, Any]:
+        pod = copy.deepcopy(honest)
+        pod["metadata"].update(name="results-impostor", namespace=namespace, labels={"app": app})
+        pod["spec"].pop("serviceAccountName")
+        if account is not None:
+            pod["spec"]["serviceAccountName"] = account
+        return pod
+
+    refused = {
+        "another service account": impostor("elections", "intruder"),
+        "the namespace's default": impostor("elections", None),
+        "another namespace": impostor("intruders", "results"),
+        "a service without a Workload": impostor("elections", "redis", app="redis"),
+    }
+    reasons = {case: cluster.proxy_of(pod, config, PORTS) for case, pod in refused.items()}
+    assert reasons == {
+        "another service account": "labelled as workload 'results', whose identity belongs to service account "
+        "'results' in namespace 'elections' (the Workload's), but runs as service account 'intruder' in namespace "
+        "'elections'",
+        "the namespace's default": "labelled as workload 'results', whose identity belongs to service account "
+        "'results' in namespace 'elections' (the Workload's), but runs as service account 'default' in namespace "
+        "'elections'",
+        "another namespace": "labelled as workload 'results', whose identity belongs to service account "
+        "'results' in namespace 'elections' (the Workload's), but runs as service account 'results' in namespace "
+        "'intruders'",
+        "a service without a Workload": "labelled as service 'redis', which has no Workload: no service account "
+        "may carry its identity (create the Workload, and run its pods as service account 'redis' in the "
+        "Workload's namespace)",
+    }
+    assert cluster.proxies([honest, *refused.values()], config, PORTS) == [cluster.proxy_of(honest, config, PORTS)]
+
+    # the claims the controller binds tokens to: every injected, labelled pod, refused or not
+    claims = cluster.claims([honest, *refused.values(), *fixture("pods.json")[4:]], config)
+    assert claims["sidecar~results-5f7d8-x2x9q.elections"] == cluster.Claim(
+        "results", ("elections", "results"), ("elections", "results")
+    )
+    assert claims["sidecar~results-impostor.intruders"].refusal == reasons["another namespace"]
+    assert "sidecar~redis-0.elections" not in claims  # not injected
+    assert "sidecar~unlabelled-1.elections" not in claims  # no service label
+
+    # labels change, service accounts do not: relabelled, the pod loses the side-car it had
+    relabelled = copy.deepcopy(honest)
+    relabelled["metadata"]["labels"] = {"app": "stats"}
+    assert "runs as service account 'results'" in str(cluster.proxy_of(relabelled, config, PORTS))

@@ -2,9 +2,11 @@
 whether its ADS stream is served and for which node.
 
 The API server is the fake of tests/helpers_kube.py (real HTTPS on 127.0.0.1), which vouches for
-the tokens each test defines. The last test runs the real core (`ControlPlane`: ADS over TLS,
-server certificate only) with the reviewer as its authenticator and scripted gRPC clients that
-send (or do not send) a bearer token: a refused stream is aborted before it receives anything.
+the tokens each test defines. What the proven pod may then have is the binding's to say (the
+controller's, tests/test_kube_identity.py); here it is `only(...)` or `anyone`. The last test runs
+the real core (`ControlPlane`: ADS over TLS, server certificate only) with the reviewer as its
+authenticator and scripted gRPC clients that send (or do not send) a bearer token: a refused
+stream is aborted before it receives anything.
 """
 
 from __future__ import annotations
@@ -16,15 +18,23 @@ from typing import Any
 
 import grpc
 import pytest
-from helpers_kube import TOKEN, FakeApiServer, ServiceAccountToken, fake_apiserver
-from helpers_xds import MESH, AdsClient, free_port, metric, run
+from helpers_kube import TOKEN, FakeApiServer, ServiceAccountToken, TokenAdsClient, fake_apiserver
+from helpers_xds import MESH, free_port, metric, run
 
 from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources
-from interstate.core.identity import XDS_SERVER_NAME, IdentitySettings
+from interstate.core.identity import IdentitySettings
 from interstate.core.plane import ControlPlane
 from interstate.errors import TemporaryError
-from interstate.kube.tokenreview import ReviewSettings, TokenRefused, TokenReviewer, bearer_token, pod_identity
+from interstate.kube.tokenreview import (
+    Binding,
+    PodIdentity,
+    ReviewSettings,
+    TokenRefused,
+    TokenReviewer,
+    bearer_token,
+    pod_identity,
+)
 from interstate.kube.watch import ApiSettings
 from interstate.model.index import MeshIndex
 from interstate.xds import resources as rt
@@ -53,15 +63,33 @@ def with_tokens(api: FakeApiServer) -> None:
     api.tokens["stats-token"] = ServiceAccountToken("elections", "stats", "stats-6d9f7c-abcde")
     api.tokens["legacy-secret-token"] = ServiceAccountToken("elections", "results", None)
     api.tokens["vault-token"] = ServiceAccountToken("elections", "results", POD, audiences=("vault",))
+    # bound to the results pod's name but another service account (a pod re-created under another)
+    api.tokens["intruder-token"] = ServiceAccountToken("elections", "intruder", POD)
 
 
 def api_settings(api: FakeApiServer, token: str = TOKEN) -> ApiSettings:
     return ApiSettings(api.url, token=token, ca_file=api.ca_file)
 
 
+def anyone(node_id: str, pod: PodIdentity) -> str | None:
+    """A binding that lets any proven pod have its node's configuration: the review alone."""
+    return None
+
+
+def only(namespace: str, service_account: str) -> Binding:
+    """A binding that serves the pods of one service account only."""
+
+    def bind(node_id: str, pod: PodIdentity) -> str | None:
+        if (pod.namespace, pod.service_account) == (namespace, service_account):
+            return None
+        return f"node {node_id!r}: service account {pod.namespace}/{pod.service_account} may not have it"
+
+    return bind
+
+
 def test_a_pods_token_serves_its_own_node_only(tmp_path: Path) -> None:
     async def body() -> None:
-        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api)) as reviewer:
+        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api), bind=anyone) as reviewer:
             with_tokens(api)
             assert await reviewer(bearer(GOOD), NODE) is None
 
@@ -80,6 +108,42 @@ def test_a_pods_token_serves_its_own_node_only(tmp_path: Path) -> None:
     run(body())
 
 
+def test_the_binding_decides_what_a_proven_pod_may_have_every_time(tmp_path: Path) -> None:
+    async def body() -> None:
+        asked: list[tuple[str, PodIdentity]] = []
+        results_only = only("elections", "results")
+
+        def bind(node_id: str, pod: PodIdentity) -> str | None:
+            asked.append((node_id, pod))
+            if pod.pod == "later":
+                raise TemporaryError("not known yet")
+            return results_only(node_id, pod)
+
+        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api), bind=bind) as reviewer:
+            with_tokens(api)
+            api.tokens["later-token"] = ServiceAccountToken("elections", "results", "later")
+            assert await reviewer(bearer(GOOD), NODE) is None
+            assert asked == [(NODE, PodIdentity("elections", "results", POD))]
+            assert PodIdentity("elections", "results", POD).spiffe_id("fec.gov.local") == (
+                "spiffe://fec.gov.local/ns/elections/sa/results"
+            )
+
+            # proven (the node is the token's pod), but the binding says no: its reason is the refusal
+            refusal = await reviewer(bearer("intruder-token"), NODE)
+            assert refusal == f"node {NODE!r}: service account elections/intruder may not have it"
+            # a kept answer is bound again: the binding is asked on every stream
+            assert await reviewer(bearer("intruder-token"), NODE) == refusal
+            assert len(api.token_reviews) == 2 and len(asked) == 3
+            # a token that does not prove the node never reaches the binding
+            assert await reviewer(bearer("stats-token"), NODE) is not None
+            assert len(asked) == 3
+            # "cannot tell yet" is not a refusal: the ADS server answers UNAVAILABLE
+            with pytest.raises(TemporaryError, match="not known yet"):
+                await reviewer(bearer("later-token"), "sidecar~later.elections")
+
+    run(body())
+
+
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
@@ -92,7 +156,7 @@ def test_tokens_the_api_server_does_not_vouch_for_as_a_pods_are_refused(
     tmp_path: Path, token: str, reason: str
 ) -> None:
     async def body() -> None:
-        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api)) as reviewer:
+        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api), bind=anyone) as reviewer:
             with_tokens(api)
             refusal = await reviewer(bearer(token), NODE)
             assert refusal is not None and reason in refusal, refusal
@@ -154,7 +218,7 @@ def test_accepted_tokens_are_kept_briefly_and_boundedly(tmp_path: Path) -> None:
         async with fake_apiserver(tmp_path) as api:
             for i in range(3):
                 api.tokens[f"token-{i}"] = ServiceAccountToken("elections", "results", f"results-{i}")
-            async with TokenReviewer(api_settings(api), settings, clock=lambda: now[0]) as reviewer:
+            async with TokenReviewer(api_settings(api), settings, clock=lambda: now[0], bind=anyone) as reviewer:
                 assert await reviewer(bearer("token-0"), "sidecar~results-0.elections") is None
                 assert await reviewer(bearer("token-0"), "sidecar~results-0.elections") is None
                 # a cached answer still has to match the node claimed
@@ -185,12 +249,12 @@ def test_when_the_api_server_cannot_be_asked_the_stream_cannot_be_served_yet(tmp
         async with fake_apiserver(tmp_path) as api:
             with_tokens(api)
             # the controller's own credentials are refused (RBAC or a wrong token): 401
-            async with TokenReviewer(api_settings(api, token="not-the-controllers")) as reviewer:
+            async with TokenReviewer(api_settings(api, token="not-the-controllers"), bind=anyone) as reviewer:
                 with pytest.raises(TemporaryError, match="cannot check the token: TokenReview answered HTTP 401"):
                     await reviewer(bearer(GOOD), NODE)
         # nobody listens there any more
         unreachable = ApiSettings(f"https://127.0.0.1:{free_port()}", token=TOKEN, ca_file=api.ca_file)
-        async with TokenReviewer(unreachable, ReviewSettings(timeout_s=2)) as reviewer:
+        async with TokenReviewer(unreachable, ReviewSettings(timeout_s=2), bind=anyone) as reviewer:
             with pytest.raises(TemporaryError, match=r"^cannot check the token: TokenReview failed") as caught:
                 await reviewer(bearer(GOOD), NODE)
             assert GOOD not in str(caught.value)
@@ -201,27 +265,10 @@ def test_when_the_api_server_cannot_be_asked_the_stream_cannot_be_served_yet(tmp
 # ---- the real ADS server over TLS, with the reviewer as its authenticator --------------------
 
 
-class TokenAdsClient(AdsClient):
-    """helpers_xds' scripted ADS stream over TLS (server certificate only), with a bearer token
-    sent on every call as the side-car's token plugin does (None: no token)."""
-
-    bundle_pem: str = ""
-    token: str | None = None
-
-    def open_channel(self) -> grpc.aio.Channel:
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.bundle_pem.encode())
-        if self.token is not None:
-            credentials = grpc.composite_channel_credentials(
-                credentials, grpc.access_token_call_credentials(self.token)
-            )
-        return grpc.aio.secure_channel(
-            f"127.0.0.1:{self.port}", credentials, options=[("grpc.ssl_target_name_override", XDS_SERVER_NAME)]
-        )
-
-
 def test_the_core_serves_a_stream_only_when_its_token_proves_its_node(tmp_path: Path) -> None:
     async def body() -> None:
-        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api)) as reviewer:
+        binding = only("elections", "results")
+        async with fake_apiserver(tmp_path) as api, TokenReviewer(api_settings(api), bind=binding) as reviewer:
             with_tokens(api)
             core = ControlPlane(IdentitySettings(tmp_path / "certs", tmp_path / "ca"), tmp_path / "audit.jsonl")
             port = await core.start("127.0.0.1", 0, "interstate.local", reviewer)
@@ -245,6 +292,7 @@ def test_the_core_serves_a_stream_only_when_its_token_proves_its_node(tmp_path: 
                     (None, "no bearer token"),
                     ("stats-token", "is not the token's pod"),
                     ("forged.jwt.token", "did not authenticate the token"),
+                    ("intruder-token", "service account elections/intruder may not have it"),
                 ]:
                     with pytest.raises(grpc.aio.AioRpcError) as refused:
                         await first_response(token)  # aborted before anything was sent
@@ -252,7 +300,7 @@ def test_the_core_serves_a_stream_only_when_its_token_proves_its_node(tmp_path: 
                     assert reason in str(refused.value.details())
                     if token is not None:
                         assert token not in str(refused.value.details())
-                assert metric(core.ads, "interstate_xds_refused_streams_total") == 3
+                assert metric(core.ads, "interstate_xds_refused_streams_total") == 4
                 assert metric(core.ads, "interstate_xds_pushes_total", type="CDS") == 1
             finally:
                 await core.stop()

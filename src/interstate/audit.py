@@ -62,6 +62,7 @@ ACTIONS = frozenset(
         "split.set",
         "autoscaler.scale",
         "xds.nack",
+        "xds.identity.refused",
         "control-plane.restart",
     }
 )

@@ -30,19 +30,34 @@ Pure (dicts in, model out); called by `kube/controller.py` with what `kube/watch
   `HTTP_PROXY` (which the injector wrote), else `ProxyPorts.outbound`. It is pod-local, so a
   webhook and a controller configured with different ports still agree; the inbound port is how
   other pods reach this one (EndpointSlices), so it stays `ProxyPorts.inbound` for every pod.
+- **Who may carry a workload's identity.** A label is not a proof: any pod can say `app: results`.
+  Workload `results`' certificate belongs to one service account, `results` in the namespace of
+  the Workload object (`Claim.entitled`), whose Kubernetes identity is
+  `spiffe://<td>/ns/<namespace>/sa/results`, what the injector writes in the node metadata. A
+  pod running as any other service account, or in another namespace, or labelled as a service
+  that has no Workload, gets no Proxy (so no configuration and no certificate), and
+  `kube/controller.py` refuses its side-car's ADS stream when its token proves another account.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources
 from interstate.kube.bootstrap import ProxyPorts
-from interstate.kube.inject import INJECTED_ANNOTATION, LOOPBACK, PROXY_CONTAINER, PROXY_ENV, SERVICE_LABELS
+from interstate.kube.inject import (
+    INJECTED_ANNOTATION,
+    LOOPBACK,
+    PROXY_CONTAINER,
+    PROXY_ENV,
+    SERVICE_LABELS,
+    service_account,
+)
 from interstate.model.index import Endpoint, MeshConfig
 from interstate.model.workload import Workload
 
@@ -144,16 +159,80 @@ def node_id(pod: Mapping[str, Any]) -> str:
     return f"sidecar~{metadata.get('name')}.{metadata.get('namespace')}"
 
 
+Account = tuple[str, str]  # (namespace, service account): what a pod runs as, what its token proves
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An injected pod's side-car as the workload it says it serves (its service label), the
+    service account the pod runs as, and the one entitled to that workload's identity."""
+
+    service: str
+    account: Account
+    entitled: Account | None  # None: no Workload of that name, so nobody
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the pod may not carry the service's identity, or None when it may."""
+        namespace, account = self.account
+        if self.entitled is None:
+            return (
+                f"labelled as service {self.service!r}, which has no Workload: no service account may carry "
+                f"its identity (create the Workload, and run its pods as service account {self.service!r} "
+                "in the Workload's namespace)"
+            )
+        if self.account != self.entitled:
+            return (
+                f"labelled as workload {self.service!r}, whose identity belongs to service account "
+                f"{self.entitled[1]!r} in namespace {self.entitled[0]!r} (the Workload's), but runs as "
+                f"service account {account!r} in namespace {namespace!r}"
+            )
+        return None
+
+
+def entitled(config: MeshConfig | None, service: str) -> Account | None:
+    """Who may carry `service`'s identity: the service account named like its Workload, in the
+    Workload object's namespace; None when there is no such Workload (or it has no namespace)."""
+    if config is None:
+        return None
+    workload = next((w for w in config.of_kind(Workload) if w.name == service), None)
+    if workload is None:
+        return None
+    namespace, slash, _ = config.origin(workload)[0].partition("/")  # the source is `namespace/name`
+    return (namespace, workload.name) if slash and namespace else None
+
+
+def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> Claim | None:
+    """The claim of an injected pod with a service label; None for any other pod."""
+    metadata = pod.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    if INJECTED_ANNOTATION not in (metadata.get("annotations") or {}):
+        return None
+    service = next((str(labels[key]) for key in SERVICE_LABELS if labels.get(key)), None)
+    if service is None:
+        return None
+    account = (str(metadata.get("namespace") or ""), service_account(pod.get("spec") or {}))
+    return Claim(service, account, entitled(config, service))
+
+
+def claims(pods: Iterable[Mapping[str, Any]], config: MeshConfig | None) -> dict[str, Claim]:
+    """{node ID: claim} of every injected pod with a service label."""
+    found = ((node_id(pod), claim_of(pod, config)) for pod in pods)
+    return {node: claim for node, claim in found if claim is not None}
+
+
 def proxy_of(pod: Mapping[str, Any], config: MeshConfig | None, ports: ProxyPorts = DEFAULT_PORTS) -> Proxy | str:
     """The side-car Proxy of an injected pod, or why there is none (a sentence)."""
     metadata = pod.get("metadata") or {}
-    labels = metadata.get("labels") or {}
     status = pod.get("status") or {}
     if INJECTED_ANNOTATION not in (metadata.get("annotations") or {}):
         return "not injected"
-    service = next((labels[key] for key in SERVICE_LABELS if labels.get(key)), None)
-    if service is None:
+    claim = claim_of(pod, config)
+    if claim is None:
         return f"no service label ({' or '.join(SERVICE_LABELS)})"
+    service = claim.service
+    if claim.refusal is not None:
+        return claim.refusal
     if status.get("phase") in ("Succeeded", "Failed"):
         return f"pod has finished ({status['phase']})"
     if not status.get("podIP"):

@@ -13,6 +13,13 @@ between side-cars is mutual TLS.
   is TLS with the server certificate only; each stream is authenticated by
   `kube.tokenreview.TokenReviewer` (the pod's service-account token, checked by the API server).
   A port that cannot be bound is logged and retried.
+- A workload's identity goes only to its own service account (`kube.cluster.Claim`): a pod
+  whose service account or namespace is not its Workload's gets no Proxy, so no configuration
+  and no certificate (logged once), and `_bind` serves a stream only when the token's namespace
+  and service account are the ones entitled to the workload its pod is labelled as: otherwise
+  PERMISSION_DENIED before anything is sent, logged and counted
+  (`interstate_xds_identity_refusals`). A node the controller has not matched to a pod yet, or
+  has nothing for (no pod IP yet), is answered UNAVAILABLE: Envoy retries until it is served.
 - A Mesh that changes `trustDomain` while serving is refused like an invalid CR (the running
   mesh's certificates name it): the last good config stays, `rejected` says why.
 - Nothing is pushed before every collection has been listed once: a half-read cluster would
@@ -32,18 +39,21 @@ import logging
 from dataclasses import dataclass, field
 
 import httpx
+from prometheus_client import Counter
 
+from interstate.ca import spiffe
 from interstate.core.plane import ControlPlane
-from interstate.errors import ConfigError, InterstateError, Issue, PermanentError
+from interstate.errors import ConfigError, InterstateError, Issue, PermanentError, TemporaryError
 from interstate.kube import cluster, crds
 from interstate.kube.bootstrap import ProxyPorts
-from interstate.kube.tokenreview import ReviewSettings, TokenReviewer
+from interstate.kube.tokenreview import PodIdentity, ReviewSettings, TokenReviewer
 from interstate.kube.watch import ApiSettings, ResourceType, Watcher
 from interstate.model.index import MeshConfig, MeshIndex
 from interstate.model.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
+MAX_AUDITED_REFUSALS = 1024
 PODS = ResourceType("v1", "Pod", "pods")
 ENDPOINT_SLICES = ResourceType("discovery.k8s.io/v1", "EndpointSlice", "endpointslices")
 
@@ -71,7 +81,14 @@ class Controller:
     def __init__(self, settings: ControllerSettings, core: ControlPlane) -> None:
         self.settings = settings
         self.core = core
-        self.reviewer = TokenReviewer(settings.api, settings.review)
+        self.reviewer = TokenReviewer(settings.api, settings.review, bind=self._bind)
+        self.claims: dict[str, cluster.Claim] = {}  # node ID -> its pod's claim, as of the last push
+        self._audited_refusals: dict[str, str] = {}  # node ID -> the refusal last written to the audit trail
+        self.identity_refusals = Counter(
+            "interstate_xds_identity_refusals",
+            "ADS streams refused: the token's service account may not have the workload identity the pod claims",
+            registry=core.registry,
+        )
         self.config: MeshConfig | None = None  # the last good config
         self.rejected: list[Issue] = []  # why the cluster's current CRs are not in force ([] = they are)
         self.pushes = 0  # completed pushes (tests wait on it)
@@ -83,6 +100,7 @@ class Controller:
         self._client: httpx.AsyncClient | None = None
         self._watchers: dict[ResourceType, Watcher] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._unentitled: dict[str, str] = {}  # node ID -> why its pod gets nothing (logged once)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -193,11 +211,64 @@ class Controller:
             return
         ports = self.settings.ports
         index = MeshIndex(config, cluster.endpoints(self._objects(ENDPOINT_SLICES), config, ports))
-        proxies = cluster.proxies(self._objects(PODS), config, ports)
+        pods = self._objects(PODS)
+        proxies = cluster.proxies(pods, config, ports)
+        claims = cluster.claims(pods, config)
         try:
             changed = self.core.push(index, proxies)
         except PermanentError as exc:  # SnapshotError: a compiled proxy is inconsistent
             log.error("push refused, nothing changed: %s", exc)
             return
+        self.claims = claims
+        self._log_unentitled()
         log.debug("push: %d side-cars, %d snapshots changed", len(proxies), changed)
         self.pushes += 1
+
+    # ---- who may have which identity -------------------------------------------------------
+    def _bind(self, node_id: str, pod: PodIdentity) -> str | None:
+        """The reviewer's binding (`kube.tokenreview.Binding`): serve `node_id`, whose token proves
+        `pod`, only when that namespace and service account are entitled to the workload identity
+        its pod claims, and once the node has something to be served (see the module docstring)."""
+        claim = self.claims.get(node_id)
+        if claim is None or self.core.identity is None:
+            raise TemporaryError(f"node {node_id!r} is not known yet: no injected pod of that name has been seen")
+        if claim.entitled != (pod.namespace, pod.service_account):
+            trust_domain = self.core.identity.trust_domain
+            owner = f"service {claim.service!r}, which has no Workload, so nobody may have its identity"
+            if claim.entitled is not None:
+                namespace, account = claim.entitled
+                expected = spiffe.workload_id(trust_domain, account, namespace)
+                owner = (
+                    f"workload {claim.service!r}, whose identity only service account {account!r} in namespace "
+                    f"{namespace!r} ({expected}) may have"
+                )
+            refusal = (
+                f"node {node_id!r} claims {owner}; its token is service account {pod.service_account!r} "
+                f"in namespace {pod.namespace!r} ({pod.spiffe_id(trust_domain)})"
+            )
+            self.identity_refusals.inc()
+            log.error("refused a side-car a workload identity its token does not prove: %s", refusal)
+            if self._audited_refusals.get(node_id) != refusal:  # once per node and reason: Envoy retries
+                if len(self._audited_refusals) >= MAX_AUDITED_REFUSALS:
+                    self._audited_refusals.clear()
+                self._audited_refusals[node_id] = refusal
+                self.core.audit.record(
+                    f"{pod.namespace}/{pod.service_account}",
+                    "xds.identity.refused",
+                    node_id,
+                    {"reason": refusal},
+                    "refused",
+                )
+            return refusal
+        if self.core.cache.get(node_id) is None:
+            raise TemporaryError(f"node {node_id!r} has no configuration yet (its pod has no IP yet, or has finished)")
+        return None
+
+    def _log_unentitled(self) -> None:
+        """Log, once per pod and reason, each injected pod that gets nothing because its service
+        account may not have the identity of the workload it is labelled as."""
+        refused = {node: claim.refusal for node, claim in self.claims.items() if claim.refusal is not None}
+        for node, why in refused.items():
+            if self._unentitled.get(node) != why:
+                log.error("side-car %s gets no configuration and no certificate: %s", node, why)
+        self._unentitled = refused

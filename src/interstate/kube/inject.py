@@ -169,7 +169,7 @@ def inject(
     _check_ports(containers, settings.ports)
 
     namespace = namespace or metadata.get("namespace") or "default"
-    account = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
+    account = service_account(spec)
     node_metadata = {
         "namespace": namespace,
         "service": service,
@@ -268,6 +268,11 @@ def proxy_container(service: str, settings: InjectSettings, node_metadata: dict[
         container["startupProbe"] = ready(periodSeconds=1, failureThreshold=120)
         container["restartPolicy"] = "Always"
     return container
+
+
+def service_account(spec: Mapping[str, Any]) -> str:
+    """The service account a pod runs as (Kubernetes' default when its spec names none)."""
+    return str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default")
 
 
 def app_env(outbound_port: int) -> dict[str, str]:

@@ -8,8 +8,11 @@ server, with the controller's own credentials (`kube.watch.ApiSettings`; its ser
 needs `create` on `tokenreviews`, e.g. the `system:auth-delegator` ClusterRole), and serves
 the stream only when the API server says the token is authenticated, for one of our audiences,
 a service account's (`system:serviceaccount:<namespace>:<name>`) and bound to a pod whose node
-ID (`sidecar~<pod>.<namespace>`) is the one the stream claims. Who the side-car is therefore
-comes from the API server's answer, never from what the node metadata says.
+ID (`sidecar~<pod>.<namespace>`) is the one the stream claims, and then only when `bind` (the
+controller's) agrees that this pod's namespace and service account may have what the node is
+to receive: a workload's certificate goes to the workload's service account only. Who the
+side-car is therefore comes from the API server's answer, never from what the node metadata or
+the pod's labels say.
 
 Refusals say why in words and never carry the token. Positive answers are kept for a short
 while (`ReviewSettings.cache_ttl_s`, at most `cache_size` of them, keyed by the token's SHA-256),
@@ -31,6 +34,7 @@ from typing import Any
 import grpc
 import httpx
 
+from interstate.ca import spiffe
 from interstate.errors import PermanentError, TemporaryError
 from interstate.kube.watch import ApiSettings
 
@@ -69,6 +73,15 @@ class PodIdentity:
         """The node ID the pod's side-car presents (`kube.cluster.node_id`)."""
         return f"sidecar~{self.pod}.{self.namespace}"
 
+    def spiffe_id(self, trust_domain: str) -> str:
+        """The pod's Kubernetes identity, as the injector writes it in the node metadata."""
+        return spiffe.workload_id(trust_domain, self.service_account, self.namespace)
+
+
+Binding = Callable[[str, PodIdentity], str | None]
+"""(a node ID, the pod its stream's token proves) -> None when that pod may have what the node is
+served, else why not; raises TemporaryError when that cannot be told yet (UNAVAILABLE, retried)."""
+
 
 class TokenReviewer:
     """An `xds.server.Authenticator` backed by the API server's TokenReview (see the module
@@ -79,9 +92,12 @@ class TokenReviewer:
         api: ApiSettings,
         settings: ReviewSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        bind: Binding,
     ) -> None:
         self.settings = settings or ReviewSettings()
         self.clock = clock
+        self.bind = bind
         self.reviews = 0  # TokenReviews sent (tests and status)
         self._api = api
         self._client: httpx.AsyncClient | None = None
@@ -112,7 +128,7 @@ class TokenReviewer:
                 f"{identity.namespace!r} (service account {identity.service_account!r}), whose node is "
                 f"{identity.node_id!r}"
             )
-        return None
+        return self.bind(node_id, identity)
 
     # ---- the review --------------------------------------------------------------------------
     async def review(self, token: str) -> PodIdentity:
