@@ -467,7 +467,7 @@ def test_invalid_yaml_gives_the_line() -> None:
     issue = only_issue(mesh_yaml(("replicas: 1\n", "replicas: 1\n\tversion: v2\n")))  # line 29
 
     assert str(issue) == (
-        "mesh.yaml: not valid YAML at line 29, column 1: found character '\\t' that cannot start any token"
+        "mesh.yaml: not valid YAML at line 29, column 1: found a tab character that violates indentation"
     )
 
 
