@@ -34,7 +34,7 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "election-night"
 INTERSTATE = [sys.executable, "-m", "interstate.cli"]
-READY = re.compile(r"mesh ready ingress=(\S+) admin=(\S+)")
+READY = re.compile(r"mesh ready ingress=(\S+) admin=(\S+) dashboard=(\S+)")
 
 
 def wait_for(predicate: Callable[[], T | None], timeout: float = 20, what: str = "condition", every: float = 0.05) -> T:
@@ -49,8 +49,15 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 20, what: str =
         time.sleep(every)
 
 
+TOKEN_FILES: dict[str, Path] = {}  # a running mesh's admin URL -> its admin token file
+
+
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*INTERSTATE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """`interstate ARGS`; a command given `--admin URL` of a mesh started here gets its token file."""
+    env = dict(os.environ)
+    if "--admin" in args and (token_file := TOKEN_FILES.get(args[args.index("--admin") + 1])) is not None:
+        env["INTERSTATE_ADMIN_TOKEN_FILE"] = str(token_file)
+    return subprocess.run([*INTERSTATE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
 @dataclass
@@ -59,6 +66,7 @@ class MeshRun:
     run_dir: Path
     ingress: str = ""
     admin: str = ""
+    dashboard_link: str = ""  # the one-time sign-in link of the ready line
     output: list[str] = field(default_factory=list)
     _reader: threading.Thread | None = None
 
@@ -68,7 +76,8 @@ class MeshRun:
             for line in list(self.output):
                 match = READY.search(line)
                 if match:
-                    self.ingress, self.admin = match.group(1), match.group(2)
+                    self.ingress, self.admin, self.dashboard_link = match.group(1), match.group(2), match.group(3)
+                    TOKEN_FILES[self.admin] = self.token_file
                     return
             if self.proc.poll() is not None:
                 break
@@ -85,8 +94,24 @@ class MeshRun:
         issued = authority.issue(workload_id(trust_domain, service), timedelta(hours=1), utcnow())
         return tls_client(self.run_dir, issued.chain_pem, issued.key_pem, authority.bundle_pem)
 
+    @property
+    def token_file(self) -> Path:
+        return self.run_dir / "admin.token"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin API's credential, as the CLI sends it."""
+        return {"authorization": "Bearer " + self.token_file.read_text().strip()}
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A request to the admin API with the mesh's admin token (and any `headers` given)."""
+        kwargs.setdefault("timeout", 10)
+        headers = self.headers | kwargs.pop("headers", {})
+        return httpx.request(method, self.admin + path, headers=headers, trust_env=False, **kwargs)
+
     def status(self) -> dict[str, Any]:
-        return dict(httpx.get(self.admin + "/status", timeout=10, trust_env=False).json())
+        """`GET /status`; httpx.HTTPStatusError while the control plane is away (503)."""
+        return dict(self.api("GET", "/status").raise_for_status().json())
 
     def descendants(self) -> list[psutil.Process]:
         try:

@@ -7,9 +7,10 @@ the chain intact, and names the record someone edited afterwards."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 
-import httpx
 import pytest
 from mesh_runner import cli, running_mesh
 
@@ -17,7 +18,7 @@ from interstate import config as mesh_config
 
 pytestmark = pytest.mark.e2e
 
-API = "admin-api 127.0.0.1"
+API = f"{pwd.getpwuid(os.getuid()).pw_name} (admin token)"  # who holds the token, not an address
 
 
 def test_the_trail_says_who_changed_what_and_whether_it_took_effect(tmp_path: Path, mesh_copy: Path) -> None:
@@ -34,7 +35,7 @@ def test_the_trail_says_who_changed_what_and_whether_it_took_effect(tmp_path: Pa
         # by the mesh, and that is recorded
         policy.write_text(policy.read_text().replace("consecutiveErrors: 5", "consecutiveErrors: -3"))
         sources = {str(Path(n).resolve()): t for n, t in mesh_config.read_sources(str(mesh_copy)).items()}
-        invalid = httpx.post(mesh.admin + "/apply", json={"sources": sources}, timeout=30, trust_env=False)
+        invalid = mesh.api("POST", "/apply", json={"sources": sources}, timeout=30)
         assert invalid.status_code == 422
         policy.write_text(policy.read_text().replace("consecutiveErrors: -3", "consecutiveErrors: 5"))
 
@@ -50,7 +51,7 @@ def test_the_trail_says_who_changed_what_and_whether_it_took_effect(tmp_path: Pa
         assert cli("fault", "stats", "--abort", "10", *admin).returncode == 0
         assert cli("fault", "stats", "--off", *admin).returncode == 0
 
-        live = httpx.get(mesh.admin + "/audit", params={"since": 1}, timeout=10, trust_env=False).json()
+        live = mesh.api("GET", "/audit", params={"since": 1}).json()
         assert [r["seq"] for r in live][:1] == [2]
 
     path = run_dir / "audit.jsonl"

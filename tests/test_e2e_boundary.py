@@ -157,7 +157,7 @@ def test_a_header_off_the_list_never_reaches_any_app_and_is_counted_by_name(mesh
     assert set(stripped(run)) == {("x-ssn", "in")}
     coverage = run.status()["boundary"]["policy_coverage"]
     assert coverage["back"]["requests"] >= 1 and coverage["back"]["with_policy"] == coverage["back"]["requests"]
-    metrics = httpx.get(run.admin + "/metrics", timeout=5, trust_env=False).text
+    metrics = run.api("GET", "/metrics").text
     assert 'interstate_boundary_headers_stripped_total{header="x-ssn",side="in"} 1.0' in metrics
     assert SECRET not in metrics and SECRET not in json.dumps(run.status())
     assert all(SECRET not in p.read_text(errors="replace") for p in (run.run_dir / "logs").glob("*.log"))

@@ -94,10 +94,6 @@ def browser(chromium: str, driver: str, profile: Path) -> WebDriver:
     return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
-def get(url: str) -> dict[str, Any]:
-    return dict(httpx.get(url, timeout=10, trust_env=False).json())
-
-
 def test_the_dashboard_shows_the_live_mesh(tmp_path: Path) -> None:
     chromium, chromedriver = chromium_paths()  # fail (not skip) before starting anything
     folder = tmp_path / "mesh"
@@ -110,7 +106,7 @@ def watch(mesh: MeshRun, chromium: str, chromedriver: str, tmp_path: Path) -> No
     with PacedTraffic(mesh.ingress + "/results", RATE) as traffic:
         # (a) the JSON: rates measured from the side-cars' stats, replica counts as /status says
         def measured() -> dict[str, Any] | None:
-            data = get(mesh.admin + "/dashboard/data")
+            data = dict(mesh.api("GET", "/dashboard/data").json())
             rps = {s["name"]: (s["traffic"] or {}).get("rps") for s in data["services"]}
             return data if (rps.get("results") or 0) > 0 and (rps.get("stats") or 0) > 0 else None
 
@@ -135,7 +131,16 @@ def watch(mesh: MeshRun, chromium: str, chromedriver: str, tmp_path: Path) -> No
         # (b) the page, run by a real browser
         driver = browser(chromium, chromedriver, tmp_path / "chromium-profile")
         try:
+            # a browser without a session gets the sign-in page; the ready line's link signs it in
+            # (a read-only session cookie) and takes it to the dashboard
             driver.get(mesh.admin + "/dashboard")
+            assert "sign-in link" in driver.page_source
+            driver.get(mesh.dashboard_link)
+            assert driver.current_url == mesh.admin + "/dashboard"
+            cookie = driver.get_cookie("interstate_session")
+            assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            reused = httpx.get(mesh.dashboard_link, timeout=5, trust_env=False, follow_redirects=False)
+            assert reused.status_code == 401  # the link works once
 
             def rps_shown(d: WebDriver) -> float:
                 cells = d.find_elements(By.CSS_SELECTOR, 'tr[data-service="results"] td.rps')
@@ -160,7 +165,12 @@ def watch(mesh: MeshRun, chromium: str, chromedriver: str, tmp_path: Path) -> No
             assert len(line.get_attribute("points").split()) >= 2  # several samples drawn
             assert driver.find_element(By.ID, "conn").text.startswith("updated")
             assert driver.find_element(By.CSS_SELECTOR, "#t-xds .big").text.replace(" ", "") == "4/4synced"
-            errors = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+            signing_in = f"{mesh.admin}/dashboard - Failed to load resource: the server responded with a status of 401"
+            errors = [
+                e
+                for e in driver.get_log("browser")
+                if e.get("level") == "SEVERE" and not str(e.get("message")).startswith(signing_in)
+            ]
             assert not errors, errors
             assert driver.save_screenshot(str(tmp_path / "dashboard.png"))
         finally:

@@ -106,6 +106,6 @@ def test_once_the_ejection_ends_status_and_dashboard_show_the_circuit_closed(mes
         events = [json.loads(x) for x in outlier_log.read_text().splitlines() if x.startswith("{")]
         assert any(e.get("action") == "UNEJECT" for e in events), events
         assert results.get("http://stats:8080/healthz").status_code == 200
-    board = httpx.get(mesh.admin + "/dashboard/data", timeout=10, trust_env=False).json()
+    board = mesh.api("GET", "/dashboard/data").json()
     (stats,) = [s for s in board["services"] if s["name"] == "stats"]
     assert stats["circuit"]["state"] == "closed", stats["circuit"]

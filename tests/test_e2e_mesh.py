@@ -7,13 +7,14 @@ import ipaddress
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_stats, running_mesh, wait_for
+from mesh_runner import EXAMPLE, INTERSTATE, Load, MeshRun, alive, cli, envoy_stats, running_mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -134,6 +135,31 @@ def test_an_autoscaled_workload_is_not_scaled_by_hand(example_mesh: MeshRun) -> 
     assert refused.returncode != 0
     assert "results is scaled by its HorizontalPodAutoscaler results-hpa" in refused.stderr
     assert example_mesh.status()["services"]["results"]["desired"] != 5  # (the autoscaler decides)
+
+
+def test_the_admin_api_lets_no_one_in_uninvited(example_mesh: MeshRun) -> None:
+    """Issue 11's attack on the real mesh: a cross-site form's text/plain POST of an empty mesh,
+    a rebinding page's Host, a CLI without the token. Nothing changes."""
+    mesh = example_mesh
+    empty = '{"sources": {}}'
+    attack = httpx.post(mesh.admin + "/apply", content=empty, headers={"content-type": "text/plain"}, trust_env=False)
+    assert attack.status_code == 401
+    assert mesh.api("POST", "/apply", content=empty, headers={"content-type": "text/plain"}).status_code == 415
+    rebound = mesh.api(
+        "GET", "/status", headers=mesh.headers | {"host": "rebind.example:" + mesh.admin.rsplit(":", 1)[1]}
+    )
+    assert rebound.status_code == 403
+    assert httpx.get(mesh.admin + "/metrics", trust_env=False).status_code == 401
+    no_token = subprocess.run(
+        [*INTERSTATE, "scale", "stats", "0", "--admin", mesh.admin, "--token-file", "/nonexistent/admin.token"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("INTERSTATE_")},
+    )
+    assert no_token.returncode == 2 and "no admin token at /nonexistent/admin.token" in no_token.stderr
+    status = mesh.status()
+    assert all(s["ready"] >= 1 for s in status["services"].values()), status["services"]
 
 
 def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:

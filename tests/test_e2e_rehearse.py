@@ -52,7 +52,9 @@ def test_short_rehearsal_reports_what_was_measured(tmp_path: Path) -> None:
         ingress_admin = run.status()["ingress"]["admin"]
         before = envoy_stats(ingress_admin, f"^{re.escape(TOTAL)}$")[TOTAL]
 
-        result = CliRunner().invoke(rehearse, ["--admin", run.admin, "--short", "--out", str(out)])
+        result = CliRunner().invoke(
+            rehearse, ["--admin", run.admin, "--token-file", str(run.token_file), "--short", "--out", str(out)]
+        )
 
         after = envoy_stats(ingress_admin, f"^{re.escape(TOTAL)}$")[TOTAL]
         assert result.exit_code == 0, result.output

@@ -56,7 +56,7 @@ def test_three_rotations_under_traffic_lose_no_request(tmp_path: Path) -> None:
         with Load(mesh.ingress + "/results", workers=2, max_s=240) as load:
             deadline = time.monotonic() + 200
             while time.monotonic() < deadline:
-                certs = httpx.get(mesh.admin + "/certs", timeout=5, trust_env=False).json()["certs"]
+                certs = mesh.api("GET", "/certs", timeout=5).json()["certs"]
                 for cert in certs:
                     seen[cert["node"]].add(cert["serial"].lstrip("0"))
                 if all(len(s) >= ROTATIONS + 1 for s in seen.values()):
@@ -68,9 +68,7 @@ def test_three_rotations_under_traffic_lose_no_request(tmp_path: Path) -> None:
         assert load.ok > 100
         assert load.failures == [], load.failures[:5]
         # Envoy really holds the newest certificate, and nothing but secrets changed.
-        current = {
-            c["node"]: c["serial"].lstrip("0") for c in httpx.get(mesh.admin + "/certs", timeout=5).json()["certs"]
-        }
+        current = {c["node"]: c["serial"].lstrip("0") for c in mesh.api("GET", "/certs", timeout=5).json()["certs"]}
         for node, admin in admins.items():
             assert current[node] in serials_in_envoy(admin), node
         assert listener_and_cluster_versions(mesh) == versions_before

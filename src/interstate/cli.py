@@ -17,7 +17,8 @@ import yaml
 
 from interstate import audit as audit_trail
 from interstate import config as mesh_config
-from interstate.client import AdminClient, AdminError
+from interstate.client import AdminClient, AdminError, admin_options, admin_token
+from interstate.core import access
 from interstate.errors import ConfigError, InterstateError
 from interstate.kube import autoscale as kube_autoscale
 from interstate.model.base import parse_duration
@@ -28,7 +29,15 @@ EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_FAILURE = 3
 MIN_CERT_TTL = timedelta(minutes=1)
-ADMIN_DEFAULT = f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
+DEFAULT_RUN_DIR = ".interstate/run"
+
+
+def _client(admin: str, token_file: str) -> AdminClient:
+    try:
+        return AdminClient(admin, admin_token(token_file))
+    except InterstateError as exc:
+        _fail(str(exc), EXIT_USAGE)
+        raise AssertionError from None  # _fail exits
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:
@@ -156,7 +165,7 @@ def up(
         _fail(f"--control-plane-restart-delay: {exc}", EXIT_USAGE)
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
-        run_dir=Path(run_dir or ".interstate/run").resolve(),
+        run_dir=Path(run_dir or DEFAULT_RUN_DIR).resolve(),
         ingress_port=ingress_port,
         admin_port=admin_port,
         xds_port=xds_port,
@@ -189,19 +198,13 @@ def up(
 
 @main.command()
 @click.argument("path", type=click.Path(exists=False))
-@click.option(
-    "--admin",
-    default=ADMIN_DEFAULT,
-    envvar="INTERSTATE_ADMIN",
-    show_default=True,
-    help="Admin API of the running mesh.",
-)
-def apply(path: str, admin: str) -> None:
+@admin_options
+def apply(path: str, admin: str, token_file: str) -> None:
     """Validate PATH and make it the running mesh; on any error nothing changes."""
     _load(path)  # same validation, locally first
     sources = {str(Path(name).resolve()): text for name, text in mesh_config.read_sources(path).items()}
     try:
-        result = AdminClient(admin).apply(sources)
+        result = _client(admin, token_file).apply(sources)
     except AdminError as exc:
         for issue in exc.body.get("issues", []):
             click.echo(f"error: {issue['text']}", err=True)
@@ -214,11 +217,11 @@ def apply(path: str, admin: str) -> None:
 @main.command()
 @click.argument("service")
 @click.argument("replicas", type=click.IntRange(0, 1000))
-@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
-def scale(service: str, replicas: int, admin: str) -> None:
+@admin_options
+def scale(service: str, replicas: int, admin: str, token_file: str) -> None:
     """Set the replica count of SERVICE in the running mesh."""
     try:
-        result = AdminClient(admin).scale(service, replicas)
+        result = _client(admin, token_file).scale(service, replicas)
     except InterstateError as exc:
         _fail(
             f"scale refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE
@@ -227,12 +230,12 @@ def scale(service: str, replicas: int, admin: str) -> None:
 
 
 @main.command()
-@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+@admin_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def status(admin: str, as_json: bool) -> None:
+def status(admin: str, token_file: str, as_json: bool) -> None:
     """Show services, replicas and what each Envoy has accepted."""
     try:
-        data = AdminClient(admin).status()
+        data = _client(admin, token_file).status()
     except InterstateError as exc:
         _fail(str(exc))
     if as_json:
@@ -279,8 +282,8 @@ def status(admin: str, as_json: bool) -> None:
 @main.command()
 @click.argument("service")
 @click.argument("weights", nargs=-1, required=True)
-@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
-def split(service: str, weights: tuple[str, ...], admin: str) -> None:
+@admin_options
+def split(service: str, weights: tuple[str, ...], admin: str, token_file: str) -> None:
     """Share calls to SERVICE among backends, live: `interstate split results results=50 results-v2=50`.
     A bare version suffix also works: `results v2=50` means results-v2=50 and results=50."""
     parsed: dict[str, int] = {}
@@ -295,7 +298,7 @@ def split(service: str, weights: tuple[str, ...], admin: str) -> None:
         if backend != service and percent <= 100:
             parsed = {service: 100 - percent, backend: percent}
     try:
-        AdminClient(admin).split(service, parsed)
+        _client(admin, token_file).split(service, parsed)
     except InterstateError as exc:
         _fail(
             f"split refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE
@@ -339,7 +342,7 @@ def _print_resilience(facts: dict[str, Any] | None) -> None:
     help="SERVICE's own side-cars fail the calls (callers see real failures; their circuit breakers trip).",
 )
 @click.option("--off", is_flag=True, help="End the rehearsal: calls to SERVICE behave normally again.")
-@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+@admin_options
 def fault(
     service: str,
     abort_percent: int | None,
@@ -349,6 +352,7 @@ def fault(
     in_service: bool,
     off: bool,
     admin: str,
+    token_file: str,
 ) -> None:
     """Rehearse a failure of SERVICE in the running mesh (a "stats hiccup"), or end it with --off.
     Callers' side-cars abort or delay that share of calls (or, --in-service, SERVICE's own
@@ -365,7 +369,7 @@ def fault(
         if in_service:
             body["at"] = "SERVICE"
     try:
-        AdminClient(admin).fault(service, body)
+        _client(admin, token_file).fault(service, body)
     except InterstateError as exc:
         _fail(
             f"fault refused: {exc}", EXIT_INVALID if isinstance(exc, AdminError) and exc.status < 500 else EXIT_FAILURE
@@ -383,12 +387,21 @@ def fault(
 
 
 @main.command()
-@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+@admin_options
+def dashboard(admin: str, token_file: str) -> None:
+    """Print a sign-in link for the dashboard (valid 10 minutes, once): a browser that opens it
+    gets a read-only session for 12 hours."""
+    code = access.login_code(_client(admin, token_file).token, access.LINK_TTL_S)
+    click.echo(f"{admin.rstrip('/')}/dashboard?{access.LOGIN_PARAM}={code}")
+
+
+@main.command()
+@admin_options
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
-def certs(admin: str, as_json: bool) -> None:
+def certs(admin: str, token_file: str, as_json: bool) -> None:
     """Each proxy's workload certificate: SPIFFE ID, serial, expiry, time to rotation."""
     try:
-        data = AdminClient(admin).certs()
+        data = _client(admin, token_file).certs()
     except InterstateError as exc:
         _fail(str(exc))
     if as_json:
@@ -407,7 +420,7 @@ def certs(admin: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--run-dir", type=click.Path(), default=".interstate/run", show_default=True)
+@click.option("--run-dir", type=click.Path(), default=DEFAULT_RUN_DIR, show_default=True)
 @click.option("--timeout", "timeout_s", type=click.IntRange(1, 3600), default=120, show_default=True)
 def down(run_dir: str, timeout_s: int) -> None:
     """Stop the mesh that runs from RUN_DIR: ask its `interstate up` to stop (as Ctrl-C would),
@@ -441,9 +454,7 @@ def down(run_dir: str, timeout_s: int) -> None:
 
 
 @main.command("audit")
-@click.option(
-    "--run-dir", type=click.Path(), default=".interstate/run", show_default=True, help="The mesh's run folder."
-)
+@click.option("--run-dir", type=click.Path(), default=DEFAULT_RUN_DIR, show_default=True, help="The mesh's run folder.")
 @click.option("--verify", is_flag=True, help="Check the hash chain; exit 1 naming the first broken record.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
 @click.option("--last", type=click.IntRange(min=1), default=None, help="Only the last N records.")

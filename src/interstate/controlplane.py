@@ -25,6 +25,7 @@ from typing import Any
 
 from interstate import audit
 from interstate.api.admin import AdminServer, create_app
+from interstate.core import access
 from interstate.core.plane import ControlPlane
 from interstate.core.status import ControlPlaneInfo, SupervisorInfo
 from interstate.errors import InterstateError, PermanentError
@@ -53,8 +54,9 @@ class RemoteRunner:
 
 
 class ControlPlaneProcess:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, admin_fd: int) -> None:
         self.settings = state.load_settings(run_dir)
+        self.admin_fd = admin_fd  # the admin port, bound and held by the supervisor
         self.core = ControlPlane(self.settings.identity(), run_dir / audit.FILE_NAME)
         self.mesh: StandaloneMesh | None = None
         self.admin: AdminServer | None = None
@@ -95,7 +97,9 @@ class ControlPlaneProcess:
         mesh.supervisor = SupervisorInfo.from_json(args["supervisor"])
         self.mesh = mesh  # from now on unit events are taken (pushed once the core serves)
         await self.core.start(self.settings.host, self.settings.xds_port, MeshIndex(config).mesh.trust_domain)
-        self.admin = AdminServer(create_app(mesh), self.settings.host, self.settings.admin_port)
+        token_file = self.settings.run_dir / access.TOKEN_FILE
+        gate = access.Gate(access.read_token(token_file), access.token_actor(token_file))
+        self.admin = AdminServer(create_app(mesh), socket.socket(fileno=self.admin_fd), gate)
         await self.admin.start()
         return {"admin": self.admin.url, "xds": self.core.port}
 
@@ -115,9 +119,9 @@ class ControlPlaneProcess:
 def main() -> None:
     level = sys.argv[3] if len(sys.argv) > 3 else "WARNING"
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_dir, fd = Path(sys.argv[1]), int(sys.argv[2])
+    run_dir, fd, admin_fd = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
     try:
-        asyncio.run(ControlPlaneProcess(run_dir).run(fd))
+        asyncio.run(ControlPlaneProcess(run_dir, admin_fd).run(fd))
     except InterstateError as exc:
         log.error("control plane stopped: %s", exc)
         sys.exit(3)

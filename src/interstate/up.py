@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
+from interstate.core import access
 from interstate.errors import ConfigError, PermanentError
 from interstate.model.index import MeshConfig
 from interstate.settings import Settings
@@ -80,6 +81,7 @@ async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]
             f"(`interstate down --run-dir {settings.run_dir}`) or use another --run-dir"
         )
     settings, config, found = take_over(settings, config)
+    access.create_token(settings.run_dir)  # a new admin token for every start (README "Admin API")
     state.save_settings(settings)
     state.save_config(settings.run_dir, config)
     await supervisor.run(settings, say, found)

@@ -1,6 +1,10 @@
 """Admin API routes: status, apply, scale, metrics. An edge: turns errors into HTTP statuses.
 
-GET  /healthz                      200 when the control plane runs
+Every request passes `api.guard.Guard` first (Host, credential, JSON only, body size); the
+routes below see only those it let in. All but /healthz need the admin token (the dashboard's
+data also takes the session cookie of a sign-in link).
+
+GET  /healthz                      200 when the control plane runs (no credential)
 GET  /status                       services, replicas, ports, xDS versions, NACKs
 POST /apply   {"sources": {file: yaml text}}   422 with every issue, or 200 with the changes
 POST /services/{name}/scale {"replicas": n}    404 unknown service, 422 bad count
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import Awaitable, Iterator
@@ -32,7 +37,9 @@ from starlette.routing import Route
 
 from interstate import audit
 from interstate.api import dashboard
+from interstate.api.guard import Guard, allowed_hosts
 from interstate.config.loader import decode_sources
+from interstate.core.access import Gate
 from interstate.core.control import MeshControl
 from interstate.core.status import to_json
 from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, UnknownService
@@ -60,9 +67,17 @@ def invalid(what: str, exc: ValidationError) -> Response:
     return JSONResponse({"error": f"invalid {what}: " + "; ".join(problems)}, 422)
 
 
+async def json_body(request: Request) -> Any:
+    """The request's JSON; ValueError for anything else, nesting too deep for the parser included."""
+    try:
+        return json.loads(await request.body())
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def actor(request: Request) -> str:
-    """Who asked for a change, as the audit trail names them: the admin API's client address."""
-    return f"admin-api {request.client.host}" if request.client else "admin-api"
+    """Who asked for a change, as the audit trail names them: the credential's holder (`api.guard`)."""
+    return str(getattr(request.state, "actor", "admin-api"))
 
 
 async def change(call: Awaitable[dict[str, Any]]) -> Response:
@@ -88,7 +103,7 @@ def create_app(mesh: MeshControl) -> Starlette:
 
     async def apply(request: Request) -> Response:
         try:
-            body = await request.json()
+            body = await json_body(request)
             sources = body["sources"]
             if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
                 raise TypeError
@@ -116,7 +131,7 @@ def create_app(mesh: MeshControl) -> Starlette:
     async def scale(request: Request) -> Response:
         name = request.path_params["name"]
         try:
-            body = await request.json()
+            body = await json_body(request)
             replicas = body["replicas"]
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"replicas": n}'}, 400)
@@ -136,7 +151,7 @@ def create_app(mesh: MeshControl) -> Starlette:
         """Body: {"fault": the TrafficPolicy `fault` section, or null to end the rehearsal}."""
         name = request.path_params["name"]
         try:
-            body = (await request.json())["fault"]
+            body = (await json_body(request))["fault"]
         except (ValueError, KeyError, TypeError):
             return JSONResponse(
                 {"error": 'expected JSON {"fault": {"abort": {"percent": 50}}} or {"fault": null}'}, 400
@@ -151,7 +166,7 @@ def create_app(mesh: MeshControl) -> Starlette:
         """Body: {"weights": {"backend": percent, ...}} (integers summing to 100)."""
         name = request.path_params["name"]
         try:
-            weights = (await request.json())["weights"]
+            weights = (await json_body(request))["weights"]
             if not isinstance(weights, dict):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
@@ -207,20 +222,14 @@ class _QuietServer(uvicorn.Server):
 
 
 class AdminServer:
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self.sock.bind((host, port))
-        except OSError as exc:
-            self.sock.close()
-            raise PermanentError(
-                f"admin port {port} on {host} is in use ({exc.strerror}); choose another "
-                "(--admin-port) or let interstate pick free ports (--auto-ports)"
-            ) from None
-        self.host = host
-        self.port = int(self.sock.getsockname()[1])
-        self.server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+    """The admin API on a listening socket (in standalone mode the supervisor's, held for the
+    mesh's life), every request through `api.guard.Guard` with `gate`'s credentials."""
+
+    def __init__(self, app: Starlette, sock: socket.socket, gate: Gate) -> None:
+        self.sock = sock
+        self.host, self.port = sock.getsockname()[:2]
+        guarded = Guard(app, gate, allowed_hosts(self.host, self.port))
+        self.server = _QuietServer(uvicorn.Config(guarded, log_level="warning", lifespan="off", access_log=False))
         self._task: asyncio.Task[None] | None = None
 
     @property

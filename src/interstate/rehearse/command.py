@@ -18,16 +18,13 @@ from pathlib import Path
 
 import click
 
+from interstate.client import admin_options, admin_token
 from interstate.errors import InterstateError
 from interstate.rehearse import report
 from interstate.rehearse.load import find_hey, requests_csv
 from interstate.rehearse.runner import Runner
 from interstate.rehearse.scenario import DEFAULT_HEADERS, DEFAULT_PATH, MAX_WORKER_QPS, SHORT, Fault, Scenario
-from interstate.settings import DEFAULT_ADMIN_PORT
 
-# the same default as the other commands (interstate.cli.ADMIN_DEFAULT; not imported from there so
-# that cli.py can import this module)
-ADMIN_DEFAULT = f"http://127.0.0.1:{DEFAULT_ADMIN_PORT}"
 EXIT_USAGE = 2
 EXIT_FAILURE = 3
 FULL = Scenario()
@@ -51,7 +48,7 @@ def write_reports(rehearsal: report.Rehearsal, out: Path) -> dict[str, Path]:
 
 
 @click.command()
-@click.option("--admin", default=ADMIN_DEFAULT, envvar="INTERSTATE_ADMIN", show_default=True)
+@admin_options
 @click.option("--short", is_flag=True, help=f"Quick preset: {SHORT.describe()}.")
 @click.option("--baseline-rps", type=click.FloatRange(min=0.1), default=None, help="Baseline rate [10; --short 4].")
 @click.option("--surge", type=click.FloatRange(min=1), default=None, help="Surge = baseline × this [20].")
@@ -84,6 +81,7 @@ def write_reports(rehearsal: report.Rehearsal, out: Path) -> dict[str, Path]:
 )
 def rehearse(
     admin: str,
+    token_file: str,
     short: bool,
     baseline_rps: float | None,
     surge: float | None,
@@ -124,7 +122,7 @@ def rehearse(
     try:
         hey = find_hey(hey_path)
         say(f"rehearsal: {scenario.describe()}")
-        rehearsal = asyncio.run(Runner(admin, scenario, hey, say).run())
+        rehearsal = asyncio.run(Runner(admin, admin_token(token_file), scenario, hey, say).run())
     except InterstateError as exc:
         click.echo(f"rehearse: {exc}", err=True)
         sys.exit(EXIT_FAILURE)

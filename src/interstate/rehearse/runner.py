@@ -76,15 +76,22 @@ class _Current:
 
 class Runner:
     def __init__(
-        self, admin: str, scenario: Scenario, hey: str, say: Callable[[str], None], poll_every: float = 1.0
+        self,
+        admin: str,
+        token: str,
+        scenario: Scenario,
+        hey: str,
+        say: Callable[[str], None],
+        poll_every: float = 1.0,
     ) -> None:
         self.admin = admin.rstrip("/")
+        self.token = token
         self.scenario = scenario
         self.hey = hey
         self.say = say
         self.poll_every = poll_every
         self._t0 = time.monotonic()
-        self._http = httpx.AsyncClient(timeout=10.0, trust_env=False)
+        self._http = httpx.AsyncClient(timeout=10.0, trust_env=False, headers={"authorization": f"Bearer {token}"})
         self._ingress_admin: int | None = None
         self._samples: list[Sample] = []
         self._current: _Current | None = None
@@ -145,7 +152,7 @@ class Runner:
     def _set_fault(self, on: bool) -> None:
         fault = self.scenario.fault
         try:
-            AdminClient(self.admin, timeout=30).fault(fault.service, fault.body() if on else None)
+            AdminClient(self.admin, self.token, timeout=30).fault(fault.service, fault.body() if on else None)
         except InterstateError as exc:
             if on:
                 raise

@@ -27,10 +27,12 @@ from typing import Any
 import httpx
 
 from interstate import audit
+from interstate.core import access
 from interstate.core.status import ControlPlaneInfo, SupervisorInfo, to_json
 from interstate.errors import InterstateError, PermanentError, TemporaryError
 from interstate.settings import Settings
-from interstate.standalone import adoption
+from interstate.standalone import admin_port, adoption
+from interstate.standalone.admin_port import AwayAnswer
 from interstate.standalone.envoy import find_envoy
 from interstate.standalone.process import Child
 from interstate.standalone.protocol import Channel, UnitSpec, UnitStatus
@@ -71,6 +73,8 @@ class Supervisor:
         self.failed: InterstateError | None = None  # the first start failed: nothing to supervise
         self.stopping = False
         self._started_mesh = False
+        self.admin_sock = admin_port.bind(settings.host, settings.admin_port)  # held for the mesh's life
+        self.away = AwayAnswer(self.admin_sock)
 
     # ---- what an earlier supervisor left running -------------------------------------------
     def adopt(self, found: list[adoption.Found]) -> None:
@@ -114,6 +118,7 @@ class Supervisor:
                 code = await self.control_plane.wait()
             if self.stopping:
                 return
+            self.away.start()  # until the next one serves: 503 at once, and the port stays ours
             last_exit = describe_exit(code)
             if time.monotonic() - began >= self.settings.restart_reset_s:
                 backoff = self.settings.control_plane_backoff_s
@@ -125,6 +130,7 @@ class Supervisor:
             backoff = min(backoff * 2, max(self.settings.restart_backoff_max_s, self.settings.control_plane_backoff_s))
 
     async def _run_control_plane(self, last_exit: str | None) -> None:
+        await self.away.stop()  # the new control plane serves the admin port
         ours, theirs = socket.socketpair()
         child = Child(
             "control plane",
@@ -135,9 +141,10 @@ class Supervisor:
                 str(self.settings.run_dir),
                 str(theirs.fileno()),
                 logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+                str(self.admin_sock.fileno()),
             ],
             self.settings.run_dir / "logs" / "control-plane.log",
-            pass_fds=(theirs.fileno(),),
+            pass_fds=(theirs.fileno(), self.admin_sock.fileno()),
         )
         self.control_plane = child
         try:
@@ -179,6 +186,7 @@ class Supervisor:
             "ingress": f"http://{host}:{self.settings.ingress_port}" if facts.get("ingress") else None,
             "admin": facts.get("admin"),
             "dashboard": f"{facts.get('admin')}/dashboard",
+            "token_file": str(self.settings.run_dir / access.TOKEN_FILE),
             "xds": facts.get("xds"),
             "run_dir": str(self.settings.run_dir),
             "replicas": facts.get("replicas", 0),
@@ -188,9 +196,11 @@ class Supervisor:
         (self.settings.run_dir / "ready.json").write_text(json.dumps(ready, indent=1) + "\n")
         if self.adopted:
             self.say(f"interstate: adopted {len(self.adopted)} running unit(s): {', '.join(self.adopted)}")
+        token = access.read_token(self.settings.run_dir / access.TOKEN_FILE)
+        sign_in = f"{ready['dashboard']}?{access.LOGIN_PARAM}={access.login_code(token, access.READY_LINK_TTL_S)}"
         self.say(
             f"interstate: mesh ready ingress={ready['ingress']} admin={ready['admin']} "
-            f"dashboard={ready['dashboard']} replicas={ready['replicas']} logs={self.settings.run_dir / 'logs'}"
+            f"dashboard={sign_in} replicas={ready['replicas']} logs={self.settings.run_dir / 'logs'}"
         )
         self.ready.set()
 
@@ -272,6 +282,8 @@ class Supervisor:
         await self._stop(list(self.units))
         if self.control_plane is not None:
             await self.control_plane.stop(self.settings.stop_timeout_s)
+        await self.away.stop()
+        self.admin_sock.close()
         (self.settings.run_dir / "ready.json").unlink(missing_ok=True)
         adoption.forget(self.settings.run_dir)
         await self.http.aclose()
