@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
@@ -39,7 +40,7 @@ from interstate.autoscale.algorithm import (
     behavior_with_defaults,
 )
 from interstate.model.base import API_VERSION as MESH_API_VERSION
-from interstate.model.base import Claim, Name, Reference, Resource, Strict
+from interstate.model.base import Claim, Name, Reference, Resource, Strict, echo
 from interstate.model.workload import Workload, parse_quantity
 
 AUTOSCALING_API_VERSION = "autoscaling/v2"
@@ -48,6 +49,7 @@ MAX_INT32 = 2**31 - 1
 MAX_PERIOD_SECONDS = 1800  # Kubernetes' bounds (pkg/apis/autoscaling/validation)
 MAX_STABILIZATION_WINDOW_SECONDS = 3600
 DEFAULT_CPU_UTILIZATION = 80  # Kubernetes' target when an HPA lists no metrics
+MIN_QUANTITY = Decimal("1e-9")  # 1n: Kubernetes rounds finer quantities up to it
 
 # What scaleTargetRef.kind may be, with the apiVersion that goes with it (optional in the YAML).
 TARGET_KINDS = {"Deployment": "apps/v1", "Workload": MESH_API_VERSION}
@@ -62,8 +64,11 @@ SUPPORTED = (
 
 
 def _positive_quantity(value: Any) -> str:
-    if parse_quantity(value) <= 0:
-        raise ValueError(f"{value!r} must be positive, e.g. 100 or 500m")
+    number = parse_quantity(value)
+    if number <= 0:
+        raise ValueError(f"{echo(value)} must be positive, e.g. 100 or 500m")
+    if number < MIN_QUANTITY:  # Kubernetes keeps nothing finer; the autoscaler divides by it
+        raise ValueError(f"{echo(value)} is less than 1n, the smallest quantity; e.g. 100 or 500m")
     return value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
 
 

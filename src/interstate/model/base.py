@@ -10,6 +10,7 @@ Pure data: no I/O, no grpc, no Envoy protos.
 from __future__ import annotations
 
 import re
+import reprlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -27,9 +28,25 @@ _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DURATION_RE = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)(ms|us|h|m|s))+$")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|us|h|m|s)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
-# Envoy rejects durations above ~10,000 years; we refuse anything above a day, which no
-# timeout or ejection time in a mesh needs, so the error comes from us and names the field.
+# Envoy rejects durations above ~10,000 years (315,576,000,000 s); we refuse anything above a
+# day, which no timeout or ejection time in a mesh needs, so the error comes from us and names
+# the field. The bound is checked on the seconds, before a timedelta is made of them: '9' * 400
+# seconds is a float of infinity, which timedelta cannot hold.
 MAX_DURATION = timedelta(days=1)
+_MAX_DURATION_SECONDS = MAX_DURATION.total_seconds()
+_ECHO_CHARS = 60
+_ECHO = reprlib.Repr()
+_ECHO.maxlevel = 2
+_ECHO.maxstring = _ECHO.maxother = _ECHO.maxlong = _ECHO_CHARS
+
+
+def echo(value: Any) -> str:
+    """A short repr of an input value for a validator's message, however long or deep the value:
+    a string of up to 60 characters in full ('30x'), a 400-digit duration by its first and last
+    few characters."""
+    if isinstance(value, str) and len(value) <= _ECHO_CHARS:
+        return repr(value)
+    return _ECHO.repr(value)
 
 
 def _check_name(value: str) -> str:
@@ -42,19 +59,21 @@ def _check_name(value: str) -> str:
 
 
 def parse_duration(value: Any) -> timedelta:
-    """'250ms', '30s', '1h30m' -> timedelta; ValueError naming the value otherwise."""
+    """'250ms', '30s', '1h30m' -> timedelta; ValueError naming the value otherwise, and for more
+    than `MAX_DURATION` (however many digits: never an OverflowError)."""
     if isinstance(value, timedelta):
+        if value > MAX_DURATION:
+            raise ValueError(f"{format_duration(value)!r} is too long; at most 24h")
         return value
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h")
+        raise ValueError(f"{echo(value)} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h")
     text = value.strip()
     if not _DURATION_RE.match(text):
-        raise ValueError(f"{value!r} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h")
+        raise ValueError(f"{echo(value)} is not a duration; write a number with a unit: 250ms, 30s, 5m, 1h")
     seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text))
-    result = timedelta(seconds=seconds)
-    if result > MAX_DURATION:
-        raise ValueError(f"{value!r} is too long; at most 24h")
-    return result
+    if seconds > _MAX_DURATION_SECONDS:  # also inf, before timedelta() overflows on it
+        raise ValueError(f"{echo(value)} is too long; at most 24h")
+    return timedelta(seconds=seconds)
 
 
 Name = Annotated[str, AfterValidator(_check_name)]

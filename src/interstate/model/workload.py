@@ -27,6 +27,7 @@ from interstate.model.base import (
     Reference,
     Resource,
     Strict,
+    echo,
 )
 from interstate.model.mesh import check_policy_id
 
@@ -76,14 +77,14 @@ def parse_quantity(value: Any) -> Decimal:
     ValueError naming the value otherwise."""
     hint = "write a Kubernetes quantity, e.g. 500m, 0.5, 1, 100"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"{value!r} is not a quantity; {hint}")
+        raise ValueError(f"{echo(value)} is not a quantity; {hint}")
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{value!r} is not a quantity; {hint}")
+            raise ValueError(f"{echo(value)} is not a quantity; {hint}")
         number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
     else:
         if not _QUANTITY_RE.match(value):
-            raise ValueError(f"{value!r} is not a quantity; {hint}")
+            raise ValueError(f"{echo(value)} is not a quantity; {hint}")
         suffix = _QUANTITY_SUFFIX.search(value)
         text, unit = (value[: suffix.start()], suffix.group()) if suffix else (value, "")
         try:
@@ -93,9 +94,9 @@ def parse_quantity(value: Any) -> Decimal:
             elif unit:
                 number *= _SUFFIXES[unit]
         except InvalidOperation:
-            raise ValueError(f"{value!r} is not a quantity; {hint}") from None
+            raise ValueError(f"{echo(value)} is not a quantity; {hint}") from None
     if abs(number) > MAX_QUANTITY:
-        raise ValueError(f"{value!r} is too large")
+        raise ValueError(f"{echo(value)} is too large; at most 1E (10^18)")
     return number
 
 
@@ -104,10 +105,10 @@ def cpu_millicores(value: Any) -> int:
     "1" -> 1000, 0.25 -> 250, "0.1m" -> 1)."""
     number = parse_quantity(value)
     if number <= 0:
-        raise ValueError(f"{value!r} must be more than 0, e.g. 500m or 1")
+        raise ValueError(f"{echo(value)} must be more than 0, e.g. 500m or 1")
     millicores = math.ceil(number * 1000)
     if millicores > MAX_CPU_MILLICORES:
-        raise ValueError(f"{value!r} is too large; at most {MAX_CPU_MILLICORES // 1000} cores")
+        raise ValueError(f"{echo(value)} is too large; at most {MAX_CPU_MILLICORES // 1000} cores")
     return millicores
 
 
