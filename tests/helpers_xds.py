@@ -32,6 +32,7 @@ from interstate.ca.spiffe import workload_id
 from interstate.compile import ProxyResources, bootstrap, compile_proxy
 from interstate.compile.proxy import Credentials, Proxy
 from interstate.config.loader import decode_sources
+from interstate.core.identity import XDS_SERVER_NAME
 from interstate.model.index import Endpoint, MeshIndex
 from interstate.standalone.envoy import envoy_command, find_envoy
 from interstate.xds.cache import SnapshotCache
@@ -248,6 +249,24 @@ class AdsClient:
         except TimeoutError:
             return
         raise AssertionError(f"expected no response, got {describe(item)}")
+
+
+@dataclass
+class TlsAdsClient(AdsClient):
+    """The scripted ADS stream over mutual TLS, as an Envoy with its bootstrap certificate, on a
+    connection of its own (not shared with other channels to the same address). `target`: where
+    to dial when it is not the server itself (a relay in between)."""
+
+    credentials: grpc.ChannelCredentials | None = None
+    target: str = ""
+
+    def open_channel(self) -> grpc.aio.Channel:
+        assert self.credentials is not None
+        return grpc.aio.secure_channel(
+            self.target or f"127.0.0.1:{self.port}",
+            self.credentials,
+            options=[("grpc.ssl_target_name_override", XDS_SERVER_NAME), ("grpc.use_local_subchannel_pool", 1)],
+        )
 
 
 def describe(item: object) -> str:

@@ -31,7 +31,7 @@ from interstate.errors import PermanentError, Rejected
 from interstate.model.index import MeshIndex
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.incremental import SnapshotBuilder
-from interstate.xds.server import AdsServer, Authenticator
+from interstate.xds.server import AdsServer, Authenticator, XdsLimits
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,12 @@ ROTATION_CHECK_MAX_S = 30.0
 
 
 class ControlPlane:
-    def __init__(self, identity: IdentitySettings, audit_path: Path) -> None:
+    def __init__(self, identity: IdentitySettings, audit_path: Path, xds_limits: XdsLimits | None = None) -> None:
         self.identity_settings = identity
         self.audit = audit.AuditLog(audit_path)
         self.registry = CollectorRegistry()
         self.cache = SnapshotCache()
-        self.ads = AdsServer(self.cache, self.registry, on_nack=self._record_nack)
+        self.ads = AdsServer(self.cache, self.registry, on_nack=self._record_nack, limits=xds_limits)
         self.builder = SnapshotBuilder()
         self.identity: MeshIdentity | None = None
         self.pushes = Counter("interstate_snapshot_updates", "proxy snapshots changed", registry=self.registry)

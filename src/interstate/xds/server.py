@@ -13,12 +13,21 @@ version ACKed. Rules (see DESIGN.md, "Protocol facts that bite"):
   is not sent again (the next new version will be);
 - on a snapshot change, types are sent in make-before-break order: CDS, EDS, LDS, RDS.
 Responses are pre-serialized bytes from the snapshot; only the nonce is added per stream.
+
+A client may be hostile (`XdsLimits`): what one stream holds is bounded (requests read ahead, names
+per request and their length, the NACK text kept), streams are capped in all and per node
+(RESOURCE_EXHAUSTED), a malformed request ends its stream (INVALID_ARGUMENT), an unknown type URL
+gets nothing (as go-control-plane's cache: the stream goes on), every text a client sends is clipped
+before it is logged, kept or audited, and gRPC itself caps message size, streams per connection,
+handshake time and reaps dead connections with keepalive pings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +35,7 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import DecodeError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from interstate.errors import TemporaryError
@@ -39,6 +49,65 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 Authenticator = Callable[[grpc.aio.ServicerContext, str], Awaitable[str | None]]
 """(a stream's context, the node ID it claims) -> None to serve it, or why it is refused."""
+
+
+@dataclass(frozen=True)
+class XdsLimits:
+    """What one xDS client can make the server hold or do. An honest Envoy is far inside every
+    bound (one stream, a few dozen names of a few dozen bytes, requests of some kilobytes); a
+    stream over one is ended with a status that names the limit. Worst case per stream: `inbox`
+    + 1 requests of `max_message_bytes`, and the names of the three named types (EDS, RDS, SDS),
+    each at most one request's worth."""
+
+    max_streams: int = 4096  # open streams in all, authenticated or not
+    max_streams_per_node: int = 8  # open streams of one node (Envoy keeps one)
+    max_names: int = 4096  # resource names in one request
+    max_name_bytes: int = 1024  # one resource name, and a node ID
+    max_message_bytes: int = 1 << 20  # one DiscoveryRequest (gRPC refuses a larger one)
+    max_text_chars: int = 2048  # a NACK message or any other client text kept, logged or audited
+    first_request_s: float = 10.0  # a new stream must send its node ID within this
+    inbox: int = 4  # requests read ahead of the one being handled (then TCP pushes back)
+    streams_per_connection: int = 16  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+    handshake_s: float = 10.0  # TLS and HTTP/2 set-up of a new connection
+    keepalive_s: float = 30.0  # ping a connection after this long without a frame ...
+    keepalive_timeout_s: float = 10.0  # ... and close it (and its streams) if the ping is not answered
+    idle_connection_s: float = 300.0  # close a connection that has had no stream this long
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.max_concurrent_streams", self.streams_per_connection),
+            ("grpc.server_handshake_timeout_ms", round(self.handshake_s * 1000)),
+            ("grpc.keepalive_time_ms", round(self.keepalive_s * 1000)),
+            ("grpc.keepalive_timeout_ms", round(self.keepalive_timeout_s * 1000)),
+            ("grpc.http2.ping_timeout_ms", round(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),  # an idle ADS stream is still pinged
+            ("grpc.max_connection_idle_ms", round(self.idle_connection_s * 1000)),
+        ]
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clip(text: str, limit: int) -> str:
+    """Client text fit for a log line, a status or the audit trail: its first `limit` characters,
+    saying how many more were cut, with control characters escaped (no forged log lines, no
+    terminal escapes in `interstate status`)."""
+    kept = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text[:limit])
+    return kept if len(text) <= limit else f"{kept}… ({len(text) - limit} more characters)"
+
+
+class _Gone(Exception):
+    """A response could not be written: the call is over (the client cancelled or went away)."""
+
+
+class _Malformed:
+    """What the reader puts in the inbox when a request could not be read."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 @dataclass
@@ -84,10 +153,12 @@ class StreamState:
     opened: float = field(default_factory=time.time)
     types: dict[str, TypeState] = field(default_factory=lambda: {t: TypeState() for t in rt.ORDER})
     counter: int = 0
+    serial: int = 0  # the stream's number on this server: its nonces are its own
+    unknown_types: int = 0  # requests for types not served (logged once per stream)
 
     def next_nonce(self) -> str:
         self.counter += 1
-        return str(self.counter)
+        return f"{self.serial}.{self.counter}"
 
 
 class AdsServer:
@@ -96,11 +167,14 @@ class AdsServer:
         cache: SnapshotCache,
         registry: CollectorRegistry | None = None,
         on_nack: Callable[[str, str, str, str], None] | None = None,
+        limits: XdsLimits | None = None,
     ) -> None:
         self.cache = cache
         self.on_nack = on_nack  # called with (node, type e.g. "CDS", rejected version, Envoy's message)
         self.registry = registry or CollectorRegistry()
+        self.limits = limits or XdsLimits()
         self._streams: dict[int, StreamState] = {}
+        self._serials = itertools.count(1)
         self._server: grpc.aio.Server | None = None
         self.port = 0
         self.pushes = Counter("interstate_xds_pushes", "xDS responses sent", ["type"], registry=self.registry)
@@ -114,6 +188,18 @@ class AdsServer:
         self.refused = Counter(
             "interstate_xds_refused_streams",
             "streams refused: the node ID was not the one their credential proves",
+            registry=self.registry,
+        )
+        self.limited = Counter(
+            "interstate_xds_limited_streams",
+            "streams ended by a limit (XdsLimits): too many streams, names, a name too long, a malformed "
+            "request, no node ID in time",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.unknown = Counter(
+            "interstate_xds_unknown_type_requests",
+            "requests for a type URL not served, ignored",
             registry=self.registry,
         )
         self.authenticate: Authenticator | None = None
@@ -132,7 +218,7 @@ class AdsServer:
         `authenticate` decides instead (e.g. from a bearer token): what a proxy receives is
         decided by the identity it proved, not the one it claims."""
         self.authenticate = authenticate or (self._certificate_proves if credentials is not None else None)
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=self.limits.grpc_options())
         handler = grpc.method_handlers_generic_handler(
             SERVICE,
             {
@@ -248,42 +334,95 @@ class AdsServer:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot authenticate now: {exc}")
         if refusal is not None:
             self.refused.inc()
+            refusal = clip(refusal, self.limits.max_text_chars)
             log.error("refused ADS stream from %s: %s", peer, refusal)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+
+    async def _limit(self, context: grpc.aio.ServicerContext, limit: str, code: grpc.StatusCode, why: str) -> None:
+        """End the stream because a client went past `limit` (counted, logged, said in the status)."""
+        self.limited.labels(limit).inc()
+        log.warning("ended ADS stream from %s: %s", context.peer(), why)
+        await context.abort(code, why)
 
     # ---- the stream ------------------------------------------------------------------------
     async def _stream(
         self, requests: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        state = StreamState(peer=context.peer())
+        if len(self._streams) >= self.limits.max_streams:
+            await self._limit(
+                context,
+                "streams",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the control plane serves at most {self.limits.max_streams} xDS streams at once; try again later",
+            )
+        state = StreamState(peer=context.peer(), serial=next(self._serials))
         self._streams[id(state)] = state
         self.connected.inc()
-        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        # Bounded: while a request is handled (or a response waits for a client that does not
+        # read), the reader stops reading and HTTP/2 flow control holds the client back.
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | _Malformed | None] = asyncio.Queue(self.limits.inbox)
 
         async def read() -> None:
+            end: _Malformed | None = None
             try:
                 async for request in requests:
                     await inbox.put(request)
-            finally:
-                await inbox.put(None)
+            except DecodeError as exc:  # not a DiscoveryRequest
+                end = _Malformed(exc)
+            except Exception as exc:  # the call ended under the iterator: the stream is over
+                log.debug("ADS stream from %s: reading ended with %r", state.peer, exc)
+            await inbox.put(end)  # (not when cancelled: then the stream is over already)
 
         reader = asyncio.create_task(read())
         try:
             await self._serve(state, inbox, context)
+        except _Gone as exc:  # the client went away while a response was being written
+            log.debug("ADS stream of %s ended during a write: %s", state.node_id or "?", exc.__cause__)
         finally:
             reader.cancel()
             self._streams.pop(id(state), None)
             self.connected.dec()
             log.info("ADS stream closed: %s (%s)", state.node_id or "?", state.peer)
 
+    async def _first_request(
+        self,
+        state: StreamState,
+        request: discovery_pb2.DiscoveryRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Authenticate the node the stream's first request claims, within the per-node cap."""
+        claimed = request.node.id
+        if not claimed:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id")
+        if len(claimed.encode()) > self.limits.max_name_bytes:
+            await self._limit(
+                context,
+                "name_bytes",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"node.id is {len(claimed.encode())} bytes long; at most {self.limits.max_name_bytes} are accepted",
+            )
+        await self._authenticate(context, state.peer, claimed)
+        open_streams = sum(1 for s in self._streams.values() if s.node_id == claimed)
+        if open_streams >= self.limits.max_streams_per_node:
+            await self._limit(
+                context,
+                "streams_per_node",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node {claimed!r} has {open_streams} xDS streams open already; at most "
+                f"{self.limits.max_streams_per_node} are served per node",
+            )
+        state.node_id = claimed  # only now does the stream count as this node's
+        log.info("ADS stream opened: %s (%s)", state.node_id, state.peer)
+
     async def _serve(
         self,
         state: StreamState,
-        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None],
+        inbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | _Malformed | None],
         context: grpc.aio.ServicerContext,
     ) -> None:
         changed: asyncio.Event | None = None
-        get_request: asyncio.Task[discovery_pb2.DiscoveryRequest | None] | None = None
+        get_request: asyncio.Task[discovery_pb2.DiscoveryRequest | _Malformed | None] | None = None
+        wait_change: asyncio.Task[Any] | None = None
         try:
             while True:
                 if get_request is None:
@@ -293,23 +432,32 @@ class AdsServer:
                 if changed is not None:
                     wait_change = asyncio.create_task(changed.wait())
                     waiters.add(wait_change)
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None if state.node_id else self.limits.first_request_s
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if wait_change is not None and wait_change not in done:
                     wait_change.cancel()
+                if not done:
+                    await self._limit(
+                        context,
+                        "first_request",
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"no DiscoveryRequest with node.id within {self.limits.first_request_s:g}s",
+                    )
                 if get_request in done:
                     request = get_request.result()
                     get_request = None
                     if request is None:
                         return
+                    if isinstance(request, _Malformed):
+                        await self._limit(
+                            context,
+                            "malformed",
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            clip(f"not a DiscoveryRequest: {request.error}", self.limits.max_text_chars),
+                        )
+                        return  # not reached: abort raises
                     if not state.node_id:
-                        claimed = request.node.id
-                        if not claimed:
-                            await context.abort(
-                                grpc.StatusCode.INVALID_ARGUMENT, "the first request must carry node.id"
-                            )
-                        await self._authenticate(context, state.peer, claimed)
-                        state.node_id = claimed  # only now does the stream count as this node's
-                        log.info("ADS stream opened: %s (%s)", state.node_id, state.peer)
+                        await self._first_request(state, request, context)
                     if changed is None:
                         changed = self.cache.watch(state.node_id)
                     await self._on_request(state, request, context)
@@ -317,15 +465,49 @@ class AdsServer:
                     changed = self.cache.watch(state.node_id)
                     await self._push_changes(state, context)
         finally:
-            if get_request is not None:
-                get_request.cancel()
+            # also when the stream is cancelled mid-wait: a waiter left behind would live until
+            # the node's next snapshot change (one per dropped stream)
+            for task in (get_request, wait_change):
+                if task is not None:
+                    task.cancel()
+
+    async def _check_names(self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext) -> None:
+        names = request.resource_names
+        if len(names) > self.limits.max_names:
+            await self._limit(
+                context,
+                "names",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a request names {len(names)} resources; at most {self.limits.max_names} are served per request",
+            )
+        longest = max((len(n.encode()) for n in names), default=0)
+        if longest > self.limits.max_name_bytes:
+            await self._limit(
+                context,
+                "name_bytes",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a resource name is {longest} bytes long; at most {self.limits.max_name_bytes} are accepted",
+            )
 
     async def _on_request(
         self, state: StreamState, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext
     ) -> None:
         type_url = request.type_url
+        if not type_url:
+            await self._limit(
+                context,
+                "type_url",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "a request on an ADS stream must name its type_url",
+            )
+        await self._check_names(request, context)
         if type_url not in state.types:
-            log.warning("%s asked for unsupported type %s", state.node_id, type_url)
+            # Like go-control-plane's cache: no response (Envoy's watch for a type nobody serves
+            # times out on its own), and the stream goes on serving the types it knows.
+            self.unknown.inc()
+            state.unknown_types += 1
+            if state.unknown_types == 1:
+                log.warning("%s asked for unsupported type %s", state.node_id, clip(type_url, 200))
             return
         ts = state.types[type_url]
         short = rt.SHORT[type_url]
@@ -333,7 +515,7 @@ class AdsServer:
         if request.response_nonce:
             if request.response_nonce != ts.nonce:
                 self.stale.labels(short).inc()
-                log.debug("%s %s: stale nonce %s ignored", state.node_id, short, request.response_nonce)
+                log.debug("%s %s: stale nonce %s ignored", state.node_id, short, clip(request.response_nonce, 64))
                 return
             if ts.answered:
                 # Envoy answers each response once; another request for the same nonce means its
@@ -346,26 +528,31 @@ class AdsServer:
                 log.debug("%s %s: re-requested at nonce %s", state.node_id, short, ts.nonce)
             else:
                 ts.answered = True
+                version = ts.sent[0] if ts.sent else ""
                 if request.HasField("error_detail"):
-                    version = ts.sent[0] if ts.sent else ""
-                    ts.nack = Nack(version, request.error_detail.message, time.time())
+                    message = clip(request.error_detail.message, self.limits.max_text_chars)
+                    again = ts.nack is not None and (ts.nack.version, ts.nack.message) == (version, message)
+                    ts.nack = Nack(version, message, time.time())
                     self.nacks.labels(short).inc()
+                    ts.names = names if names is not None else ts.names
+                    if again:  # the same rejection of the same version: reported already
+                        log.debug("%s rejected %s version %s again", state.node_id, short, version)
+                        return
                     log.error(
                         "%s rejected %s version %s (keeps %s): %s",
                         state.node_id,
                         short,
                         version,
-                        request.version_info or "none",
-                        request.error_detail.message,
+                        clip(request.version_info, 64) or "none",
+                        message,
                     )
                     if self.on_nack is not None:
                         try:
-                            self.on_nack(state.node_id, short, version, request.error_detail.message)
+                            self.on_nack(state.node_id, short, version, message)
                         except Exception:  # a failing listener must not end the stream
                             log.exception("NACK callback failed")
-                    ts.names = names if names is not None else ts.names
                     return
-                ts.acked = request.version_info
+                ts.acked = version  # what this nonce carried, not what the client says it holds
                 ts.nack = None  # a later version was accepted; the NACK stays in the counter
                 self.acks.labels(short).inc()
                 if names == ts.names:
@@ -407,6 +594,9 @@ class AdsServer:
         ts.nonce = state.next_nonce()
         ts.answered = False
         ts.sent = (typeset.version, ts.names)
-        await context.write(response(typeset.body(ts.names), ts.nonce))
+        try:
+            await context.write(response(typeset.body(ts.names), ts.nonce))
+        except Exception as exc:  # grpc raises only when the call has ended
+            raise _Gone from exc
         self.pushes.labels(rt.SHORT[type_url]).inc()
         log.debug("%s <- %s version %s nonce %s", state.node_id, rt.SHORT[type_url], typeset.version, ts.nonce)
