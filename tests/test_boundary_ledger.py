@@ -101,3 +101,25 @@ def test_policy_coverage_counts_inbound_requests_with_and_without_the_header(tmp
     assert books.summary().policy_coverage == {"stats": Coverage(4, 3)}
     labels = {"service": "stats", "policy": "missing"}
     assert registry.get_sample_value("interstate_inbound_requests_total", labels) == 1
+
+
+def test_a_rotated_log_is_read_on_so_counts_stay_exact(tmp_path: Path) -> None:
+    """Rotation (issue 11: logs grew without bound) renames `x.envoy.log` to `x.envoy.log.1`, and
+    Envoy, told to reopen, starts a new `x.envoy.log` — but may still flush lines into the old
+    one first. Every line is counted once, wherever it was when the ledger read it."""
+    books, _ = ledger(tmp_path)
+    log = tmp_path / "sidecar-stats-0.envoy.log"
+    inbound = line(direction="inbound", service="stats", policy="FEC-F101")
+    append(log, inbound * 3)
+    assert books.summary().policy_coverage == {"stats": Coverage(3, 3)}
+    append(log, inbound * 2)  # not read yet when the log is rotated
+    log.rename(tmp_path / "sidecar-stats-0.envoy.log.1")
+    append(tmp_path / "sidecar-stats-0.envoy.log.1", inbound)  # Envoy's last flush before reopening
+    append(log, inbound * 4)  # the new file
+    assert books.summary().policy_coverage == {"stats": Coverage(10, 10)}
+    (tmp_path / "sidecar-stats-0.envoy.log.1").rename(tmp_path / "sidecar-stats-0.envoy.log.2")  # shifted on
+    log.rename(tmp_path / "sidecar-stats-0.envoy.log.1")
+    append(log, inbound)
+    assert books.summary().policy_coverage == {"stats": Coverage(11, 11)}
+    (tmp_path / "sidecar-stats-0.envoy.log.2").unlink()  # the oldest goes
+    assert books.summary().policy_coverage == {"stats": Coverage(11, 11)}

@@ -534,7 +534,9 @@ def test_a_50_percent_abort_rehearsal_fails_half_the_calls_and_ends_without_a_re
     rate = len(errors) / len(during)
     print(f"50% abort rehearsal: {rate:.1%} of 2000 calls failed")
     assert set(during.values()) == {200, 503}
-    assert 0.47 <= rate <= 0.53, rate
+    # binomial, n = 2000: one standard deviation is 1.1%; runs have shown 46.2% and 52.6%, so the
+    # bound is 4.5 sigma (a false alarm less than once in 100,000 runs), not 2.7 as it was
+    assert 0.45 <= rate <= 0.55, rate
     # the aborted calls never left the caller's side-car; the others reached the app once each
     reached = [s["id"] for s in mesh.seen("faulty")]
     assert len(reached) == len(set(reached)) and set(reached) == set(during) - set(errors)

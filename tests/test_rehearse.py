@@ -431,6 +431,9 @@ def test_run_hey_reports_a_failing_hey(fake_hey: Path, monkeypatch: pytest.Monke
 
 
 # ---- the runner against a fake admin API ----------------------------------------------------------
+TOKEN = "a" * 43  # the admin token the fake mesh wants (INTERSTATE_ADMIN_TOKEN for the command)
+
+
 class FakeMesh:
     """GET /status, POST /services/{name}/fault and the ingress Envoy's /stats, on one port."""
 
@@ -453,7 +456,9 @@ class FakeMesh:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path == "/status":
+                if self.path == "/status" and self.headers.get("authorization") != f"Bearer {TOKEN}":
+                    self.reply({"error": "this API needs a credential"}, 401)
+                elif self.path == "/status":
                     status = json.loads(json.dumps(STATUS))
                     status["ingress"]["admin"] = mesh.port
                     status["services"]["stats"]["resilience"]["fault"] = mesh.fault
@@ -465,6 +470,9 @@ class FakeMesh:
                     self.reply({"error": "no"}, 404)
 
             def do_POST(self) -> None:
+                if self.headers.get("authorization") != f"Bearer {TOKEN}":
+                    self.reply({"error": "this API needs a credential"}, 401)
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
                 mesh.faults.append((self.path, body["fault"]))
                 mesh.fault = None if body["fault"] is None else "abort"
@@ -493,7 +501,7 @@ def test_runner_runs_every_phase_and_ends_the_fault(
 ) -> None:
     monkeypatch.setenv("FAKE_HEY_SLEEP", "0.5")
     said: list[str] = []
-    result = asyncio.run(Runner(fake_mesh.url, QUICK, str(fake_hey), said.append, poll_every=0.2).run())
+    result = asyncio.run(Runner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), said.append, poll_every=0.2).run())
     assert [w.name for w in result.phases] == ["baseline", "surge", "hiccup", "recovery", "cool-down"]
     assert [w.fault for w in result.phases] == [False, False, True, False, False]
     assert all(a.end <= b.start for a, b in zip(result.phases, result.phases[1:], strict=False))
@@ -516,7 +524,7 @@ def test_runner_ends_the_fault_when_hey_fails_in_the_hiccup(
 ) -> None:
     monkeypatch.setenv("FAKE_HEY_MODE", "fail-3rd")
     with pytest.raises(HeyFailed):
-        asyncio.run(Runner(fake_mesh.url, QUICK, str(fake_hey), lambda line: None, poll_every=0.2).run())
+        asyncio.run(Runner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), lambda line: None, poll_every=0.2).run())
     assert [body for _, body in fake_mesh.faults] == [{"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}, None]
     assert fake_mesh.fault is None
 
@@ -524,35 +532,43 @@ def test_runner_ends_the_fault_when_hey_fails_in_the_hiccup(
 def test_runner_refuses_to_start_over_an_existing_fault(fake_mesh: FakeMesh, fake_hey: Path) -> None:
     fake_mesh.fault = "abort 10%"
     with pytest.raises(Exception, match="already has a fault"):
-        asyncio.run(Runner(fake_mesh.url, QUICK, str(fake_hey), lambda line: None).run())
+        asyncio.run(Runner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), lambda line: None).run())
     assert fake_mesh.faults == []
     assert not list(Path(os.environ["FAKE_HEY_DIR"]).iterdir())
 
 
 # ---- the command ------------------------------------------------------------------------------
 def test_command_without_hey_says_apt_get_install_hey() -> None:
-    result = CliRunner().invoke(rehearse, ["--hey", "/nonexistent/hey", "--admin", "http://127.0.0.1:9"])
+    result = CliRunner(env={"INTERSTATE_ADMIN_TOKEN": TOKEN}).invoke(
+        rehearse, ["--hey", "/nonexistent/hey", "--admin", "http://127.0.0.1:9"]
+    )
     assert result.exit_code == 3
     assert "apt-get install hey" in result.output
 
 
 def test_command_without_a_mesh(fake_hey: Path) -> None:
-    result = CliRunner().invoke(rehearse, ["--hey", str(fake_hey), "--admin", "http://127.0.0.1:9", "--short"])
+    result = CliRunner(env={"INTERSTATE_ADMIN_TOKEN": TOKEN}).invoke(
+        rehearse, ["--hey", str(fake_hey), "--admin", "http://127.0.0.1:9", "--short"]
+    )
     assert result.exit_code == 3
     assert "is `interstate up` running?" in result.output
 
 
 def test_command_usage_errors(fake_hey: Path) -> None:
-    result = CliRunner().invoke(rehearse, ["--hey", str(fake_hey), "-H", "no colon"])
+    result = CliRunner(env={"INTERSTATE_ADMIN_TOKEN": TOKEN}).invoke(
+        rehearse, ["--hey", str(fake_hey), "-H", "no colon"]
+    )
     assert result.exit_code == 2 and "name: value" in result.output
-    result = CliRunner().invoke(rehearse, ["--phase-seconds", "0.2"])
+    result = CliRunner(env={"INTERSTATE_ADMIN_TOKEN": TOKEN}).invoke(rehearse, ["--phase-seconds", "0.2"])
     assert result.exit_code == 2
 
 
 def test_command_writes_every_report(fake_mesh: FakeMesh, fake_hey: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--admin", fake_mesh.url, "--hey", str(fake_hey), "--baseline-rps", "2", "--surge", "2"]
-    result = CliRunner().invoke(rehearse, [*args, "--phase-seconds", "1", "--out", str(out)])
+    result = CliRunner(env={"INTERSTATE_ADMIN_TOKEN": TOKEN}).invoke(
+        rehearse, [*args, "--phase-seconds", "1", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.txt", "requests.csv"]
     assert (out / "report.txt").read_text() in result.stdout

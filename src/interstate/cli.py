@@ -125,6 +125,16 @@ def validate(path: str) -> None:
     show_default=True,
     help="How long the supervisor waits before restarting a control plane that died (doubles each time, up to 10s).",
 )
+@click.option(
+    "--log-max-mb",
+    type=click.FloatRange(min=0.001),
+    default=64.0,
+    show_default=True,
+    help="Rotate a log file (access logs, app output) once it is this large.",
+)
+@click.option(
+    "--log-keep", type=click.IntRange(1, 100), default=3, show_default=True, help="Rotated files kept per log."
+)
 def up(
     path: str,
     ingress_port: int,
@@ -141,6 +151,8 @@ def up(
     cert_ttl: str,
     autoscale_period: str,
     control_plane_restart_delay: str,
+    log_max_mb: float,
+    log_keep: int,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -178,6 +190,8 @@ def up(
         cert_ttl=ttl,
         autoscale_period_s=period,
         control_plane_backoff_s=cp_delay,
+        log_max_bytes=int(log_max_mb * 1024 * 1024),
+        log_keep=log_keep,
     )
     if auto_ports:
         settings = settings.auto_ports()
@@ -246,6 +260,12 @@ def status(admin: str, token_file: str, as_json: bool) -> None:
     if plane:
         ended = f", the last one {plane['last_exit']}" if plane.get("last_exit") else ""
         click.echo(f"control plane: pid {plane['pid']}, restarts {plane['restarts']}, since {plane['since']}{ended}")
+    logs = data.get("logs")
+    if logs:
+        click.echo(
+            f"logs: {logs['bytes'] / 2**20:.1f} MiB in {logs['files']} files (at most {logs['limit_bytes'] / 2**20:.0f} MiB; "
+            f"{logs['rotations']} rotations)"
+        )
     if data.get("ingress"):
         odd = ", ".join(f"{n} {what}" for what, n in boundary.get("policy_headers", {}).items() if n)
         click.echo(f"ingress {data['ingress']['url']}" + (f" (policy header: {odd})" if odd else ""))

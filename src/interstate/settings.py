@@ -40,6 +40,8 @@ class Settings:
     ca_bundle: Path | None = None  # the roots peers trust, when not the last cert of ca_cert
     cert_ttl: timedelta = timedelta(hours=24)  # workload certificates; rotated at half life
     autoscale_period_s: float = 15.0  # HorizontalPodAutoscaler sync period (Kubernetes' default)
+    log_max_bytes: int = 64 * 1024 * 1024  # a log file is rotated past this (standalone.logs)
+    log_keep: int = 3  # rotated files kept per log
 
     def identity(self) -> IdentitySettings:
         return IdentitySettings(

@@ -58,10 +58,16 @@ def caller_id(trust_domain: str, caller: str) -> str:
     return spiffe.workload_id(trust_domain, caller)
 
 
-def path_prefix(prefix: str) -> rbac.Permission:
-    """`/stats` matches `/stats`, `/stats/...` and `/stats;params`; `/stats/` anything below."""
+def prefix_regex(prefix: str, any_case: bool = False) -> str:
+    """`/stats` matches `/stats`, `/stats/...` and `/stats;params`; `/stats/` anything below.
+    `any_case`: `/STATS` too (for rules that *require* something, where missing a spelling
+    would let a request through)."""
     tail = ".*" if prefix.endswith("/") else "(?:[/;].*)?"
-    return rbac.Permission(url_path=path_pb2.PathMatcher(path=_regex(f"^{re.escape(prefix)}{tail}$")))
+    return f"{'(?i)' if any_case else ''}^{re.escape(prefix)}{tail}$"
+
+
+def path_prefix(prefix: str, any_case: bool = False) -> rbac.Permission:
+    return rbac.Permission(url_path=path_pb2.PathMatcher(path=_regex(prefix_regex(prefix, any_case))))
 
 
 def _any_of(permissions: list[rbac.Permission]) -> rbac.Permission:

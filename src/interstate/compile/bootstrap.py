@@ -1,12 +1,15 @@
 """The static bootstrap each Envoy starts with: who it is, its admin port, and the ADS server.
 
 Everything else arrives over ADS. Returned as a JSON-able dict (Envoy reads JSON with -c).
+Its runtime holds the process-wide limits of `limits.runtime` (HTTP/2 rapid reset).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from interstate.compile import limits
 
 XDS_CLUSTER = "interstate-xds"
 RECONNECT = {"retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"}}
@@ -52,6 +55,13 @@ def build(
             },
             "cds_config": ads,
             "lds_config": ads,
+        },
+        # a static layer with our keys, then Envoy's admin layer (what it has without this)
+        "layered_runtime": {
+            "layers": [
+                {"name": "interstate", "static_layer": limits.runtime()},
+                {"name": "admin", "admin_layer": {}},
+            ]
         },
         "static_resources": {
             "clusters": [

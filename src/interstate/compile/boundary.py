@@ -4,10 +4,11 @@ Envoy has no native "remove every header but these", so a small Lua filter does 
 requests cross the boundary, and only there (the ingress listener; on side-cars, only the routes
 to ExternalServices and passed-through hosts), leaving calls inside the mesh free of its cost.
 It removes each header that is not allowed and records every removed *name* (never values; each
-cut to `MAX_NAME_LEN`; Envoy admits at most 100 headers a request, so the list is bounded, and no
-name can be hidden behind others) in the request's dynamic metadata; the access log
-carries them as `stripped`, and the control plane counts them per name
-(`telemetry.boundary`). `x-envoy-*` and `x-forwarded-client-cert` are never allowed in.
+cut to `MAX_NAME_LEN`; the ingress admits at most `limits.MAX_HEADERS_COUNT` headers a request,
+a side-car `limits.INBOUND_MAX_HEADERS_COUNT`, so the list is bounded, and no name can be hidden
+behind others) in the request's dynamic metadata; the access log carries them as `stripped`,
+and the control plane counts them per name (`telemetry.boundary`). `x-envoy-*` and
+`x-forwarded-client-cert` are never allowed in.
 """
 
 from __future__ import annotations

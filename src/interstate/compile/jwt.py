@@ -2,8 +2,11 @@
 their role requirements. Before the router, so no app sees a request that fails them.
 
 jwt_authn answers 401 itself (missing, expired, bad signature, wrong issuer or audience) on the
-paths a TokenPolicy requires and ignores every other path. A verified token's payload is kept
-in dynamic metadata, where the role rule reads `<roleClaim>`; no listed role means 403.
+paths a TokenPolicy requires and ignores every other path. A required prefix matches in any
+letter case and with `;params` (`/RESULTS`, `/results;x=1`): a spelling of the path that some
+app reads as the same resource must not skip the token (paths are normalized before this).
+A verified token's payload is kept in dynamic metadata, where the role rule reads
+`<roleClaim>`; no listed role means 403.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
-from envoy.type.matcher.v3 import metadata_pb2, string_pb2, value_pb2
+from envoy.type.matcher.v3 import metadata_pb2, regex_pb2, string_pb2, value_pb2
 
 from interstate.compile import authz
 from interstate.compile.common import pack
@@ -32,9 +35,10 @@ def _provider_name(issuer: str) -> str:
 
 
 def _prefix_match(prefix: str) -> route_components_pb2.RouteMatch:
-    if prefix.endswith("/"):
-        return route_components_pb2.RouteMatch(prefix=prefix)
-    return route_components_pb2.RouteMatch(path_separated_prefix=prefix)
+    # the regex sees the path without its query
+    return route_components_pb2.RouteMatch(
+        safe_regex=regex_pb2.RegexMatcher(regex=authz.prefix_regex(prefix, any_case=True))
+    )
 
 
 def filters(index: MeshIndex) -> list[hcm_pb2.HttpFilter]:
@@ -43,7 +47,7 @@ def filters(index: MeshIndex) -> list[hcm_pb2.HttpFilter]:
     if not policies:
         return []
     providers: dict[str, jwt.JwtProvider] = {}
-    rules: list[jwt.RequirementRule] = []
+    rules: list[tuple[str, jwt.RequirementRule]] = []  # (prefix, rule)
     roles: list[tuple[str, str, list[str]]] = []  # (prefix, claim, roles)
     for policy in policies:
         names = []
@@ -67,12 +71,14 @@ def filters(index: MeshIndex) -> list[hcm_pb2.HttpFilter]:
             )
         )
         for req in policy.spec.require:
-            rules.append(jwt.RequirementRule(match=_prefix_match(req.path_prefix), requires=requirement))
+            rules.append(
+                (req.path_prefix, jwt.RequirementRule(match=_prefix_match(req.path_prefix), requires=requirement))
+            )
             if req.roles:
                 roles.append((req.path_prefix, policy.spec.role_claim, req.roles))
     # Longer prefixes first: Envoy applies the first rule that matches.
-    rules.sort(key=lambda r: -len(r.match.prefix or r.match.path_separated_prefix))
-    authn = jwt.JwtAuthentication(providers=providers, rules=rules)
+    rules.sort(key=lambda r: -len(r[0]))
+    authn = jwt.JwtAuthentication(providers=providers, rules=[rule for _, rule in rules])
     out = [hcm_pb2.HttpFilter(name=JWT_FILTER, typed_config=pack(authn))]
     if roles:
         out.append(_roles_filter(roles))
@@ -123,7 +129,7 @@ def _roles_filter(roles: list[tuple[str, str, list[str]]]) -> hcm_pb2.HttpFilter
     policies: dict[str, rbac.Policy] = {}
     restricted = []
     for prefix, claim, allowed in roles:
-        permission = authz.path_prefix(prefix)
+        permission = authz.path_prefix(prefix, any_case=True)
         restricted.append(permission)
         policies[f"roles{prefix}"] = rbac.Policy(
             permissions=[permission],

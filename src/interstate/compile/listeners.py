@@ -3,6 +3,7 @@
 side-car: `inbound` (other side-cars -> this replica's app) and `outbound` (the app's HTTP
 proxy -> other services). ingress: `ingress` (clients -> the Gateway's routes).
 Paths are normalized and slashes merged before routing, so `//x` and `/a/../x` route as `/x`.
+The ingress and the inbound listeners carry Envoy's limits against hostile HTTP (`limits`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TypeAlias
 from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, protocol_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
@@ -20,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from google.protobuf import struct_pb2
 
-from interstate.compile import authz, boundary, jwt, names, passthrough, policy_context, resilience, tls
+from interstate.compile import authz, boundary, jwt, limits, names, passthrough, policy_context, resilience, tls
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -32,13 +34,21 @@ HCM: TypeAlias = hcm_pb2.HttpConnectionManager
 def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[listener_pb2.Listener]:
     if proxy.role is Role.INGRESS:
         manager = http_manager(index, names.INGRESS_LISTENER, names.INGRESS_ROUTE, proxy)
+        limits.edge(manager)
+        # An escaped slash (`%2F`, `%5C`) is answered with a redirect to the unescaped path
+        # (307, nothing forwarded), so what routing and every policy decide on is the plain path.
+        manager.path_with_escaped_slashes_action = HCM.UNESCAPE_AND_REDIRECT
         before_router(manager, present(boundary.filter_for(index, everywhere=True), resilience.fault_filter()))
         tokens = jwt.filters(index)
         if tokens:
             before_router(manager, tokens)
             manager.local_reply_config.CopyFrom(authz.local_reply("the gateway"))
             manager.local_reply_config.mappers.insert(0, jwt.failure_is_401())
-        return [listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])]
+        # right before the router: a request other filters refuse (token, role) is not read
+        manager.http_filters.insert(len(manager.http_filters) - 1, limits.body_filter())
+        out = listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])
+        out.per_connection_buffer_limit_bytes.value = limits.CONNECTION_BUFFER_BYTES
+        return [out]
     outbound = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
     before_router(
         outbound,
@@ -100,9 +110,11 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
     }
     json_format = struct_pb2.Struct()
     json_format.update(fields)
-    stdout = stream_pb2.StdoutAccessLog(
-        log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=json_format)
-    )
+    log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=json_format)
+    if proxy.access_log:  # a file Envoy reopens when asked (log rotation, standalone.logs)
+        to_file = file_pb2.FileAccessLog(path=proxy.access_log, log_format=log_format)
+        return accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=pack(to_file))
+    stdout = stream_pb2.StdoutAccessLog(log_format=log_format)  # Kubernetes: the container's log
     return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(stdout))
 
 
@@ -130,6 +142,7 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         protocol_pb2.HttpProtocolOptions.REJECT_REQUEST
     )
     if inbound:
+        limits.inbound(manager)
         # The app learns who called it (URI= the caller's SPIFFE ID); a caller cannot forge it.
         manager.forward_client_cert_details = HCM.SANITIZE_SET
         manager.set_current_client_cert_details.uri = True

@@ -36,6 +36,7 @@ class Proxy:
     outbound_port: int = 0  # side-car: the app's HTTP proxy for calls into the mesh
     app_port: int = 0  # side-car: where the app itself listens (127.0.0.1 only)
     ingress_port: int = 0  # ingress: where clients of the mesh connect
+    access_log: str = ""  # a file for the access log (Envoy reopens it on /reopen_logs); "" = stdout
 
     @property
     def caller(self) -> str | None:

@@ -21,7 +21,7 @@ from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
-from interstate.compile import names
+from interstate.compile import limits, names
 from interstate.compile.common import duration, pack
 from interstate.model.index import MeshIndex
 from interstate.model.traffic_policy import (
@@ -104,6 +104,9 @@ def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]
     policy = index.policy_spec(service)
     timeout = policy.timeout if policy and policy.timeout else DEFAULT_TIMEOUT
     out = rc.RouteAction(timeout=duration(timeout))
+    idle = limits.route_idle_timeout(timeout)
+    if idle is not None:
+        out.idle_timeout.CopyFrom(duration(idle))
     backends = index.backends(service)
     if len(backends) == 1:
         out.cluster = names.outbound_cluster(backends[0][0])

@@ -170,6 +170,18 @@ class AutoscalingStatus:
     autoscalers: dict[str, AutoscalerStatus] = field(default_factory=dict)
 
 
+# ---- logs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LogUse:
+    """The run folder's logs: bytes on disk, files, the most they may take (files written to x
+    (1 + kept) x the per-file limit), and how many rotations so far."""
+
+    bytes: int
+    files: int
+    limit_bytes: int
+    rotations: int = 0
+
+
 # ---- the whole ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MeshStatus:
@@ -180,6 +192,7 @@ class MeshStatus:
     ingress: IngressStatus | None = None
     boundary: BoundarySummary = field(default_factory=BoundarySummary)
     autoscaling: AutoscalingStatus | None = None
+    logs: LogUse | None = None
 
     def with_resilience(self, seen: dict[str, Resilience]) -> MeshStatus:
         services = {

@@ -46,6 +46,7 @@ from interstate.model.workload import Workload
 from interstate.settings import Settings
 from interstate.standalone import changes, preflight, state
 from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
+from interstate.standalone.logs import ACCESS_LOG_SUFFIX, LogKeeper
 from interstate.standalone.ports import PortAllocator
 from interstate.standalone.protocol import AppSpec, EnvoySpec, UnitSpec, UnitStatus
 from interstate.standalone.units import app_command, app_environment, endpoint_of, replica_status, template_digest
@@ -96,6 +97,15 @@ class StandaloneMesh:
         self.autoscaler = Autoscaler(self, settings.autoscale_period_s, self.http, audit_log=self.audit)
         self._autoscaling: asyncio.Task[None] | None = None
         self._rotation: asyncio.Task[None] | None = None
+        self.logs = LogKeeper(
+            settings.run_dir / "logs",
+            self._access_log_writer,
+            self.http,
+            settings.log_max_bytes,
+            settings.log_keep,
+            before=self.boundary.refresh,
+        )
+        self._log_keeping: asyncio.Task[None] | None = None
         self.supervisor: SupervisorInfo | None = None  # its pid, and the units it adopted at its start
         self.reconnect_wait_s = RECONNECT_WAIT_S
 
@@ -194,6 +204,7 @@ class StandaloneMesh:
         """Certificate rotation and the autoscaler (both resume from what they measure now)."""
         self._rotation = asyncio.create_task(self.core.rotation(self._pushed_after_change), name="rotation")
         self._autoscaling = asyncio.create_task(self.autoscaler.run(), name="autoscaler")
+        self._log_keeping = asyncio.create_task(self.logs.run(), name="logs")
 
     async def start_mesh(self, actor: str = audit.UP) -> dict[str, Any]:
         """Start every workload's replicas, then the ingress; return once all are ready (recorded
@@ -242,7 +253,7 @@ class StandaloneMesh:
 
     async def shutdown(self) -> list[str]:
         """Stop the loops, drain the ingress, drain and stop every replica; record mesh.stop."""
-        for task in (self._autoscaling, self._rotation):
+        for task in (self._autoscaling, self._rotation, self._log_keeping):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -261,7 +272,7 @@ class StandaloneMesh:
 
     # ---- the ingress -----------------------------------------------------------------------
     async def _start_ingress(self) -> None:
-        proxy = Proxy.ingress(self.settings.ingress_port)
+        proxy = self._logged(Proxy.ingress(self.settings.ingress_port))
         spec = UnitSpec(INGRESS, "", 0, "", "", proxy, None, self._envoy_spec(proxy))
         await self._start([spec])
 
@@ -470,8 +481,14 @@ class StandaloneMesh:
         app_port = self.ports.take()
         proxy = envoy = None
         if workload.injected:
-            proxy = Proxy.sidecar(
-                workload.name, index, inbound_port=self.ports.take(), outbound_port=self.ports.take(), app_port=app_port
+            proxy = self._logged(
+                Proxy.sidecar(
+                    workload.name,
+                    index,
+                    inbound_port=self.ports.take(),
+                    outbound_port=self.ports.take(),
+                    app_port=app_port,
+                )
             )
             envoy = self._envoy_spec(proxy)
         env = app_environment(workload, index, app_port, proxy.outbound_port if proxy else None)
@@ -488,6 +505,12 @@ class StandaloneMesh:
             else self.settings.ready_timeout_s,
         )
         return UnitSpec(name, workload.name, index, workload.spec.version, template_digest(workload), proxy, app, envoy)
+
+    def _logged(self, proxy: Proxy) -> Proxy:
+        """`proxy` writing its access log to a file of the run folder (rotated by `LogKeeper`)."""
+        stem = proxy.node_id.replace("~", "-")
+        path = self.settings.run_dir / "logs" / f"{stem}{ACCESS_LOG_SUFFIX}"
+        return dataclasses.replace(proxy, access_log=str(path))
 
     def _envoy_spec(self, proxy: Proxy) -> EnvoySpec:
         """An Envoy for `proxy`: its admin port, bootstrap certificate and bootstrap file."""
@@ -509,7 +532,13 @@ class StandaloneMesh:
         path = self.settings.run_dir / "envoy" / f"{stem}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(config, indent=1))
-        return EnvoySpec(str(path), admin_port, str(logs / f"{stem}.envoy.log"), str(logs / f"{stem}.outlier.log"))
+        return EnvoySpec(
+            str(path),
+            admin_port,
+            str(logs / f"{stem}.envoy-output.log"),
+            str(logs / f"{stem}.outlier.log"),
+            proxy.access_log,
+        )
 
     async def _retire(self, specs: list[UnitSpec]) -> None:
         """Withdraw endpoints, wait until every proxy ACKed that, drain, then stop."""
@@ -552,7 +581,9 @@ class StandaloneMesh:
         for service in index.workloads:
             cluster = names.outbound_cluster(service)
             callers = [
-                envoys_t.Caller(u.spec.proxy.node_id, url, Path(u.spec.envoy.log), Path(u.spec.envoy.outlier_log))
+                envoys_t.Caller(
+                    u.spec.proxy.node_id, url, Path(u.spec.envoy.requests_log), Path(u.spec.envoy.outlier_log)
+                )
                 for u in self.envoys()
                 if u.spec.proxy is not None
                 and u.spec.envoy is not None
@@ -615,4 +646,12 @@ class StandaloneMesh:
             ingress_status,
             self.boundary.summary(),
             self.autoscaler.status(),
+            self.logs.use(),
         )
+
+    def _access_log_writer(self, path: Path) -> str | None:
+        """The admin URL of the running Envoy that writes the access log `path` (for `LogKeeper`)."""
+        for unit in self.envoys():
+            if unit.spec.envoy is not None and Path(unit.spec.envoy.requests_log) == path:
+                return unit.admin_url
+        return None

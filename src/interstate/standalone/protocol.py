@@ -50,8 +50,14 @@ class AppSpec:
 class EnvoySpec:
     bootstrap: str  # the bootstrap file the control plane wrote
     admin_port: int
-    log: str
+    log: str  # Envoy's own output (its messages)
     outlier_log: str
+    access_log: str = ""  # the access log Envoy writes (`Proxy.access_log`); "" from an older mesh
+
+    @property
+    def requests_log(self) -> str:
+        """Where this Envoy's access-log lines are (before rotation by file: in its output)."""
+        return self.access_log or self.log
 
 
 @dataclass(frozen=True)

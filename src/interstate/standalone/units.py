@@ -81,7 +81,7 @@ def replica_status(unit: UnitStatus, xds: NodeSync | None) -> ReplicaStatus:
             spec.proxy.inbound_port,
             spec.proxy.outbound_port,
             spec.envoy.admin_port,
-            spec.envoy.log,
+            spec.envoy.requests_log,
             unit.restarts.get("envoy", 0),
         )
     return ReplicaStatus(spec.name, unit.state, spec.version, app, sidecar, xds)

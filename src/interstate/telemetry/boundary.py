@@ -3,7 +3,8 @@
 Every proxy writes one JSON access-log line per request (see `compile.listeners.access_log`).
 `BoundaryLedger` follows the log files of a run folder — each read picks up only the bytes added
 since the last one, so counts are cumulative over the whole run, including proxies that have
-since stopped — and counts:
+since stopped; a file is known by its inode, so a log rotated to `x.envoy.log.1` is read on
+from where it was left and no line is counted twice or lost — and counts:
 
 - headers stripped at the boundary, per header *name* and side (`in`: at the ingress, `out`:
   leaving a side-car for an ExternalService or a passed-through host); never values;
@@ -29,6 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 MAX_LABELS = 200
+MAX_READ = 64 * 1024 * 1024  # bytes of one file read per refresh (the rest next time)
 OTHER = "(other)"
 _INBOUND = b'"direction":"inbound"'
 _NO_POLICY = b'"policy":null'
@@ -92,7 +94,7 @@ class BoundaryLedger:
         self.refused_route = refused_route
         self.passed_route = passed_route
         self.policy_routes = policy_routes
-        self._files: dict[Path, _Follow] = {}
+        self._files: dict[tuple[int, int], _Follow] = {}  # (device, inode) -> how far it was read
         self._seen: dict[str, set[str]] = {}
         self.stripped = Counter(
             "interstate_boundary_headers_stripped",
@@ -125,18 +127,30 @@ class BoundaryLedger:
             "inbound": {},
         }
 
-    def skip_existing(self) -> None:
-        """Count only what is written from now on (a run folder may hold an earlier run's logs)."""
-        for path in self.folder.glob(self.pattern):
+    def _logs(self) -> list[tuple[tuple[int, int], Path]]:
+        """Every log file now, current and rotated (`x.envoy.log.1`, ...), by (device, inode):
+        a rotated file is the same file under a new name, followed on from where it was left."""
+        out = []
+        for path in (*self.folder.glob(self.pattern), *self.folder.glob(self.pattern + ".*")):
             try:
                 stat = path.stat()
             except OSError:
                 continue
-            self._files[path] = _Follow(stat.st_ino, stat.st_size)
+            out.append(((stat.st_dev, stat.st_ino), path))
+        return out
+
+    def skip_existing(self) -> None:
+        """Count only what is written from now on (a run folder may hold an earlier run's logs)."""
+        for key, path in self._logs():
+            try:
+                self._files[key] = _Follow(key[1], path.stat().st_size)
+            except OSError:
+                continue
 
     def refresh(self) -> None:
-        for path in sorted(self.folder.glob(self.pattern)):
-            for line in self._new_lines(path):
+        logs = self._logs()
+        for key, path in sorted(logs, key=lambda item: str(item[1]), reverse=True):  # older rotations first
+            for line in self._new_lines(key, path):
                 if _INBOUND in line:
                     service = _SERVICE.search(line)
                     if service is not None:
@@ -149,21 +163,24 @@ class BoundaryLedger:
                         continue
                     if isinstance(entry, dict):
                         self._count(entry)
+        kept = {key for key, _ in logs}
+        self._files = {key: follow for key, follow in self._files.items() if key in kept}  # deleted: done
 
-    def _new_lines(self, path: Path) -> Iterable[bytes]:
+    def _new_lines(self, key: tuple[int, int], path: Path) -> Iterable[bytes]:
         try:
             with path.open("rb") as handle:
-                inode = path.stat().st_ino
-                follow = self._files.get(path)
-                if follow is None or follow.inode != inode or handle.seek(0, 2) < follow.offset:
-                    follow = self._files[path] = _Follow(inode, 0)  # new, replaced or truncated
+                follow = self._files.get(key)
+                if follow is None or handle.seek(0, 2) < follow.offset:
+                    follow = self._files[key] = _Follow(key[1], 0)  # new, or truncated
                 handle.seek(follow.offset)
-                data = handle.read()
+                data = handle.read(MAX_READ)
         except OSError:
             return []
         follow.offset += len(data)
         data = follow.rest + data
         complete, _, follow.rest = data.rpartition(b"\n")
+        if len(follow.rest) > MAX_READ:  # a "line" this long is no access-log line
+            follow.rest = b""
         return complete.split(b"\n") if complete else []
 
     def _count(self, entry: dict[str, Any]) -> None:
