@@ -73,7 +73,6 @@ class BoundarySummary:
 
 @dataclass
 class _Follow:
-    inode: int
     offset: int
     rest: bytes = b""
 
@@ -143,7 +142,7 @@ class BoundaryLedger:
         """Count only what is written from now on (a run folder may hold an earlier run's logs)."""
         for key, path in self._logs():
             try:
-                self._files[key] = _Follow(key[1], path.stat().st_size)
+                self._files[key] = _Follow(path.stat().st_size)
             except OSError:
                 continue
 
@@ -171,7 +170,7 @@ class BoundaryLedger:
             with path.open("rb") as handle:
                 follow = self._files.get(key)
                 if follow is None or handle.seek(0, 2) < follow.offset:
-                    follow = self._files[key] = _Follow(key[1], 0)  # new, or truncated
+                    follow = self._files[key] = _Follow(0)  # new, or truncated
                 handle.seek(follow.offset)
                 data = handle.read(MAX_READ)
         except OSError:
