@@ -4,17 +4,20 @@ app processes and real HTTP on 127.0.0.1 (ephemeral ports)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 from mesh_runner import EXAMPLE, INTERSTATE, Load, MeshRun, alive, cli, envoy_stats, running_mesh, wait_for
+from test_loader_limits import alias_bomb
 
 pytestmark = pytest.mark.e2e
 
@@ -160,6 +163,31 @@ def test_the_admin_api_lets_no_one_in_uninvited(example_mesh: MeshRun) -> None:
     assert no_token.returncode == 2 and "no admin token at /nonexistent/admin.token" in no_token.stderr
     status = mesh.status()
     assert all(s["ready"] >= 1 for s in status["services"].values()), status["services"]
+
+
+def replicas_as_run(status: dict[str, Any]) -> dict[str, list[tuple[str, str, int | None]]]:
+    """Each service's replicas: name, config version, app pid (what an apply would change)."""
+    return {
+        name: [(r["name"], r["version"], (r["app"] or {}).get("pid")) for r in svc["replicas"]]
+        for name, svc in status["services"].items()
+    }
+
+
+def test_the_alias_bomb_sent_to_apply_is_refused_at_once_and_changes_nothing(example_mesh: MeshRun) -> None:
+    """Issue 11: the 681-byte "billion laughs" that grew `validate` to 12 GB, sent with the token."""
+    mesh = example_mesh
+    before = replicas_as_run(mesh.status())
+    started = time.monotonic()
+    refused = mesh.api("POST", "/apply", json={"sources": {"bomb.yaml": alias_bomb(9)}})
+    took = time.monotonic() - started
+    assert refused.status_code == 422, refused.text
+    assert len(refused.content) < 4_096
+    assert "aliases (*name) repeat more than 10,000 values" in refused.text and "bomb.yaml" in refused.text
+    assert took < 5  # a sanity bound for a loaded CI machine; the refusal itself takes milliseconds
+    assert replicas_as_run(mesh.status()) == before
+    trail = mesh.api("GET", "/audit", params={"since": 1}).json()
+    rejected = [r for r in trail if r["action"] == "config.apply.rejected"]
+    assert rejected and "aliases" in json.dumps(rejected[-1])
 
 
 def test_everything_listens_on_loopback_only(example_mesh: MeshRun) -> None:

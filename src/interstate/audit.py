@@ -42,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from interstate.config import limits
 from interstate.errors import ConfigError
 from interstate.model.index import MeshConfig
 
@@ -88,8 +89,7 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 def clip(text: str, limit: int = MAX_TEXT) -> str:
     """`text` without PEM blocks, at most `limit` characters."""
-    text = _PEM.sub("[PEM block removed]", text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return limits.clip(_PEM.sub("[PEM block removed]", text), limit)
 
 
 def plain(value: Any) -> Any:
