@@ -602,3 +602,13 @@ def test_a_config_is_a_plain_value() -> None:
     assert isinstance(a, MeshConfig) and a == b
     with pytest.raises(ValidationError, match="frozen"):
         a.of_kind(Workload)[0].spec.replicas = 5
+
+
+def test_requiring_a_policy_id_in_a_mesh_that_names_none_is_refused() -> None:
+    strict = STATS.replace("  replicas: 1\n", "  replicas: 1\n  requirePolicy: true\n")
+    issue = only_issue(strict)  # alone: no Mesh, no annotation names a policy ID
+
+    assert (issue.resource, issue.field) == ("Workload stats", "spec.requirePolicy")
+    assert "no policy ID is named anywhere in the mesh, so every request would be refused" in issue.message
+    named = decode_sources({"mesh.yaml": MESH + "---\n" + strict})  # the Mesh's default names one
+    assert any(isinstance(r, Workload) and r.spec.require_policy for r in named.resources)

@@ -199,6 +199,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         ),
     ],
     "boundary-allow-all-headers": [mesh(allowedHeaders=["*"]), RESULTS, STATS, GATEWAY],
+    # issue 12: no Mesh document and no policy ID anywhere (Envoy refused `(?!)` in RE2)
+    "no-policy-anywhere": [workload("results", ("stats",)), workload("stats"), GATEWAY],
     "traffic-split": [
         MESH,
         RESULTS,

@@ -32,6 +32,7 @@ from helpers_xds import (
 
 from interstate.compile import ProxyResources
 from interstate.compile.proxy import Proxy
+from interstate.errors import Rejected
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.server import AdsServer, Nack
@@ -133,6 +134,9 @@ async def scenario(workdir: Path, upstream_port: int) -> None:
             message = cds.nack.message
             assert "duration" in message.lower() and "-1" in message, message
             assert cds.acked == good.version(rt.CLUSTER)  # the last accepted version stays
+            assert server.kept_earlier(node)
+            said = str(Rejected({node: [message]}, frozenset(n for n in [node] if not server.kept_earlier(n))))
+            assert said.endswith("the previous one is in force")
             assert cds.sent == bad.version(rt.CLUSTER)
             assert not server.acked(node, rt.CLUSTER)
             assert nacks(server) >= 1
@@ -181,3 +185,30 @@ async def scenario(workdir: Path, upstream_port: int) -> None:
 def test_envoy_nack_keeps_last_good_config_and_accepts_the_next(tmp_path: Path) -> None:
     with upstream("stats") as upstream_port:
         run(scenario(tmp_path, upstream_port), timeout=90)
+
+
+async def first_config_rejected(workdir: Path, upstream_port: int) -> None:
+    """Issue 12: at start-up nothing was accepted before, so nothing "previous" is in force."""
+    proxy = Proxy.sidecar("results", 0, inbound_port=free_port(), outbound_port=free_port(), app_port=free_port())
+    node = proxy.node_id
+    res = compile_mesh(proxy, MESH, {"stats": [("127.0.0.1", upstream_port)]})
+    cache = SnapshotCache()
+    cache.set(node, Snapshot.from_resources(with_connect_timeout(res, -1)))
+    async with ads_server(cache) as server, envoy(workdir, node, "results", server.port):
+        nacked = await server.wait_settled([node], 10.0)
+        assert list(nacked) == [node], server.status()
+        assert not server.kept_earlier(node)
+        said = str(Rejected(nacked, frozenset({node})))
+        assert "previous" not in said and "there was no earlier one to keep" in said
+
+
+def test_a_first_config_envoy_rejects_is_not_said_to_leave_a_previous_one(tmp_path: Path) -> None:
+    with upstream("stats") as upstream_port:
+        run(first_config_rejected(tmp_path, upstream_port), timeout=60)
+
+
+def test_the_rejection_names_the_nodes_that_had_nothing_to_keep() -> None:
+    nacks = {"sidecar~a-0": ["CDS: bad"], "ingress~ingress": ["RDS: bad"]}
+    assert str(Rejected(nacks)).endswith("; the previous one is in force")
+    mixed = str(Rejected(nacks, frozenset({"ingress~ingress"})))
+    assert mixed.endswith("the previous one is in force, except on ingress~ingress, which had none")

@@ -77,12 +77,19 @@ class UnknownService(PermanentError):
 
 
 class Rejected(PermanentError):
-    """Envoy refused the configuration compiled for it (a NACK); the previous one stays."""
+    """Envoy refused the configuration compiled for it (a NACK); the previous one stays, where
+    there was one (`fresh`: the nodes that had accepted none yet, as at start-up)."""
 
-    def __init__(self, nacks: dict[str, list[str]]) -> None:
+    def __init__(self, nacks: dict[str, list[str]], fresh: frozenset[str] = frozenset()) -> None:
         self.nacks = nacks
         detail = "; ".join(f"{node}: {' | '.join(msgs)}" for node, msgs in sorted(nacks.items()))
-        super().__init__(f"Envoy rejected the new configuration ({detail}); the previous one is in force")
+        if not fresh & nacks.keys():
+            after = "the previous one is in force"
+        elif fresh >= nacks.keys():
+            after = "there was no earlier one to keep, so nothing is served until it is fixed"
+        else:
+            after = f"the previous one is in force, except on {', '.join(sorted(fresh & nacks.keys()))}, which had none"
+        super().__init__(f"Envoy rejected the new configuration ({detail}); {after}")
 
 
 class StartupError(TemporaryError):

@@ -52,8 +52,8 @@ def required_filter(index: MeshIndex, service: str) -> hcm_pb2.HttpFilter | None
 
 
 def _not_known(index: MeshIndex) -> list[rc.HeaderMatcher]:
-    """Header present, and not exactly one known ID."""
-    known = "|".join(re.escape(p) for p in index.known_policies) or "(?!)"  # nothing known: all unknown
+    """Header present, and not exactly one known ID (`guard` is not used when none is known)."""
+    known = "|".join(re.escape(p) for p in index.known_policies)
     name = index.mesh.policy_header
     return [
         rc.HeaderMatcher(name=name, present_match=True),
@@ -66,9 +66,13 @@ def _not_known(index: MeshIndex) -> list[rc.HeaderMatcher]:
 
 
 def guard(index: MeshIndex, routes: list[rc.Route]) -> list[rc.Route]:
-    """Routes to put in front of `routes` (the ingress routes of one Gateway prefix)."""
-    out = []
+    """Routes to put in front of `routes` (the ingress routes of one Gateway prefix). None when
+    the mesh names no policy ID: then it has no policy context to guard, and the header is an
+    ordinary one (subject to the Mesh's header allow-list like any other)."""
+    out: list[rc.Route] = []
     mesh = index.mesh
+    if not index.known_policies:
+        return out
     for route in routes:
         guarded = rc.Route()
         guarded.CopyFrom(route)

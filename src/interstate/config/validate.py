@@ -1,7 +1,8 @@
-"""Mesh-wide rules over decoded resources: duplicates, singletons, references, claims.
+"""Mesh-wide rules over decoded resources: duplicates, singletons, references, claims, and
+that a workload requiring a policy ID has one to require.
 
-Every rule here is generic over kinds (each kind says what it references and claims), so a new
-kind needs no change in this module. Returns issues; never raises, never does I/O.
+The first four are generic over kinds (each kind says what it references and claims), so a new
+kind needs no change for them. Returns issues; never raises, never does I/O.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from interstate.errors import Issue
-from interstate.model import Resource
+from interstate.model import Mesh, Resource, Workload
 
 
 @dataclass(frozen=True)
@@ -70,4 +71,25 @@ def check(located: Iterable[Located], invalid: Collection[tuple[str, str]] = ())
                         claim.field, f"conflicts with {first.resource.ref} ({first.where}): both define {claim.what}"
                     )
                 )
-    return issues
+    return issues + _policy_required_but_none_named(items)
+
+
+def _policy_required_but_none_named(items: list[Located]) -> list[Issue]:
+    """`requirePolicy: true` in a mesh that names no policy ID would refuse every request."""
+    named = any(
+        (isinstance(r, Mesh) and (r.spec.default_policy or r.spec.known_policies))
+        or (isinstance(r, Workload) and r.policy)
+        for r in (item.resource for item in items)
+    )
+    if named:
+        return []
+    return [
+        item.issue(
+            "spec.requirePolicy",
+            "no policy ID is named anywhere in the mesh, so every request would be refused; name one "
+            "(Mesh spec.defaultPolicy or spec.knownPolicies, or a Workload's mesh.codifyhq.io/policy "
+            "annotation) or leave requirePolicy out",
+        )
+        for item in items
+        if isinstance(item.resource, Workload) and item.resource.spec.require_policy
+    ]

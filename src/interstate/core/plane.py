@@ -120,7 +120,7 @@ class ControlPlane:
         """Wait until every connected Envoy answered its current snapshot; raise `Rejected` on any NACK."""
         nacks = await self.ads.wait_settled(node_ids, timeout)
         if nacks:
-            raise Rejected(nacks)
+            raise Rejected(nacks, frozenset(n for n in nacks if not self.ads.kept_earlier(n)))
 
     async def wait_connected(self, node_ids: list[str], timeout: float) -> bool:
         """Wait (bounded) until every node in `node_ids` has an ADS stream open."""

@@ -272,6 +272,15 @@ class AdsServer:
             for s in self._streams.values()
         )
 
+    def kept_earlier(self, node_id: str) -> bool:
+        """False when `node_id` rejected a type it had accepted no version of (as at start-up):
+        then it has no earlier configuration of that type to keep."""
+        return not any(
+            s.node_id == node_id and t.nack is not None and not t.acked
+            for s in self._streams.values()
+            for t in s.types.values()
+        )
+
     def rejections(self, node_ids: list[str]) -> tuple[set[str], dict[str, list[str]]]:
         """For the connected nodes among `node_ids`: which have not yet answered their current
         snapshot, and the NACK messages of those that rejected it ({node: [message]})."""
