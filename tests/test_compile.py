@@ -15,6 +15,7 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 
 from interstate.compile import Proxy, ProxyResources, compile_proxy
@@ -206,6 +207,9 @@ def test_by_default_only_idempotent_calls_are_retried_after_reaching_the_app() -
         r.name: [h.name for h in r.route.retry_policy.retriable_headers] for r in outbound.virtual_hosts[0].routes
     }
     assert by_route == {
+        "stats|grpc": ["x-interstate-unreachable"],
+        "stats|upgrade": ["x-interstate-unreachable"],
+        "stats|events": ["x-interstate-unreachable"],
         "stats|idempotent": ["x-interstate-unreachable", "x-interstate-app-reset"],
         "stats|other": ["x-interstate-unreachable"],
     }
@@ -299,6 +303,65 @@ def test_the_inbound_listener_forwards_to_the_app_on_loopback() -> None:
     assert outcome.endpoints == (f"127.0.0.1:{APP_PORT + 1}",)
     assert outcome.headers_added == {}
     assert outcome.retry is None  # the app has seen the request: never replay it
+    assert outcome.timeout is None  # the caller's timeout is the call's one deadline (issue 12)
+
+
+# --- streams (issue 12): gRPC, WebSocket, server-sent events ------------------------------------
+
+STREAMING = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: TrafficPolicy
+metadata: {name: stats-streams}
+spec:
+  destination: {service: stats}
+  timeout: 30s
+  idleTimeout: 2m
+  retries: {attempts: 2, perTryTimeout: 1s, retryOn: [connect-failure, 5xx, unavailable, resource-exhausted]}
+"""
+
+
+def outbound_route(index: MeshIndex, name: str) -> rc.Route:
+    config = next(r for r in compile_proxy(index, sidecar("results")).routes if r.name == "outbound")
+    return next(r for vhost in config.virtual_hosts for r in vhost.routes if r.name == name)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "route"),
+    [
+        ("POST", {"content-type": "application/grpc"}, "stats|grpc"),
+        ("POST", {"content-type": "application/grpc+proto"}, "stats|grpc"),
+        ("GET", {"upgrade": "websocket", "connection": "upgrade"}, "stats|upgrade"),
+        ("GET", {"accept": "text/html, text/event-stream"}, "stats|events"),
+    ],
+)
+def test_a_stream_has_no_total_timeout_only_an_idle_one(method: str, headers: dict[str, str], route: str) -> None:
+    index = mesh(MESH, RESULTS, STATS, GATEWAY, STREAMING)
+    outcome = simulate(compile_proxy(index, sidecar("results")), "outbound", "stats:8080", "/s", method, headers)
+
+    assert (outcome.route, outcome.cluster, outcome.timeout) == (route, "outbound|stats", None)
+    action = outbound_route(index, route).route
+    assert action.idle_timeout.seconds == 120  # the policy's idleTimeout
+    assert not action.retry_policy.HasField("per_try_timeout")  # it would cut the stream too
+    plain = call(index, "results", "http://stats:8080/s")
+    assert (plain.route, plain.timeout) == ("stats|idempotent", timedelta(seconds=30))
+
+
+def test_grpc_calls_keep_their_deadline_and_retry_only_on_safe_codes() -> None:
+    index = mesh(MESH, RESULTS, STATS, GATEWAY, STREAMING)
+    grpc = outbound_route(index, "stats|grpc").route
+    assert grpc.max_stream_duration.HasField("grpc_timeout_header_max")  # 0s: the client's grpc-timeout
+    assert grpc.retry_policy.retry_on.split(",") == [
+        "connect-failure",
+        "refused-stream",
+        "reset-before-request",
+        "unavailable",
+        "resource-exhausted",
+        "retriable-headers",
+    ]
+    # gRPC codes mean nothing to an HTTP call; an HTTP call's 5xx means nothing to gRPC (200)
+    assert "unavailable" not in outbound_route(index, "stats|idempotent").route.retry_policy.retry_on
+    default = outbound_route(mesh(), "stats|grpc").route
+    assert default.idle_timeout.seconds == 300 and "unavailable" not in default.retry_policy.retry_on
 
 
 def test_the_app_proxy_listens_on_loopback_only() -> None:

@@ -9,11 +9,16 @@ was none.
 from __future__ import annotations
 
 import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from mesh_runner import EXAMPLE, running_mesh
+import websocket
+from mesh_runner import EXAMPLE, ROOT, MeshRun, running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -33,3 +38,142 @@ def test_a_mesh_that_names_no_policy_id_starts_and_adds_no_policy_header(tmp_pat
         # a client's own header is an ordinary header here: passed on, not judged
         sent = httpx.get(mesh.ingress + "/results", headers={"x-policy-ctx": "ANY-1"}, trust_env=False, timeout=10)
         assert sent.status_code == 200 and sent.json()["stats"]["policy_ctx_seen"] == "ANY-1"
+
+
+# ---- streams and timeouts: a stream app behind the ingress and another workload ------------
+
+APPS = ROOT / "tests" / "apps"
+STREAM_APP = "[python, -m, uvicorn, stream_app:app, --host, 127.0.0.1, --port, $(PORT), --no-access-log]"
+
+
+def stream_workload(name: str, calls: str = "[]") -> str:
+    return f"""apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{ name: {name} }}
+spec:
+  port: 8080
+  calls: {calls}
+  run: {{ workingDir: {APPS}, command: {STREAM_APP} }}
+  readinessProbe: {{ httpGet: {{ path: /healthz }} }}
+"""
+
+
+def timeout_policy(service: str, timeout: str) -> str:
+    return f"""apiVersion: mesh.codifyhq.io/v1
+kind: TrafficPolicy
+metadata: {{ name: {service}-timeout }}
+spec:
+  destination: {{ service: {service} }}
+  timeout: {timeout}
+"""
+
+
+STREAMS_MESH = "---\n".join(
+    [
+        """apiVersion: mesh.codifyhq.io/v1
+kind: Mesh
+metadata: { name: streams }
+spec: { trustDomain: streams.test, defaultPolicy: FEC-F101 }
+""",
+        """apiVersion: mesh.codifyhq.io/v1
+kind: Gateway
+metadata: { name: public }
+spec:
+  routes: [{ pathPrefix: /s, service: streams }]
+""",
+        stream_workload("streams"),
+        stream_workload("tight"),
+        stream_workload("client", "[streams, tight]"),
+        timeout_policy("streams", "30s"),
+        timeout_policy("tight", "5s"),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def streams(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshRun]:
+    root = tmp_path_factory.mktemp("streams")
+    (root / "mesh").mkdir()
+    (root / "mesh" / "mesh.yaml").write_text(STREAMS_MESH)
+    with running_mesh(root / "mesh", root / "run") as run:
+        yield run
+
+
+def outbound_of(run: MeshRun, service: str) -> str:
+    """The HTTP proxy the apps of `service` use: its first replica's side-car's outbound listener."""
+    sidecar = run.status()["services"][service]["replicas"][0]["sidecar"]
+    return f"http://127.0.0.1:{sidecar['outbound']}"
+
+
+def read_events(url: str, proxy: str | None) -> list[tuple[float, str]]:
+    """(seconds since the request, data) of each server-sent event."""
+    started = time.monotonic()
+    got = []
+    with httpx.Client(proxy=proxy, trust_env=False, timeout=httpx.Timeout(10, read=30)) as http:
+        with http.stream("GET", url, headers={"accept": "text/event-stream"}) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    got.append((time.monotonic() - started, line[6:]))
+    return got
+
+
+def test_a_60s_event_stream_arrives_whole_and_as_sent(streams: MeshRun) -> None:
+    """From a workload (through two side-cars) and through the ingress, at once: 61 events, one
+    a second. Before issue 12 the callee's side-car cut every stream at 15 s (flag UT)."""
+    runs = {
+        "workload": ("http://streams:8080/events?n=61&every=1", outbound_of(streams, "client")),
+        "ingress": (streams.ingress + "/s/events?n=61&every=1", None),
+    }
+    with ThreadPoolExecutor(len(runs)) as pool:
+        done = {name: pool.submit(read_events, url, proxy) for name, (url, proxy) in runs.items()}
+        results = {name: future.result(timeout=120) for name, future in done.items()}
+    for name, events in results.items():
+        assert [data for _, data in events] == [str(i) for i in range(61)], name
+        assert events[0][0] < 5, name  # the first arrived at once, not with the last
+        assert events[-1][0] >= 59, name
+
+
+def test_the_callers_timeout_is_the_calls_one_deadline(streams: MeshRun) -> None:
+    """A 20 s answer with `timeout: 30s` arrives (the callee's side-car no longer cuts it at
+    15 s); with `timeout: 5s` the caller's side-car cuts it at 5 s, and status says so."""
+    proxy = outbound_of(streams, "client")
+
+    def get(url: str) -> tuple[int, float]:
+        started = time.monotonic()
+        with httpx.Client(proxy=proxy, trust_env=False, timeout=60) as http:
+            status = http.get(url).status_code
+        return status, time.monotonic() - started
+
+    with ThreadPoolExecutor(2) as pool:
+        patient = pool.submit(get, "http://streams:8080/slow?s=20")
+        hasty = pool.submit(get, "http://tight:8080/slow?s=20")
+        (ok, ok_took), (cut, cut_took) = patient.result(timeout=90), hasty.result(timeout=90)
+    assert (ok, cut) == (200, 504)
+    assert ok_took >= 20 and 5 <= cut_took < 8
+    failures = streams.status()["services"]["tight"]["resilience"]["recent_failures"]
+    (timed_out,) = [f for f in failures if f["status"] == 504]
+    assert timed_out["flags"] == "UT"
+    assert timed_out["why"].startswith("timed out by the caller's side-car")
+
+
+def echo(url: str, **options: Any) -> list[str]:
+    """Open a WebSocket, send 100 messages, and return every message received."""
+    socket = websocket.create_connection(url, timeout=10, **options)
+    try:
+        got = [socket.recv()]  # the policy header the app saw
+        for i in range(100):
+            socket.send(f"message {i}")
+            got.append(socket.recv())
+        return got
+    finally:
+        socket.close()
+
+
+def test_a_websocket_echoes_100_messages_through_the_ingress_and_between_workloads(streams: MeshRun) -> None:
+    expected = ["FEC-F101", *(f"message {i}" for i in range(100))]
+    ingress = streams.ingress.replace("http://", "ws://")
+    assert echo(ingress + "/s/ws") == expected
+    # an app that sends its WebSocket to its side-car by Host header
+    outbound = outbound_of(streams, "client").replace("http://", "ws://")
+    assert echo(outbound + "/ws", host="streams:8080") == expected

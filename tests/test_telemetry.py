@@ -13,7 +13,7 @@ from interstate.telemetry.flags import explain
 def test_flags_are_explained_in_words() -> None:
     assert explain("UH").startswith("no healthy upstream")
     assert explain("UO").startswith("upstream overflow")
-    assert explain("UT").startswith("upstream request timeout")
+    assert explain("UT").startswith("timed out by the caller's side-car")
     assert explain("UF,URX") == (
         "upstream connection failure: could not connect to the replica; retry limit reached: every attempt failed"
     )

@@ -84,8 +84,7 @@ class Outcome:
             f"  -> cluster {self.cluster}: {', '.join(self.endpoints)}",
         ]
         lines += [f"  adds {k}: {v}" for k, v in self.headers_added.items()]
-        if self.timeout is not None:
-            lines.append(f"  timeout {_seconds(self.timeout)}")
+        lines.append(f"  timeout {_seconds(self.timeout)}" if self.timeout is not None else "  no total timeout")
         if self.retry is not None:
             lines.append(f"  retries {self.retry.num_retries}x on {self.retry.retry_on}")
         if (e := self.ejection) is not None:
@@ -146,7 +145,7 @@ def simulate(
         route.name,
         action.cluster,
         headers_added=_add_headers({k.lower() for k in headers or {}}, options),
-        timeout=_timedelta(action.timeout) if action.HasField("timeout") else DEFAULT_TIMEOUT,
+        timeout=_route_timeout(action),
         retry=retry,
     )
     cluster = next((c for c in resources.clusters if c.name == action.cluster), None)
@@ -229,6 +228,8 @@ def _header_matches(matcher: rc.HeaderMatcher, value: str | None) -> bool:
         found = value == pattern.exact
     elif kind == "prefix":
         found = value.startswith(pattern.prefix)
+    elif kind == "contains":
+        found = pattern.contains in value
     elif kind == "safe_regex":
         found = re.fullmatch(pattern.safe_regex.regex, value) is not None
     else:
@@ -306,6 +307,14 @@ def _normalize(path: str) -> str:
             out.append(segment)
     trailing = "/" if out and segments[-1] in (".", "..") else ""
     return "/" + "/".join(out) + trailing + sep + query
+
+
+def _route_timeout(action: rc.RouteAction) -> timedelta | None:
+    """The route's total timeout; None when it has none (0s: a stream's route)."""
+    if not action.HasField("timeout"):
+        return DEFAULT_TIMEOUT
+    value = _timedelta(action.timeout)
+    return value if value else None
 
 
 def _timedelta(value: duration_pb2.Duration) -> timedelta:

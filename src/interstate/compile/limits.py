@@ -31,9 +31,9 @@ MAX_REQUEST_HEADERS_KB = 32
 # Headers in one request, pseudo-headers (:method, :path, ...) included: past it, 431.
 MAX_HEADERS_COUNT = 64
 # Request body: the buffer filter holds a body until it is complete (apps never see half of
-# one) and answers 413 past this size. Requests without a body pass straight through. A route
-# that must stream a request body (an upgrade, a long upload) would turn it off for itself
-# with a per-route `BufferPerRoute(disabled=True)`.
+# one) and answers 413 past this size. Requests without a body pass straight through. Routes
+# for streams (gRPC, WebSocket, server-sent events: `resilience.STREAMS`) turn it off for
+# themselves (`no_buffer`): their bodies flow, bounded in time by the idle timeout instead.
 MAX_REQUEST_BODY_BYTES = 1 * MIB
 # What Envoy reads ahead on one client connection before it stops reading (flow control).
 CONNECTION_BUFFER_BYTES = 32 * KIB
@@ -86,6 +86,11 @@ def body_filter() -> hcm_pb2.HttpFilter:
     refuse (tokens, roles) are refused before their body is read."""
     config = buffer_pb2.Buffer(max_request_bytes={"value": MAX_REQUEST_BODY_BYTES})
     return hcm_pb2.HttpFilter(name=BUFFER_FILTER, typed_config=pack(config))
+
+
+def no_buffer() -> buffer_pb2.BufferPerRoute:
+    """For a stream's route: its body flows (a stream's body has no end to wait for)."""
+    return buffer_pb2.BufferPerRoute(disabled=True)
 
 
 def edge(manager: HCM) -> None:

@@ -136,6 +136,8 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
         path_with_escaped_slashes_action=HCM.UNESCAPE_AND_REDIRECT,
         http_protocol_options=protocol_pb2.Http1ProtocolOptions(allow_absolute_url={"value": True}),
         generate_request_id={"value": True},
+        # WebSocket (and any HTTP/1.1 upgrade a route lets through): relayed, not refused 403
+        upgrade_configs=[HCM.UpgradeConfig(upgrade_type="websocket")],
     )
     # `x_policy_ctx` must not slip past rules written for `x-policy-ctx`: such names are refused.
     manager.common_http_protocol_options.headers_with_underscores_action = (

@@ -90,7 +90,8 @@ def guard(index: MeshIndex, routes: list[rc.Route]) -> list[rc.Route]:
             )
         else:
             guarded.name = f"{REPLACED}|{route.name}"
-            guarded.typed_per_filter_config.update(route.typed_per_filter_config)
+            for name, config in route.typed_per_filter_config.items():
+                guarded.typed_per_filter_config[name].CopyFrom(config)
             guarded.request_headers_to_add.append(
                 base_pb2.HeaderValueOption(
                     header=base_pb2.HeaderValue(key=mesh.policy_header, value=mesh.default_policy),

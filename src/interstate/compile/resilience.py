@@ -6,6 +6,11 @@ cannot have reached the app (connect failure, refused stream, reset before the r
 sent). Retries prefer another replica (previous-hosts predicate) and back off exponentially.
 Cluster-level resilience (outlier detection, connection pool, budget, load balancing) lives in
 `clusters`.
+
+Streams (gRPC, a WebSocket upgrade, server-sent events) get routes of their own, ahead of
+those: no total timeout, which would cut a long stream, but the idle timeout (TrafficPolicy
+`idleTimeout`, default `STREAM_IDLE_TIMEOUT`); gRPC calls keep the deadline their client sent
+(`grpc-timeout`). Their retries are the safe ones, plus the gRPC codes the policy lists.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from interstate.compile.common import duration, pack
 from interstate.model.index import MeshIndex
 from interstate.model.traffic_policy import (
     DEFAULT_RETRY_ON,
+    GRPC_RETRY_ON,
     IDEMPOTENT_METHODS,
     SAFE_RETRY_ON,
     Backoff,
@@ -34,6 +40,7 @@ from interstate.model.traffic_policy import (
     HashOn,
     LbPolicy,
     Retries,
+    TrafficPolicySpec,
 )
 
 FAULT_FILTER = "envoy.filters.http.fault"
@@ -49,6 +56,13 @@ MARKERS = {
 }
 MARKER_HEADERS = [header for header, _ in MARKERS.values()]
 DEFAULT_TIMEOUT = timedelta(seconds=15)
+STREAM_IDLE_TIMEOUT = timedelta(minutes=5)  # Envoy's own default for a stream's idle time
+# How a request says it is a stream: (route name suffix, header matcher).
+STREAMS = (
+    ("grpc", rc.HeaderMatcher(name="content-type", string_match=string_pb2.StringMatcher(prefix="application/grpc"))),
+    ("upgrade", rc.HeaderMatcher(name="upgrade", present_match=True)),
+    ("events", rc.HeaderMatcher(name="accept", string_match=string_pb2.StringMatcher(contains="text/event-stream"))),
+)
 # Without a TrafficPolicy: two retries, bounded by the 15 s route timeout. (Built without the
 # user-facing rule that a `retries` section must name its own bound.)
 DEFAULT_RETRIES = Retries.model_construct(
@@ -89,15 +103,43 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
         pin_action.ClearField("weighted_clusters")
         pin_action.cluster = names.outbound_cluster(split.spec.pin.backend)
         out.append(rc.Route(name=f"{name}|pinned", match=pinned, route=pin_action))
+    http_retry_on = [c for c in retries.retry_on if c not in GRPC_RETRY_ON]
+    grpc_retry_on = [*SAFE_RETRY_ON, *(c for c in retries.retry_on if c in GRPC_RETRY_ON)]
+    for kind, header in STREAMS:
+        stream_match = rc.RouteMatch()
+        stream_match.CopyFrom(match)
+        stream_match.headers.append(header)
+        route_action = action(index, service, retries, grpc_retry_on if kind == "grpc" else list(SAFE_RETRY_ON))
+        stream(route_action, policy.idle_timeout if policy else None, grpc=kind == "grpc")
+        route = rc.Route(name=f"{name}|{kind}", match=stream_match, route=route_action)
+        # a stream's body is not held until it ends (the ingress's body limit): it flows
+        route.typed_per_filter_config[limits.BUFFER_FILTER].CopyFrom(pack(limits.no_buffer()))
+        out.append(_with_fault(route, policy))
     for suffix, route_match, retry_on in (
-        ("idempotent", idempotent_match, retries.retry_on),
+        ("idempotent", idempotent_match, http_retry_on),
         ("other", match, list(SAFE_RETRY_ON)),
     ):
         route = rc.Route(name=f"{name}|{suffix}", match=route_match, route=action(index, service, retries, retry_on))
-        if policy is not None and policy.fault is not None and policy.fault.at is FaultAt.CALLERS:
-            route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.fault)))
-        out.append(route)
+        out.append(_with_fault(route, policy))
     return out
+
+
+def _with_fault(route: rc.Route, policy: TrafficPolicySpec | None) -> rc.Route:
+    """`route` with the policy's fault `at: CALLERS`, when there is one."""
+    if policy is not None and policy.fault is not None and policy.fault.at is FaultAt.CALLERS:
+        route.typed_per_filter_config[FAULT_FILTER].CopyFrom(pack(fault(policy.fault)))
+    return route
+
+
+def stream(out: rc.RouteAction, idle: timedelta | None, grpc: bool = False) -> None:
+    """A stream's route: no total timeout, the idle timeout instead; gRPC keeps its client's
+    deadline (`grpc-timeout`, uncapped)."""
+    out.timeout.CopyFrom(duration(0))
+    out.idle_timeout.CopyFrom(duration(idle or STREAM_IDLE_TIMEOUT))
+    if out.HasField("retry_policy"):
+        out.retry_policy.ClearField("per_try_timeout")  # it would cut the stream like a total timeout
+    if grpc:
+        out.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(0))
 
 
 def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]) -> rc.RouteAction:

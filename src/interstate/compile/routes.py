@@ -18,11 +18,8 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from interstate.compile import boundary, clusters, names, passthrough, policy_context, resilience
-from interstate.compile.common import duration
 from interstate.compile.proxy import Proxy, Role
 from interstate.model.index import MeshIndex
-
-ROUTE_TIMEOUT_S = 15.0  # side-car -> its own app; calls between services: see `resilience`
 
 
 def build(index: MeshIndex, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
@@ -88,11 +85,13 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
 
 
 def inbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
-    app = rc.Route(
-        name="app",
-        match=rc.RouteMatch(prefix="/"),
-        route=rc.RouteAction(cluster=names.inbound_cluster(proxy.service), timeout=duration(ROUTE_TIMEOUT_S)),
-    )
+    """Everything to the local app. No timeout of its own: the caller's is the call's one
+    deadline (a shorter one here would cut calls the caller allowed more time, and read as the
+    app's answer); streams are cut when idle for the service's `idleTimeout`."""
+    policy = index.policy_spec(proxy.service)
+    to_app = rc.RouteAction(cluster=names.inbound_cluster(proxy.service))
+    resilience.stream(to_app, policy.idle_timeout if policy else None)
+    app = rc.Route(name="app", match=rc.RouteMatch(prefix="/"), route=to_app)
     resilience.service_fault(index, proxy.service, app)
     return route_pb2.RouteConfiguration(
         name=names.INBOUND_ROUTE, virtual_hosts=[rc.VirtualHost(name="app", domains=["*"], routes=[app])]

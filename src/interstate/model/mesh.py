@@ -82,6 +82,17 @@ HTTP_HEADERS = frozenset(
         "user-agent",
         "x-forwarded-proto",
         "x-request-id",
+        # the protocols services speak (issue 12): WebSocket's handshake (RFC 6455), gRPC's
+        # request headers, server-sent events' reconnection point
+        "origin",
+        "sec-websocket-extensions",
+        "sec-websocket-key",
+        "sec-websocket-protocol",
+        "sec-websocket-version",
+        "grpc-accept-encoding",
+        "grpc-encoding",
+        "grpc-timeout",
+        "last-event-id",
     }
 )
 # Never allowed in from outside, whatever the list says: they steer Envoy or claim an identity.

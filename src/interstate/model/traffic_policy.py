@@ -13,7 +13,11 @@
     spec.retries                                (defaults: 2 attempts, 25-250 ms back-off)
       .attempts .perTryTimeout .retryOn .backoff{baseInterval,maxInterval}
       .budget{percent,minConcurrency}           retries in flight <= percent of active requests
-    spec.timeout                                whole request, retries included (default 15s)
+    spec.timeout                                whole request, retries included (default 15s);
+                                                the caller's side-car keeps it, the callee's adds none
+    spec.idleTimeout                            a stream (gRPC, WebSocket, server-sent events) has no
+                                                total timeout: it is cut when nothing moves this long
+                                                (default 5m)
     spec.loadBalancer                           ROUND_ROBIN (default), LEAST_REQUEST, RING_HASH
       .hashOn{header | cookie{name, ttl}}       RING_HASH: sticky by header or cookie
     spec.fault                                  rehearsals: abort{percent,status}, delay{percent,fixedDelay},
@@ -59,6 +63,9 @@ Count = Annotated[int, Field(ge=1, le=1_000_000, strict=True)]
 # retried), or the app dropped the connection before answering (idempotent methods only).
 # The default does not retry an app's own 503 (gateway-error would): an app that says "unavailable"
 # (its dependency's circuit is open) is answered at once, not retried with back-off.
+# gRPC status codes (a gRPC call's answer is HTTP 200 with `grpc-status`): applied to gRPC calls
+# only, as gRPC has no idempotent methods to tell safe retries by. None is retried by default.
+GRPC_RETRY_ON = ("cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 RETRY_ON = (
     "replica-unreachable",
     "replica-reset",
@@ -70,6 +77,7 @@ RETRY_ON = (
     "refused-stream",
     "retriable-4xx",
     "envoy-ratelimited",
+    *GRPC_RETRY_ON,
 )
 SAFE_RETRY_ON = ("connect-failure", "refused-stream", "reset-before-request", "replica-unreachable")
 DEFAULT_RETRY_ON = ("connect-failure", "refused-stream", "reset", "replica-unreachable", "replica-reset")
@@ -194,6 +202,7 @@ class TrafficPolicySpec(Strict):
     connection_pool: ConnectionPool | None = None
     retries: Retries | None = None
     timeout: PositiveDuration | None = None
+    idle_timeout: PositiveDuration | None = None
     load_balancer: LoadBalancer | None = None
     fault: Fault | None = None
 
