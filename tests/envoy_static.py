@@ -25,6 +25,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2  # noqa: F401 (its type, for the JSON)
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -33,7 +34,7 @@ from google.protobuf import any_pb2, descriptor_pool, json_format, message_facto
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from interstate.compile import ProxyResources
+from interstate.compile import ProxyResources, bootstrap
 
 VALIDATE_TIMEOUT_S = 60.0
 
@@ -132,6 +133,9 @@ def static_bootstrap(
     out.node.cluster = node_cluster
     out.admin.address.socket_address.address = "127.0.0.1"
     out.admin.address.socket_address.port_value = 0
+    # what every real bootstrap carries besides its ADS config (internal listeners)
+    real = bootstrap.build(node_id, node_cluster, 0, "127.0.0.1", 1)
+    json_format.ParseDict({"bootstrap_extensions": real["bootstrap_extensions"]}, out)
     static = out.static_resources
     for compiled_cluster in resources.clusters:
         cluster = static.clusters.add()

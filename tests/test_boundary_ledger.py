@@ -103,6 +103,20 @@ def test_policy_coverage_counts_inbound_requests_with_and_without_the_header(tmp
     assert registry.get_sample_value("interstate_inbound_requests_total", labels) == 1
 
 
+def test_grpc_calls_are_counted_per_service_by_grpc_status(tmp_path: Path) -> None:
+    books, registry = ledger(tmp_path)
+    log = tmp_path / "sidecar-ticker-0.envoy.log"
+    append(log, line(direction="inbound", service="ticker", policy="FEC-F101", status=200, grpc="0") * 2)
+    append(log, line(direction="inbound", service="ticker", policy="FEC-F101", status=200, grpc="14"))
+    append(log, line(direction="inbound", service="ticker", policy="FEC-F101", status=200, grpc=None))  # HTTP
+    books.refresh()
+
+    def calls(status: str) -> float | None:
+        return registry.get_sample_value("interstate_grpc_calls_total", {"service": "ticker", "grpc_status": status})
+
+    assert (calls("OK"), calls("UNAVAILABLE")) == (2, 1)
+
+
 def test_a_rotated_log_is_read_on_so_counts_stay_exact(tmp_path: Path) -> None:
     """Rotation (issue 11: logs grew without bound) renames `x.envoy.log` to `x.envoy.log.1`, and
     Envoy, told to reopen, starts a new `x.envoy.log` — but may still flush lines into the old

@@ -15,8 +15,12 @@ from datetime import timedelta
 from urllib.parse import urlsplit
 
 import pytest
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
+from helpers_xds import make_credentials
 
 from interstate.compile import Proxy, ProxyResources, compile_proxy
 from interstate.config.loader import decode_sources
@@ -207,6 +211,7 @@ def test_by_default_only_idempotent_calls_are_retried_after_reaching_the_app() -
         r.name: [h.name for h in r.route.retry_policy.retriable_headers] for r in outbound.virtual_hosts[0].routes
     }
     assert by_route == {
+        "stats|tunnel": [],  # a CONNECT tunnel: the calls in it are retried, not the tunnel
         "stats|grpc": ["x-interstate-unreachable"],
         "stats|upgrade": ["x-interstate-unreachable"],
         "stats|events": ["x-interstate-unreachable"],
@@ -615,3 +620,63 @@ def test_a_fault_is_applied_by_the_callers_or_by_the_service_itself(
         manager = hcm_pb2.HttpConnectionManager()
         listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
         assert fault_filter in [f.name for f in manager.http_filters]
+
+
+# --- protocols (issue 12): HTTP/2 between proxies, h2c to gRPC apps, CONNECT tunnels ----------
+
+
+def cluster_named(resources: ProxyResources, name: str) -> cluster_pb2.Cluster:
+    return next(c for c in resources.clusters if c.name == name)
+
+
+def speaks(cluster: cluster_pb2.Cluster) -> str:
+    """'h2' (with '+connect' when it carries WebSockets as extended CONNECT) or 'http/1.1'."""
+    packed = cluster.typed_extension_protocol_options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+    if packed is None:
+        return "http/1.1"
+    options = http_options_pb2.HttpProtocolOptions()
+    packed.Unpack(options)
+    if not options.explicit_http_config.HasField("http2_protocol_options"):
+        return "http/1.1"
+    return "h2+connect" if options.explicit_http_config.http2_protocol_options.allow_connect else "h2"
+
+
+def alpn(cluster: cluster_pb2.Cluster) -> list[str]:
+    context = tls_pb2.UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(context)
+    return list(context.common_tls_context.alpn_protocols)
+
+
+def test_proxies_speak_http2_to_each_other_and_each_app_its_own_protocol() -> None:
+    secure = compile_proxy(mesh(), sidecar("results"), make_credentials("results"))
+    to_stats = cluster_named(secure, "outbound|stats")
+    assert (speaks(to_stats), alpn(to_stats)) == ("h2+connect", ["h2"])
+    # its own HTTP/1.1 app: HTTP/1.1, and h2c for the gRPC calls it gets
+    assert speaks(cluster_named(secure, "inbound|results")) == "http/1.1"
+    assert speaks(cluster_named(secure, "inbound|results|h2")) == "h2"
+    grpc = simulate(secure, "inbound", "results", "/pkg.Svc/Get", "POST", {"content-type": "application/grpc"})
+    assert (grpc.cluster, grpc.timeout) == ("inbound|results|h2", None)
+
+    one_at_a_time = MESH.replace("spec: {", "spec: {hopProtocol: http1, ")
+    old_way = compile_proxy(mesh(one_at_a_time, RESULTS, STATS, GATEWAY), sidecar("results"), make_credentials())
+    assert (speaks(cluster_named(old_way, "outbound|stats")), alpn(cluster_named(old_way, "outbound|stats"))) == (
+        "http/1.1",
+        [],
+    )
+
+    grpc_app = STATS.replace("  port: 8080\n", "  port: 8080\n  protocol: grpc\n")
+    own = compile_proxy(mesh(MESH, RESULTS, grpc_app, GATEWAY), sidecar("stats"))
+    assert speaks(cluster_named(own, "inbound|stats")) == "h2"
+    assert "inbound|stats|h2" not in {c.name for c in own.clusters}  # one h2c cluster does it all
+
+
+def test_a_connect_tunnel_to_a_declared_service_is_ended_and_routed_inside() -> None:
+    resources = compile_proxy(mesh(), sidecar("results"))
+    tunnel = simulate(resources, "outbound", "stats:8080", "/", "CONNECT")
+    assert (tunnel.route, tunnel.cluster) == ("stats|tunnel", "tunnel|outbound")
+    inner = next(x for x in resources.listeners if x.name == "outbound-tunnel")
+    assert inner.HasField("internal_listener")  # no socket: only this Envoy reaches it
+    inside = simulate(resources, "outbound-tunnel", "stats:8080", "/x", "POST", {"content-type": "application/grpc"})
+    assert (inside.route, inside.headers_added) == ("stats|grpc", FEC)
+    undeclared = simulate(resources, "outbound", "elsewhere:443", "/", "CONNECT")
+    assert (undeclared.status, undeclared.flag) == (404, "NR")

@@ -386,7 +386,7 @@ def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
             ("replicas: 2", "replicas: 2\n  replica: 3"),
             2,
             "spec.replica",
-            "calls, mtls, port, readinessProbe, replicas, requirePolicy, resources, run, version",
+            "calls, mtls, port, protocol, readinessProbe, replicas, requirePolicy, resources, run, version",
         ),
         (
             ("consecutiveErrors: 3", "consecutive5xx: 3"),

@@ -8,7 +8,12 @@ was none.
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import websocket
-from mesh_runner import EXAMPLE, ROOT, MeshRun, running_mesh
+from mesh_runner import EXAMPLE, ROOT, MeshRun, envoy_stats, running_mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -79,13 +84,29 @@ spec: { trustDomain: streams.test, defaultPolicy: FEC-F101 }
 kind: Gateway
 metadata: { name: public }
 spec:
-  routes: [{ pathPrefix: /s, service: streams }]
+  routes: [{ pathPrefix: /s, service: streams }, { pathPrefix: /test.Streams, service: ticker }]
 """,
         stream_workload("streams"),
         stream_workload("tight"),
-        stream_workload("client", "[streams, tight]"),
+        stream_workload("client", "[streams, tight, ticker]"),
         timeout_policy("streams", "30s"),
         timeout_policy("tight", "5s"),
+        # an HTTP/1.1 app as far as the mesh knows (no spec.protocol): its gRPC calls are told
+        # by their content-type and go to it over h2c
+        f"""apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{ name: ticker }}
+spec:
+  port: 8080
+  run: {{ workingDir: {APPS}, command: [python, grpc_app.py, $(PORT)] }}
+""",
+        """apiVersion: mesh.codifyhq.io/v1
+kind: TrafficPolicy
+metadata: { name: ticker-retries }
+spec:
+  destination: { service: ticker }
+  retries: { attempts: 2, perTryTimeout: 2s, retryOn: [connect-failure, unavailable] }
+""",
     ]
 )
 
@@ -175,5 +196,72 @@ def test_a_websocket_echoes_100_messages_through_the_ingress_and_between_workloa
     ingress = streams.ingress.replace("http://", "ws://")
     assert echo(ingress + "/s/ws") == expected
     # an app that sends its WebSocket to its side-car by Host header
-    outbound = outbound_of(streams, "client").replace("http://", "ws://")
-    assert echo(outbound + "/ws", host="streams:8080") == expected
+    outbound = outbound_of(streams, "client")
+    assert echo(outbound.replace("http://", "ws://") + "/ws", host="streams:8080") == expected
+    # ... and one that tunnels it through HTTP_PROXY (CONNECT streams:8080)
+    port = int(outbound.rsplit(":", 1)[1])
+    tunnelled = echo("ws://streams:8080/ws", http_proxy_host="127.0.0.1", http_proxy_port=port, proxy_type="http")
+    assert tunnelled == expected
+    # the hop between the side-cars was HTTP/2: the upgrade crossed as extended CONNECT
+    assert envoy_counter(streams, "streams", "http.inbound.downstream_cx_http2_total") > 0
+    assert envoy_counter(streams, "streams", "http.inbound.downstream_cx_upgrades_total") >= 3
+
+
+# ---- gRPC with grpcio's defaults ---------------------------------------------------------------
+
+
+def grpc_call(target: str, kind: str, *args: str, proxy: str | None = None) -> dict[str, Any]:
+    """Run grpc_app.py's client as a mesh app runs: `http_proxy` from the mesh (or none)."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    if proxy:
+        env.update(http_proxy=proxy, HTTP_PROXY=proxy, no_proxy="localhost,127.0.0.1")
+    done = subprocess.run(
+        [sys.executable, str(APPS / "grpc_app.py"), "call", target, kind, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def envoy_counter(run: MeshRun, service: str, name: str) -> int:
+    admin = run.status()["services"][service]["replicas"][0]["sidecar"]["admin"]
+    return envoy_stats(admin, f"^{re.escape(name)}$").get(name, 0)
+
+
+@pytest.mark.parametrize("route", ["workload", "ingress"])
+def test_grpc_unary_streaming_and_bidirectional_calls_with_default_client_settings(
+    streams: MeshRun, route: str
+) -> None:
+    """From a workload: grpcio targets `ticker:8080` and, as `http_proxy` is set, sends
+    `CONNECT ticker:8080` to its side-car, which ends the tunnel and routes the calls in it.
+    Through the ingress: the client dials the ingress directly (h2c)."""
+    target, proxy = (
+        ("ticker:8080", outbound_of(streams, "client"))
+        if route == "workload"
+        else (
+            streams.ingress.removeprefix("http://"),
+            None,
+        )
+    )
+    h2_before = envoy_counter(streams, "ticker", "http.inbound.downstream_cx_http2_total")
+
+    assert grpc_call(target, "Unary", proxy=proxy) == {"answer": "FEC-F101"}
+    ticks = grpc_call(target, "Ticks", "100", "0.05", proxy=proxy)["messages"]
+    assert [m for _, m in ticks] == [f"{i}@FEC-F101" for i in range(100)]
+    assert ticks[0][0] < 1.5 < 4 < ticks[-1][0]  # as sent, 50 ms apart, not all at the end
+    assert ticks[50][0] - ticks[0][0] > 2
+    echoed = grpc_call(target, "Echo", "100", proxy=proxy)["messages"]
+    assert [m for _, m in echoed] == [f"m{i}" for i in range(100)]
+    # retried on UNAVAILABLE (TrafficPolicy retryOn: unavailable), on another attempt
+    assert grpc_call(target, "Flaky", proxy=proxy) == {"answer": "ok"}
+    # ... and the failed attempt is counted by its gRPC status, though Envoy answered it 200
+    counted = r'interstate_grpc_calls_total\{grpc_status="UNAVAILABLE",service="ticker"\} [1-9]'
+    wait_for(
+        lambda: re.search(counted, streams.api("GET", "/metrics").text), what="the UNAVAILABLE counted", timeout=15
+    )
+    # the hop into ticker's side-car was HTTP/2 over mutual TLS
+    assert envoy_counter(streams, "ticker", "http.inbound.downstream_cx_http2_total") > h2_before
+    assert envoy_counter(streams, "ticker", "http.inbound.downstream_cx_ssl_total") > 0

@@ -130,7 +130,7 @@ def test_header_actions_follow_envoy() -> None:
 def test_envoys_own_errors_carry_their_response_flags() -> None:
     resources = stats_sidecar()
     inbound = next(r for r in resources.routes if r.name == "inbound")
-    inbound.virtual_hosts[0].routes[0].route.cluster = "inbound|gone"
+    inbound.virtual_hosts[0].routes[-1].route.cluster = "inbound|gone"  # the route of all but gRPC
 
     gone = simulate(resources, "inbound", "stats", "/")
     inbound.virtual_hosts[0].domains[:] = ["stats"]

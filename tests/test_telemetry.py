@@ -99,6 +99,33 @@ def test_recent_failures_are_grouped_by_status_and_flag(tmp_path: Path) -> None:
     assert failures[1].why.startswith("no healthy upstream")
 
 
+def test_failed_grpc_calls_count_by_their_grpc_status_not_their_http_200(tmp_path: Path) -> None:
+    """Issue 12: Envoy logs a failed gRPC call as 200; status showed none of them."""
+
+    def line(grpc: str | None, time: str, flags: str = "-") -> str:
+        entry = {"status": 200, "grpc": grpc, "flags": flags, "time": time, "cluster": "outbound|stats"}
+        return json.dumps(entry | {"direction": "outbound"})
+
+    c = caller(tmp_path)
+    c.access_log.write_text(
+        "\n".join(
+            [
+                line("0", "19:00:00"),  # OK
+                line("14", "19:00:01"),  # UNAVAILABLE: the service failed
+                line("14", "19:00:02"),
+                line("5", "19:00:03"),  # NOT_FOUND: the caller asked for something that is not there
+                line(None, "19:00:04"),  # a plain HTTP call
+                line("4", "19:00:05", flags="UT"),
+            ]
+        )
+        + "\n"
+    )
+    failures = envoys.recent_failures([c], "outbound|stats")
+    assert [(f.grpc, f.flags, f.count) for f in failures] == [("DEADLINE_EXCEEDED", "UT", 1), ("UNAVAILABLE", "-", 2)]
+    assert failures[1].why == "the gRPC call failed with UNAVAILABLE (14), answered by the app"
+    assert failures[0].why.startswith("timed out by the caller's side-car")
+
+
 def test_an_uneject_as_envoy_logs_it_ends_the_ejection(tmp_path: Path) -> None:
     """Envoy logs the uneject with `"enforced": false` (it enforces nothing): it must still end
     the ejection, while an ejection Envoy did not enforce never starts one. (Issue 11: after an

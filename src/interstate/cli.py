@@ -341,7 +341,8 @@ def _print_resilience(facts: dict[str, Any] | None) -> None:
     for e in facts["ejected"]:
         click.echo(f"  EJECTED {e['replica']} ({e['host']}) since {e['since']}: {e['reason']}, by {e['by']}")
     for f in facts["recent_failures"]:
-        click.echo(f"  failed {f['count']}x {f['status']} {f['flags']}: {f['why']} (last {f['last']})")
+        status = f"gRPC {f['grpc']}" if f.get("grpc") else f["status"]
+        click.echo(f"  failed {f['count']}x {status} {f['flags']}: {f['why']} (last {f['last']})")
 
 
 @main.command()

@@ -201,10 +201,13 @@ def route_matches(match: rc.RouteMatch, path: str, headers: Mapping[str, str] | 
         raise NotImplementedError("query and runtime route matches are not simulated")
     if not all(_header_matches(h, (headers or {}).get(h.name.lower())) for h in match.headers):
         return False
+    kind = match.WhichOneof("path_specifier")
+    connect = (headers or {}).get(":method") == "CONNECT"
+    if kind == "connect_matcher" or connect:  # a CONNECT has no path: only a CONNECT matcher takes it
+        return kind == "connect_matcher" and connect
     sensitive = match.case_sensitive.value if match.HasField("case_sensitive") else True
     fold = str if sensitive else str.lower
     bare = fold(path.partition("?")[0])
-    kind = match.WhichOneof("path_specifier")
     if kind == "prefix":
         return fold(path).startswith(fold(match.prefix))
     if kind == "path":

@@ -56,6 +56,16 @@ def build(
             "cds_config": ads,
             "lds_config": ads,
         },
+        # internal listeners: a side-car's outbound listener ends an app's CONNECT tunnel in one
+        # (`listeners.tunnel`), so what the app sends through it is routed like any other call
+        "bootstrap_extensions": [
+            {
+                "name": "envoy.bootstrap.internal_listener",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+                },
+            }
+        ],
         # a static layer with our keys, then Envoy's admin layer (what it has without this)
         "layered_runtime": {
             "layers": [

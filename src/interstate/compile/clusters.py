@@ -3,12 +3,17 @@
 A caller's cluster for a service carries that service's TrafficPolicy. Outlier detection is
 compiled for fast fail: `max_ejection_percent` defaults to 100 and the panic threshold is 0, so
 once every replica is ejected Envoy answers 503 at once (flag UH) instead of trying them anyway.
+
+Protocols: to another proxy, the Mesh's `hopProtocol` (HTTP/2 by default, with extended CONNECT
+for WebSockets); to an app (the side-car's own, or a workload without a side-car), what the
+workload says it speaks (`spec.protocol`): HTTP/1.1, or h2c. An HTTP/1.1 app's gRPC requests go
+to a second cluster for the same port over h2c (gRPC is HTTP/2 only). ExternalServices: HTTP/1.1.
 """
 
 from __future__ import annotations
 
 from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
-from envoy.config.core.v3 import protocol_pb2
+from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 from envoy.type.v3 import percent_pb2
@@ -17,6 +22,7 @@ from google.protobuf import wrappers_pb2
 from interstate.compile import names, passthrough, tls
 from interstate.compile.common import ads, duration, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
+from interstate.model.base import HopProtocol, Protocol
 from interstate.model.index import MeshIndex
 from interstate.model.traffic_policy import ConnectionPool, LbPolicy, OutlierDetection, RetryBudget
 
@@ -26,7 +32,12 @@ CONNECT_TIMEOUT_S = 1.0
 def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[cluster_pb2.Cluster]:
     clusters = [outbound(index, service, secure=credentials is not None) for service in callees(index, proxy)]
     if proxy.role is Role.SIDECAR:
-        clusters.append(local_app(proxy))
+        workload = index.workloads.get(proxy.service)
+        speaks = workload.spec.protocol if workload is not None else Protocol.HTTP
+        clusters.append(local_app(proxy, names.inbound_cluster(proxy.service), speaks is not Protocol.HTTP))
+        if speaks is Protocol.HTTP:
+            clusters.append(local_app(proxy, names.inbound_h2_cluster(proxy.service), http2=True))
+        clusters.append(tunnel())
         if passthrough.allowed(index):
             clusters.append(passthrough.cluster())
     return clusters
@@ -53,11 +64,21 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     )
     workload = index.workloads.get(service)
     external = index.externals.get(service)
+    spec = index.policy_spec(service)
+    pool = spec.connection_pool if spec else None
+    per_connection = pool.max_requests_per_connection if pool else None
     if external is not None:
         outside(cluster, external.spec.address, external.spec.port, external.spec.tls)
-    elif secure and workload is not None and workload.injected:
-        cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
-    spec = index.policy_spec(service)
+        http2 = False
+    elif workload is not None and workload.injected:  # another proxy
+        http2 = index.mesh.hop_protocol is HopProtocol.HTTP2
+        if secure:
+            cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service, "h2" if http2 else ""))
+    else:  # an app without a side-car
+        http2 = workload is not None and workload.spec.protocol is not Protocol.HTTP
+    options = protocol_options(http2, per_connection, websocket=http2 and external is None)
+    if options is not None:
+        cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
     cluster.circuit_breakers.thresholds.append(
         circuit_breakers(spec.connection_pool if spec else None, spec.retries.budget if spec and spec.retries else None)
     )
@@ -69,19 +90,28 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
         # Apply an ejection (and any endpoint change) at once: Envoy's default 1 s merge window
         # would keep calls going to a just-ejected replica right after the replicas changed.
         cluster.common_lb_config.update_merge_window.CopyFrom(duration(0))
-    if spec.connection_pool is not None and spec.connection_pool.max_requests_per_connection is not None:
-        options = http_options_pb2.HttpProtocolOptions(
-            common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
-                max_requests_per_connection={"value": spec.connection_pool.max_requests_per_connection}
-            ),
-            explicit_http_config=http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
-                http_protocol_options=protocol_pb2.Http1ProtocolOptions()
-            ),
-        )
-        cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
     if spec.load_balancer is not None:
         cluster.lb_policy = _LB_POLICIES[spec.load_balancer.policy]
     return cluster
+
+
+def protocol_options(
+    http2: bool, max_requests_per_connection: int | None = None, websocket: bool = False
+) -> http_options_pb2.HttpProtocolOptions | None:
+    """How a cluster speaks HTTP: HTTP/2 (with extended CONNECT when `websocket`, so an HTTP/1.1
+    upgrade crosses as RFC 8441 CONNECT), or HTTP/1.1 (Envoy's default: None unless a limit is
+    set)."""
+    common = protocol_pb2.HttpProtocolOptions()
+    if max_requests_per_connection is not None:
+        common.max_requests_per_connection.value = max_requests_per_connection
+    if not http2 and max_requests_per_connection is None:
+        return None
+    explicit = http_options_pb2.HttpProtocolOptions.ExplicitHttpConfig()
+    if http2:
+        explicit.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions(allow_connect=websocket))
+    else:
+        explicit.http_protocol_options.CopyFrom(protocol_pb2.Http1ProtocolOptions())
+    return http_options_pb2.HttpProtocolOptions(common_http_protocol_options=common, explicit_http_config=explicit)
 
 
 def outside(cluster: cluster_pb2.Cluster, address: str, port: int, originate_tls: bool) -> None:
@@ -156,9 +186,32 @@ def outlier_detection(spec: OutlierDetection) -> outlier_detection_pb2.OutlierDe
     return out
 
 
-def local_app(proxy: Proxy) -> cluster_pb2.Cluster:
-    name = names.inbound_cluster(proxy.service)
+def tunnel() -> cluster_pb2.Cluster:
+    """From the outbound listener, which ended an app's CONNECT, to the internal listener that
+    routes what comes through it (`listeners.tunnel`)."""
+    internal = address_pb2.Address(
+        envoy_internal_address=address_pb2.EnvoyInternalAddress(server_listener_name=names.TUNNEL_LISTENER)
+    )
     return cluster_pb2.Cluster(
+        name=names.TUNNEL_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration(CONNECT_TIMEOUT_S),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=names.TUNNEL_CLUSTER,
+            endpoints=[
+                endpoint_components_pb2.LocalityLbEndpoints(
+                    lb_endpoints=[
+                        endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=internal))
+                    ]
+                )
+            ],
+        ),
+    )
+
+
+def local_app(proxy: Proxy, name: str, http2: bool = False) -> cluster_pb2.Cluster:
+    """The side-car's own app on 127.0.0.1, over HTTP/1.1 or h2c."""
+    out = cluster_pb2.Cluster(
         name=name,
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=duration(CONNECT_TIMEOUT_S),
@@ -177,3 +230,7 @@ def local_app(proxy: Proxy) -> cluster_pb2.Cluster:
             ],
         ),
     )
+    options = protocol_options(http2)
+    if options is not None:
+        out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
+    return out

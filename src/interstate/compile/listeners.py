@@ -49,19 +49,36 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
         out = listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])
         out.per_connection_buffer_limit_bytes.value = limits.CONNECTION_BUFFER_BYTES
         return [out]
-    outbound = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
+    return [
+        inbound(index, proxy, credentials),
+        listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound(index, proxy))]),
+        tunnel(index, proxy),
+    ]
+
+
+def outbound(index: MeshIndex, proxy: Proxy) -> HCM:
+    """The app's HTTP proxy: calls into the mesh, by Host (or absolute URL) or CONNECT tunnel."""
+    manager = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
     before_router(
-        outbound,
+        manager,
         present(
             boundary.filter_for(index, everywhere=False),
             passthrough.http_filter() if passthrough.allowed(index) else None,
             resilience.fault_filter(),
         ),
     )
-    return [
-        inbound(index, proxy, credentials),
-        listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound)]),
-    ]
+    return manager
+
+
+def tunnel(index: MeshIndex, proxy: Proxy) -> listener_pb2.Listener:
+    """Where a CONNECT tunnel the outbound listener ended delivers what the app sends in it
+    (grpcio, WebSocket clients and others tunnel through `HTTP_PROXY`): an internal listener
+    (no socket) with the outbound listener's connection manager, so each call in the tunnel,
+    HTTP/1.1 or h2c, is routed, retried, stamped with the policy header and counted like any
+    other. Its stats and access-log direction are the outbound listener's."""
+    out = listener_pb2.Listener(name=names.TUNNEL_LISTENER, filter_chains=[chain(outbound(index, proxy))])
+    out.internal_listener.SetInParent()
+    return out
 
 
 def inbound(index: MeshIndex, proxy: Proxy, credentials: Credentials | None) -> listener_pb2.Listener:
@@ -94,6 +111,7 @@ def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.
         "authority": "%REQ(:AUTHORITY)%",
         "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "status": "%RESPONSE_CODE%",
+        "grpc": "%GRPC_STATUS(NUMBER)%",  # a gRPC call's own status (its HTTP status is 200)
         "flags": "%RESPONSE_FLAGS%",
         "upstream": "%UPSTREAM_HOST%",
         "cluster": "%UPSTREAM_CLUSTER%",
@@ -145,6 +163,8 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
     )
     if inbound:
         limits.inbound(manager)
+        # a caller's side-car sends a WebSocket over HTTP/2 as extended CONNECT (RFC 8441)
+        manager.http2_protocol_options.allow_connect = True
         # The app learns who called it (URI= the caller's SPIFFE ID); a caller cannot forge it.
         manager.forward_client_cert_details = HCM.SANITIZE_SET
         manager.set_current_client_cert_details.uri = True

@@ -5,6 +5,8 @@ from __future__ import annotations
 INBOUND_LISTENER = "inbound"
 OUTBOUND_LISTENER = "outbound"
 INGRESS_LISTENER = "ingress"
+TUNNEL_LISTENER = "outbound-tunnel"  # internal: what apps send through a CONNECT tunnel
+TUNNEL_CLUSTER = "tunnel|outbound"  # the outbound listener's way into TUNNEL_LISTENER
 
 SECRET_CERT = "default"  # a proxy's own certificate and key (SDS)
 SECRET_ROOT = "ROOTCA"  # the mesh trust bundle (SDS)
@@ -24,5 +26,10 @@ def inbound_cluster(service: str) -> str:
     return f"inbound|{service}"
 
 
+def inbound_h2_cluster(service: str) -> str:
+    """A side-car's cluster for its own HTTP/1.1 app's gRPC requests: the same port, over h2c."""
+    return f"inbound|{service}|h2"
+
+
 def service_of(cluster: str) -> str:
-    return cluster.split("|", 1)[1]
+    return cluster.split("|")[1]

@@ -13,12 +13,15 @@ with ADD_IF_ABSENT — a native Envoy header option, cheaper than Lua.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
 from interstate.compile import boundary, clusters, names, passthrough, policy_context, resilience
 from interstate.compile.proxy import Proxy, Role
+from interstate.model.base import Protocol
 from interstate.model.index import MeshIndex
 
 
@@ -61,10 +64,11 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     for service in clusters.called(index, proxy):
         external = index.externals.get(service)
         port = external.spec.port if external is not None else index.workloads[service].spec.port
+        routes = [] if external is not None else [tunnel(index, service)]
         vhost = rc.VirtualHost(
             name=service,
             domains=[service, f"{service}:{port}"],
-            routes=resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
+            routes=routes + resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
             request_headers_to_add=headers,
             response_headers_to_remove=resilience.MARKER_HEADERS,  # once retries were decided
         )
@@ -84,17 +88,47 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     return route_pb2.RouteConfiguration(name=names.OUTBOUND_ROUTE, virtual_hosts=vhosts)
 
 
+def tunnel(index: MeshIndex, service: str) -> rc.Route:
+    """`CONNECT service:port` (how grpcio and WebSocket clients use `HTTP_PROXY`): ended here,
+    and what the app sends through it goes to the internal listener that routes it like any
+    call (`listeners.tunnel`). The tunnel lives while calls in it move; idle, it is cut no
+    sooner than the streams it may carry."""
+    policy = index.policy_spec(service)
+    idle = max(resilience.STREAM_IDLE_TIMEOUT, policy.idle_timeout if policy and policy.idle_timeout else timedelta(0))
+    action = rc.RouteAction(
+        cluster=names.TUNNEL_CLUSTER,
+        upgrade_configs=[
+            rc.RouteAction.UpgradeConfig(
+                upgrade_type="CONNECT", connect_config=rc.RouteAction.UpgradeConfig.ConnectConfig()
+            )
+        ],
+    )
+    resilience.stream(action, idle)
+    return rc.Route(
+        name=f"{service}|tunnel", match=rc.RouteMatch(connect_matcher=rc.RouteMatch.ConnectMatcher()), route=action
+    )
+
+
 def inbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     """Everything to the local app. No timeout of its own: the caller's is the call's one
     deadline (a shorter one here would cut calls the caller allowed more time, and read as the
     app's answer); streams are cut when idle for the service's `idleTimeout`."""
     policy = index.policy_spec(proxy.service)
+    idle = policy.idle_timeout if policy else None
+    workload = index.workloads.get(proxy.service)
+    routes = []
+    if workload is None or workload.spec.protocol is Protocol.HTTP:  # its gRPC requests over h2c
+        grpc, header = next((kind, h) for kind, h in resilience.STREAMS if kind == "grpc")
+        to_h2 = rc.RouteAction(cluster=names.inbound_h2_cluster(proxy.service))
+        resilience.stream(to_h2, idle, grpc=True)
+        routes.append(rc.Route(name=f"app|{grpc}", match=rc.RouteMatch(prefix="/", headers=[header]), route=to_h2))
     to_app = rc.RouteAction(cluster=names.inbound_cluster(proxy.service))
-    resilience.stream(to_app, policy.idle_timeout if policy else None)
-    app = rc.Route(name="app", match=rc.RouteMatch(prefix="/"), route=to_app)
-    resilience.service_fault(index, proxy.service, app)
+    resilience.stream(to_app, idle)
+    routes.append(rc.Route(name="app", match=rc.RouteMatch(prefix="/"), route=to_app))
+    for route in routes:
+        resilience.service_fault(index, proxy.service, route)
     return route_pb2.RouteConfiguration(
-        name=names.INBOUND_ROUTE, virtual_hosts=[rc.VirtualHost(name="app", domains=["*"], routes=[app])]
+        name=names.INBOUND_ROUTE, virtual_hosts=[rc.VirtualHost(name="app", domains=["*"], routes=routes)]
     )
 
 

@@ -36,10 +36,18 @@ def _common(san: string_pb2.StringMatcher) -> tls_pb2.CommonTlsContext:
     )
 
 
-def upstream(trust_domain: str, service: str) -> base_pb2.TransportSocket:
-    """Client side of a call to `service`: present our SVID, accept only `service`'s."""
+# What a side-car's inbound listener offers in the TLS handshake: HTTP/2 between proxies
+# (`Mesh.spec.hopProtocol`), HTTP/1.1 for a caller set to http1 or a plaintext-era client.
+INBOUND_ALPN = ("h2", "http/1.1")
+
+
+def upstream(trust_domain: str, service: str, alpn: str = "") -> base_pb2.TransportSocket:
+    """Client side of a call to `service`: present our SVID, accept only `service`'s; ask for
+    `alpn` ("h2": HTTP/2) when given."""
     expected = string_pb2.StringMatcher(exact=spiffe.workload_id(trust_domain, service))
     context = tls_pb2.UpstreamTlsContext(common_tls_context=_common(expected), sni=service)
+    if alpn:
+        context.common_tls_context.alpn_protocols.append(alpn)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 
@@ -72,6 +80,7 @@ def downstream(trust_domain: str) -> base_pb2.TransportSocket:
     context = tls_pb2.DownstreamTlsContext(
         common_tls_context=_common(any_workload), require_client_certificate={"value": True}
     )
+    context.common_tls_context.alpn_protocols.extend(INBOUND_ALPN)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
 
 

@@ -113,6 +113,21 @@ class MtlsMode(StrEnum):
     PERMISSIVE = "PERMISSIVE"  # also plaintext, for migrating clients into the mesh
 
 
+class Protocol(StrEnum):
+    """What an app speaks on its port (`Workload.spec.protocol`)."""
+
+    HTTP = "http"  # HTTP/1.1; gRPC requests (content-type application/grpc) go over h2c anyway
+    HTTP2 = "http2"  # HTTP/2 without TLS (h2c), for every request
+    GRPC = "grpc"  # the same as http2, said the way gRPC users say it
+
+
+class HopProtocol(StrEnum):
+    """How proxies speak to each other (`Mesh.spec.hopProtocol`)."""
+
+    HTTP2 = "http2"  # many calls at once over one mutual-TLS connection (ALPN h2)
+    HTTP1 = "http1"  # one call at a time per connection
+
+
 class Mtls(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     mode: MtlsMode

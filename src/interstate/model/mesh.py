@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, Field
 
-from interstate.model.base import Mtls, MtlsMode, Resource, Strict
+from interstate.model.base import HopProtocol, Mtls, MtlsMode, Resource, Strict
 
 _HEADER_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _POLICY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -144,6 +144,7 @@ class MeshSpec(Strict):
     mtls: Mtls = Mtls(mode=MtlsMode.STRICT)
     allowed_headers: list[AllowedHeader] = Field(default_factory=list)
     outbound_traffic_policy: OutboundTrafficPolicy = OutboundTrafficPolicy()
+    hop_protocol: HopProtocol = HopProtocol.HTTP2
 
 
 class Mesh(Resource):
@@ -166,6 +167,9 @@ class Mesh(Resource):
                           REGISTRY_ONLY (default): apps may call only their spec.calls, other
                           hosts get 404; ALLOW_ANY: other hosts are passed through. Either way
                           calls to undeclared hosts are counted per host.
+    spec.hopProtocol      how proxies speak to each other: http2 (default: calls multiplexed
+                          over one mutual-TLS connection, ALPN h2; WebSockets as extended
+                          CONNECT) or http1 (one call at a time per connection)
     """
 
     KIND: ClassVar[str] = "Mesh"

@@ -3,7 +3,9 @@
 Its annotations are the chapter's: `mesh.codifyhq.io/inject` ("enabled" | "disabled") and
 `mesh.codifyhq.io/policy` (the policy ID the side-car adds to outbound requests).
 `spec.resources.requests.cpu` (a Kubernetes quantity: "500m", "1", 0.5) is what a
-HorizontalPodAutoscaler's CPU utilization is measured against.
+HorizontalPodAutoscaler's CPU utilization is measured against. `spec.protocol` is what the app
+speaks on its port: `http` (HTTP/1.1, the default; gRPC requests reach it over h2c, since gRPC
+is HTTP/2 only), `http2` or `grpc` (h2c for every request).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from interstate.model.base import (
     Mtls,
     Name,
     Port,
+    Protocol,
     Reference,
     Resource,
     Strict,
@@ -188,6 +191,7 @@ class WorkloadSpec(Strict):
     # loader's `kubernetes=True`).
     run: Run | None = None
     calls: list[Name] = Field(default_factory=list)
+    protocol: Protocol = Protocol.HTTP  # what the app speaks on `port`
     readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
     mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
     require_policy: bool = False  # fail closed: requests without one known policy ID get 403

@@ -12,7 +12,8 @@ from where it was left and no line is counted twice or lost — and counts:
   `passed` under `outboundTrafficPolicy: ALLOW_ANY`);
 - requests whose policy header the ingress `replaced` or `rejected`;
 - requests reaching each service's side-cars (inbound), and how many carried the policy header
-  (the "policy context on every hop" evidence). These lines are counted without JSON parsing.
+  (the "policy context on every hop" evidence), and gRPC calls by their `grpc-status` (a failed
+  gRPC call is an HTTP 200). These lines are counted without JSON parsing.
 
 Names and hosts come from clients, so each counter keeps at most `MAX_LABELS` distinct values;
 later ones are counted as `(other)`. Counters are Prometheus counters in the given registry.
@@ -29,12 +30,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from interstate.telemetry.flags import GRPC_CODES, grpc_code
+
 MAX_LABELS = 200
 MAX_READ = 64 * 1024 * 1024  # bytes of one file read per refresh (the rest next time)
 OTHER = "(other)"
 _INBOUND = b'"direction":"inbound"'
 _NO_POLICY = b'"policy":null'
 _SERVICE = re.compile(rb'"service":"([^"]*)"')
+_GRPC = re.compile(rb'"grpc":"?(\d+)')
 _CLIENT_LABEL = {"stripped": 0, "undeclared": 1}  # which label's values come from clients
 _MARKERS = (b'"stripped":"', b"undeclared", b"passthrough", b"policy-re")
 
@@ -113,6 +117,12 @@ class BoundaryLedger:
             ["outcome"],
             registry=registry,
         )
+        self.grpc = Counter(
+            "interstate_grpc_calls",
+            "gRPC calls that reached a service's side-cars, by the gRPC status they ended with",
+            ["service", "grpc_status"],
+            registry=registry,
+        )
         self.inbound = Counter(
             "interstate_inbound_requests",
             "requests that reached a service's side-cars, by whether they carried the policy header",
@@ -124,6 +134,7 @@ class BoundaryLedger:
             "undeclared": {},
             "policy": {},
             "inbound": {},
+            "grpc": {},
         }
 
     def _logs(self) -> list[tuple[tuple[int, int], Path]]:
@@ -153,8 +164,13 @@ class BoundaryLedger:
                 if _INBOUND in line:
                     service = _SERVICE.search(line)
                     if service is not None:
+                        name = service.group(1).decode(errors="replace")
                         present = "missing" if _NO_POLICY in line else "present"
-                        self._add("inbound", self.inbound, (service.group(1).decode(errors="replace"), present))
+                        self._add("inbound", self.inbound, (name, present))
+                        grpc = _GRPC.search(line)
+                        code = grpc_code(grpc.group(1).decode()) if grpc is not None else None
+                        if code is not None:
+                            self._add("grpc", self.grpc, (name, GRPC_CODES[code]))
                 if any(marker in line for marker in _MARKERS):
                     try:
                         entry = json.loads(line)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from interstate.telemetry.flags import explain
+from interstate.telemetry.flags import GRPC_CODES, GRPC_FAILURES, explain, grpc_code
 
 COUNTERS = {
     "requests": "upstream_rq_total",
@@ -87,7 +87,8 @@ class Ejection:
 
 @dataclass(frozen=True)
 class FailureGroup:
-    """Recent failed calls with one status and one set of response flags, explained in words."""
+    """Recent failed calls with one status and one set of response flags, explained in words;
+    `grpc`: the gRPC status name of failed gRPC calls (their HTTP status is 200)."""
 
     status: int
     flags: str
@@ -95,6 +96,7 @@ class FailureGroup:
     count: int
     last: str
     details: str | None
+    grpc: str | None = None
 
 
 def _outlier_events(caller: Caller, cluster: str) -> list[dict[str, Any]]:
@@ -164,12 +166,14 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
     """Failed calls to `cluster` in the tail of the callers' access logs, grouped by reason. A
     "no healthy upstream" (UH) is told apart by whether the caller had replicas ejected then
     (circuit open) or not (no replica ready yet, e.g. at start-up)."""
-    groups: dict[tuple[int, str, str], FailureGroup] = {}
+    groups: dict[tuple[int, str, str, str | None], FailureGroup] = {}
     for caller in callers:
         spans: list[tuple[str, str]] | None = None
         for entry in _tail_json(caller.access_log):
             status = int(entry.get("status") or 0)
-            if entry.get("cluster") != cluster or entry.get("direction") == "inbound" or status < 500:
+            code = grpc_code(entry.get("grpc"))
+            failed = status >= 500 or (code is not None and code in GRPC_FAILURES)
+            if entry.get("cluster") != cluster or entry.get("direction") == "inbound" or not failed:
                 continue
             flags = entry.get("flags") or "-"
             time = str(entry.get("time") or "")
@@ -178,9 +182,13 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
                 spans = ejecting_spans(caller, cluster) if spans is None else spans
                 ejecting = any(start <= _instant(time) <= end for start, end in spans)
             why = explain(flags, ejecting)
-            was = groups.get((status, flags, why))
-            groups[(status, flags, why)] = (
-                FailureGroup(status, flags, why, 1, time, entry.get("details"))
+            name = GRPC_CODES[code] if code is not None and code in GRPC_FAILURES else None
+            if name is not None and flags == "-":
+                why = f"the gRPC call failed with {name} ({code}), answered by the app"
+            key = (status, flags, why, name)
+            was = groups.get(key)
+            groups[key] = (
+                FailureGroup(status, flags, why, 1, time, entry.get("details"), name)
                 if was is None
                 else replace(was, count=was.count + 1, last=max(was.last, time))
             )

@@ -1,5 +1,7 @@
 """Envoy's response flags in words: why a request failed in the mesh (the 503 UH/UF/UO/UT
-debugging that mesh users ask for). Used by `interstate status` and the access-log reader."""
+debugging that mesh users ask for), and gRPC's status codes, since a failed gRPC call is an
+HTTP 200 whose `grpc-status` says what went wrong. Used by `interstate status` and the
+access-log readers."""
 
 from __future__ import annotations
 
@@ -43,3 +45,37 @@ def explain(flags: str, ejecting: bool | None = None) -> str:
         return "no Envoy flag (the app answered this status itself)"
     uh = FLAGS["UH"] if ejecting is None else UH_EJECTED if ejecting else UH_NOT_READY
     return "; ".join(uh if f == "UH" else FLAGS.get(f, f"Envoy flag {f}") for f in flags.split(","))
+
+
+# gRPC status codes by number (grpc/doc/statuscodes.md).
+GRPC_CODES = {
+    0: "OK",
+    1: "CANCELLED",
+    2: "UNKNOWN",
+    3: "INVALID_ARGUMENT",
+    4: "DEADLINE_EXCEEDED",
+    5: "NOT_FOUND",
+    6: "ALREADY_EXISTS",
+    7: "PERMISSION_DENIED",
+    8: "RESOURCE_EXHAUSTED",
+    9: "FAILED_PRECONDITION",
+    10: "ABORTED",
+    11: "OUT_OF_RANGE",
+    12: "UNIMPLEMENTED",
+    13: "INTERNAL",
+    14: "UNAVAILABLE",
+    15: "DATA_LOSS",
+    16: "UNAUTHENTICATED",
+}
+# The codes that say the service failed (as an HTTP 5xx would), not that the caller asked for
+# something wrong (as a 4xx would): what status counts as failed calls.
+GRPC_FAILURES = frozenset({2, 4, 8, 12, 13, 14, 15})
+
+
+def grpc_code(value: object) -> int | None:
+    """The gRPC status of an access-log entry's `grpc` field; None for a call that is no gRPC."""
+    try:
+        code = int(str(value))
+    except ValueError:
+        return None
+    return code if code in GRPC_CODES else None
