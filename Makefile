@@ -17,7 +17,8 @@ install: $(STAMP)
 
 # Debian packages, installed once when missing (as root, or with sudo): `hey` generates the
 # rehearsal's load (demo and tests); `chromium` and `chromium-driver` are the headless browser of
-# tests/test_e2e_dashboard.py (tests only). `apt_install` takes: a check command, then packages.
+# tests/test_e2e_dashboard.py (tests only); `redis-server` (with redis-cli) is the plain TCP
+# service of tests/test_e2e_protocols.py. `apt_install` takes: a check command, then packages.
 apt_install = { $(1); } >/dev/null 2>&1 || { \
 		echo "installing $(2) with apt-get"; \
 		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
@@ -28,6 +29,7 @@ tools:
 
 test-tools: tools
 	@$(call apt_install,command -v chromium && command -v chromedriver,chromium chromium-driver)
+	@$(call apt_install,command -v redis-server && command -v redis-cli,redis-server)
 
 demo: $(STAMP) tools
 	$(BIN)/interstate up examples/election-night

@@ -18,6 +18,7 @@ import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http_options_pb2
 from helpers_xds import make_credentials
@@ -680,3 +681,34 @@ def test_a_connect_tunnel_to_a_declared_service_is_ended_and_routed_inside() -> 
     assert (inside.route, inside.headers_added) == ("stats|grpc", FEC)
     undeclared = simulate(resources, "outbound", "elsewhere:443", "/", "CONNECT")
     assert (undeclared.status, undeclared.flag) == (404, "NR")
+
+
+CACHE = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {name: cache}
+spec: {port: 6380, protocol: tcp, run: {command: [redis-server]}}
+"""
+
+
+def test_a_tcp_service_is_offered_on_the_callers_local_port_and_relayed_over_mutual_tls() -> None:
+    caller = RESULTS.replace("calls: [stats]", "calls: [stats, cache]\n  localPorts: {cache: 6379}")
+    index = mesh(MESH, caller, STATS, CACHE, GATEWAY)
+    results = compile_proxy(index, sidecar("results"), make_credentials("results"))
+    local = next(x for x in results.listeners if x.name == "tcp|cache")
+    assert (local.address.socket_address.address, local.address.socket_address.port_value) == ("127.0.0.1", 6379)
+    assert local.enable_reuse_port.value  # the caller's replicas share the port
+    relay = tcp_proxy_pb2.TcpProxy()
+    local.filter_chains[0].filters[0].typed_config.Unpack(relay)
+    assert relay.cluster == "outbound|cache"
+    to_cache = cluster_named(results, "outbound|cache")
+    assert (speaks(to_cache), alpn(to_cache)) == ("http/1.1", [])  # bytes: no HTTP options, no h2
+    assert to_cache.HasField("transport_socket")
+    vhosts = {v.name for r in results.routes if r.name == "outbound" for v in r.virtual_hosts}
+    assert "cache" not in vhosts  # not called by Host name
+
+    cache = compile_proxy(index, sidecar("cache"), make_credentials("cache"))
+    (inbound,) = [x for x in cache.listeners if x.name == "inbound"]
+    assert [f.name for f in inbound.filter_chains[0].filters] == ["envoy.filters.network.tcp_proxy"]
+    assert inbound.filter_chains[0].HasField("transport_socket")  # mutual TLS
+    assert [r.name for r in cache.routes] == ["outbound"]

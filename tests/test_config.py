@@ -386,7 +386,7 @@ def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
             ("replicas: 2", "replicas: 2\n  replica: 3"),
             2,
             "spec.replica",
-            "calls, mtls, port, protocol, readinessProbe, replicas, requirePolicy, resources, run, version",
+            "calls, localPorts, mtls, port, protocol, readinessProbe, replicas, requirePolicy, resources, run, version",
         ),
         (
             ("consecutiveErrors: 3", "consecutive5xx: 3"),
@@ -612,3 +612,47 @@ def test_requiring_a_policy_id_in_a_mesh_that_names_none_is_refused() -> None:
     assert "no policy ID is named anywhere in the mesh, so every request would be refused" in issue.message
     named = decode_sources({"mesh.yaml": MESH + "---\n" + strict})  # the Mesh's default names one
     assert any(isinstance(r, Workload) and r.spec.require_policy for r in named.resources)
+
+
+CACHE = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {name: cache}
+spec:
+  port: 6380
+  protocol: tcp
+  run: {command: [redis-server]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (("calls: [stats]", "calls: [stats, cache]"), "spec.calls[1]", "'cache' speaks tcp: give it a local port"),
+        (
+            ("calls: [stats]", "calls: [stats]\n  localPorts: {stats: 6379}"),
+            "spec.localPorts.stats",
+            "only a protocol: tcp service takes a local port",
+        ),
+        (
+            ("calls: [stats]", "calls: [stats]\n  localPorts: {cache: 6379}"),
+            "spec.localPorts.cache",
+            "'cache' is not in spec.calls; list it there too",
+        ),
+        (("service: results", "service: cache"), "spec.routes[0].service", "the Gateway routes HTTP only"),
+    ],
+)
+def test_a_tcp_service_is_called_on_a_local_port_and_never_by_the_gateway(
+    change: tuple[str, str], field: str, message: str
+) -> None:
+    issue = only_issue(mesh_yaml(change) + "---\n" + CACHE)
+    assert issue.field == field and message in issue.message, issue
+
+
+def test_a_local_port_serves_one_service_across_the_mesh() -> None:
+    other = CACHE.replace("name: cache", "name: queue")
+    one = mesh_yaml(("calls: [stats]", "calls: [stats, cache]\n  localPorts: {cache: 6379}"))
+    two = STATS.replace("  replicas: 1\n", "  replicas: 1\n  calls: [queue]\n  localPorts: {queue: 6379}\n")
+    found = issues(one.replace(STATS, two) + "---\n" + CACHE + "---\n" + other)
+    assert [i.field for i in found] == ["spec.localPorts.queue"]
+    assert "port 6379 is 'cache''s in Workload results" in found[0].message

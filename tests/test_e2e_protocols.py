@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -265,3 +266,59 @@ def test_grpc_unary_streaming_and_bidirectional_calls_with_default_client_settin
     # the hop into ticker's side-car was HTTP/2 over mutual TLS
     assert envoy_counter(streams, "ticker", "http.inbound.downstream_cx_http2_total") > h2_before
     assert envoy_counter(streams, "ticker", "http.inbound.downstream_cx_ssl_total") > 0
+
+
+# ---- plain TCP: Redis on a local port, mutual TLS between the side-cars ------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_redis_through_the_mesh_answers_pong_over_mutual_tls(tmp_path: Path) -> None:
+    """`redis-cli -p LOCAL PING` on the caller's side reaches the cache's replica through both
+    side-cars: the caller's side-car listens on the port the workload gave the cache."""
+    local = free_port()
+    redis = '[redis-server, --port, $(PORT), --bind, 127.0.0.1, --save, "", --appendonly, "no"]'
+    (tmp_path / "mesh").mkdir()
+    (tmp_path / "mesh" / "mesh.yaml").write_text(
+        "---\n".join(
+            [
+                """apiVersion: mesh.codifyhq.io/v1
+kind: Mesh
+metadata: { name: tcp }
+spec: { trustDomain: tcp.test }
+""",
+                f"""apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{ name: cache }}
+spec:
+  port: 6380
+  protocol: tcp
+  run: {{ command: {redis} }}
+""",
+                stream_workload("client", "[cache]").replace(
+                    "  calls: [cache]\n", f"  calls: [cache]\n  localPorts: {{ cache: {local} }}\n"
+                ),
+            ]
+        )
+    )
+    with running_mesh(tmp_path / "mesh", tmp_path / "run") as mesh:
+
+        def cli(*args: str) -> str:
+            done = subprocess.run(["redis-cli", "-p", str(local), *args], capture_output=True, text=True, timeout=10)
+            return done.stdout.strip()
+
+        assert cli("PING") == "PONG"
+        assert cli("SET", "precinct-12", "counted") == "OK"
+        assert cli("GET", "precinct-12") == "counted"
+        # the hop was mutual TLS, with each side's identity checked
+        caller = envoy_counter(mesh, "client", "cluster.outbound|cache.ssl.versions.TLSv1.3")
+        callee = envoy_counter(mesh, "cache", "tcp.inbound-tcp.downstream_cx_total")
+        assert caller >= 3 and callee >= 3
+        log = tmp_path / "run" / "logs" / "sidecar-cache-0.envoy.log"
+        peer = '"peer":"spiffe://tcp.test/ns/default/sa/client"'
+        wait_for(lambda: peer in log.read_text(), what="the callee's log naming the caller's identity")
+        assert mesh.status()["services"]["cache"]["ready"] == 1

@@ -201,6 +201,16 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "boundary-allow-all-headers": [mesh(allowedHeaders=["*"]), RESULTS, STATS, GATEWAY],
     # issue 12: no Mesh document and no policy ID anywhere (Envoy refused `(?!)` in RE2)
     "no-policy-anywhere": [workload("results", ("stats",)), workload("stats"), GATEWAY],
+    # issue 12: a tcp service on a caller's local port, a gRPC app, a mesh of HTTP/1.1 hops
+    "protocols": [
+        mesh(defaultPolicy="FEC-F101", mtls={"mode": "PERMISSIVE"}),
+        workload("results", ("stats", "cache", "ticker"), {POLICY: "FEC-F101"}, localPorts={"cache": 6379}),
+        STATS,
+        workload("cache", port=6380, protocol="tcp"),
+        workload("ticker", port=9090, protocol="grpc"),
+        GATEWAY,
+    ],
+    "hops-over-http1": [mesh(defaultPolicy="FEC-F101", hopProtocol="http1"), RESULTS, STATS, GATEWAY],
     "traffic-split": [
         MESH,
         RESULTS,

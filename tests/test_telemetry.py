@@ -126,6 +126,18 @@ def test_failed_grpc_calls_count_by_their_grpc_status_not_their_http_200(tmp_pat
     assert failures[0].why.startswith("timed out by the caller's side-car")
 
 
+def test_a_tcp_connection_that_reached_no_replica_is_a_failure(tmp_path: Path) -> None:
+    def line(flags: str, time: str) -> str:
+        entry = {"status": 0, "flags": flags, "time": time, "cluster": "outbound|cache", "direction": "outbound-tcp"}
+        return json.dumps(entry)
+
+    c = caller(tmp_path)
+    c.access_log.write_text("\n".join([line("-", "19:00:00"), line("UF,URX", "19:00:01")]) + "\n")
+    (failed,) = envoys.recent_failures([c], "outbound|cache")
+    assert (failed.status, failed.flags, failed.count) == (0, "UF,URX", 1)
+    assert failed.why.startswith("upstream connection failure")
+
+
 def test_an_uneject_as_envoy_logs_it_ends_the_ejection(tmp_path: Path) -> None:
     """Envoy logs the uneject with `"enforced": false` (it enforces nothing): it must still end
     the ejection, while an ejection Envoy did not enforce never starts one. (Issue 11: after an

@@ -34,7 +34,8 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
     if proxy.role is Role.SIDECAR:
         workload = index.workloads.get(proxy.service)
         speaks = workload.spec.protocol if workload is not None else Protocol.HTTP
-        clusters.append(local_app(proxy, names.inbound_cluster(proxy.service), speaks is not Protocol.HTTP))
+        h2c = speaks in (Protocol.HTTP2, Protocol.GRPC)
+        clusters.append(local_app(proxy, names.inbound_cluster(proxy.service), h2c))
         if speaks is Protocol.HTTP:
             clusters.append(local_app(proxy, names.inbound_h2_cluster(proxy.service), http2=True))
         clusters.append(tunnel())
@@ -70,12 +71,16 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     if external is not None:
         outside(cluster, external.spec.address, external.spec.port, external.spec.tls)
         http2 = False
+    elif workload is not None and workload.spec.protocol is Protocol.TCP:  # bytes (`tcp`)
+        http2 = False
+        if secure and workload.injected:
+            cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
     elif workload is not None and workload.injected:  # another proxy
         http2 = index.mesh.hop_protocol is HopProtocol.HTTP2
         if secure:
             cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service, "h2" if http2 else ""))
     else:  # an app without a side-car
-        http2 = workload is not None and workload.spec.protocol is not Protocol.HTTP
+        http2 = workload is not None and workload.spec.protocol in (Protocol.HTTP2, Protocol.GRPC)
     options = protocol_options(http2, per_connection, websocket=http2 and external is None)
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))

@@ -10,19 +10,27 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, protocol_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
-from envoy.extensions.access_loggers.file.v3 import file_pb2
-from envoy.extensions.access_loggers.stream.v3 import stream_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
-from google.protobuf import struct_pb2
 
-from interstate.compile import authz, boundary, jwt, limits, names, passthrough, policy_context, resilience, tls
+from interstate.compile import (
+    access_log,
+    authz,
+    boundary,
+    jwt,
+    limits,
+    names,
+    passthrough,
+    policy_context,
+    resilience,
+    tcp,
+    tls,
+)
 from interstate.compile.common import ads, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import MtlsMode
@@ -53,6 +61,7 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
         inbound(index, proxy, credentials),
         listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound(index, proxy))]),
         tunnel(index, proxy),
+        *tcp.local_ports(index, proxy),
     ]
 
 
@@ -83,57 +92,29 @@ def tunnel(index: MeshIndex, proxy: Proxy) -> listener_pb2.Listener:
 
 def inbound(index: MeshIndex, proxy: Proxy, credentials: Credentials | None) -> listener_pb2.Listener:
     """Other proxies -> this replica. With credentials: mutual TLS required (STRICT), or TLS and
-    plaintext side by side (PERMISSIVE, told apart by the TLS inspector)."""
-    manager = http_manager(index, names.INBOUND_LISTENER, names.INBOUND_ROUTE, proxy, inbound=True)
+    plaintext side by side (PERMISSIVE, told apart by the TLS inspector). A tcp service's
+    side-car relays bytes to its app instead of HTTP calls (`tcp`)."""
+    served: HCM | listener_components_pb2.Filter
+    if tcp.speaks_tcp(index, proxy.service):
+        served = tcp.relay(index, proxy, tcp.INBOUND, names.inbound_cluster(proxy.service))
+    else:
+        served = http_manager(index, names.INBOUND_LISTENER, names.INBOUND_ROUTE, proxy, inbound=True)
     if credentials is None:
-        return listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [chain(manager)])
-    secure = chain(manager, tls.downstream(index.mesh.trust_domain))
+        return listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [chain(served)])
+    secure = chain(served, tls.downstream(index.mesh.trust_domain))
     workload = index.workloads.get(proxy.service)
     if workload is None or index.mtls_mode(workload) is MtlsMode.STRICT:
         return listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [secure])
     secure.filter_chain_match.transport_protocol = "tls"
-    plain = http_manager(index, names.INBOUND_LISTENER + "_plaintext", names.INBOUND_ROUTE, proxy, inbound=True)
+    plain = served
+    if not tcp.speaks_tcp(index, proxy.service):
+        plain = http_manager(index, names.INBOUND_LISTENER + "_plaintext", names.INBOUND_ROUTE, proxy, inbound=True)
     inspector = listener_components_pb2.ListenerFilter(
         name="envoy.filters.listener.tls_inspector", typed_config=pack(tls_inspector_pb2.TlsInspector())
     )
     out = listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [secure, chain(plain)])
     out.listener_filters.append(inspector)
     return out
-
-
-def access_log(index: MeshIndex, direction: str, proxy: Proxy) -> accesslog_pb2.AccessLog:
-    fields = {
-        "time": "%START_TIME%",
-        "proxy": proxy.node_id,
-        "service": proxy.service or proxy.role.value,
-        "direction": direction,
-        "method": "%REQ(:METHOD)%",
-        "authority": "%REQ(:AUTHORITY)%",
-        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-        "status": "%RESPONSE_CODE%",
-        "grpc": "%GRPC_STATUS(NUMBER)%",  # a gRPC call's own status (its HTTP status is 200)
-        "flags": "%RESPONSE_FLAGS%",
-        "upstream": "%UPSTREAM_HOST%",
-        "cluster": "%UPSTREAM_CLUSTER%",
-        "duration_ms": "%DURATION%",
-        "details": "%RESPONSE_CODE_DETAILS%",
-        "route": "%ROUTE_NAME%",
-        "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
-        "request_id": "%REQ(X-REQUEST-ID)%",
-        "policy": f"%REQ({index.mesh.policy_header.upper()})%",
-        "peer": "%DOWNSTREAM_PEER_URI_SAN%",
-        "tls": "%DOWNSTREAM_TLS_VERSION%",
-        "upstream_peer": "%UPSTREAM_PEER_URI_SAN%",
-        "stripped": boundary.ACCESS_LOG_FIELD,
-    }
-    json_format = struct_pb2.Struct()
-    json_format.update(fields)
-    log_format = substitution_format_string_pb2.SubstitutionFormatString(json_format=json_format)
-    if proxy.access_log:  # a file Envoy reopens when asked (log rotation, standalone.logs)
-        to_file = file_pb2.FileAccessLog(path=proxy.access_log, log_format=log_format)
-        return accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=pack(to_file))
-    stdout = stream_pb2.StdoutAccessLog(log_format=log_format)  # Kubernetes: the container's log
-    return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(stdout))
 
 
 def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, inbound: bool = False) -> HCM:
@@ -148,7 +129,7 @@ def http_manager(index: MeshIndex, stat_prefix: str, route: str, proxy: Proxy, i
                 name="envoy.filters.http.router", typed_config=pack(router_pb2.Router(suppress_envoy_headers=True))
             )
         ],
-        access_log=[access_log(index, stat_prefix, proxy)],
+        access_log=[access_log.build(index, stat_prefix, proxy)],
         normalize_path={"value": True},
         merge_slashes=True,
         path_with_escaped_slashes_action=HCM.UNESCAPE_AND_REDIRECT,
@@ -193,14 +174,15 @@ def present(*filters: hcm_pb2.HttpFilter | None) -> list[hcm_pb2.HttpFilter]:
     return [f for f in filters if f is not None]
 
 
-def chain(manager: HCM, transport: base_pb2.TransportSocket | None = None) -> listener_components_pb2.FilterChain:
-    out = listener_components_pb2.FilterChain(
-        filters=[
-            listener_components_pb2.Filter(
-                name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
-            )
-        ]
-    )
+def chain(
+    served: HCM | listener_components_pb2.Filter, transport: base_pb2.TransportSocket | None = None
+) -> listener_components_pb2.FilterChain:
+    """A filter chain of one network filter: an HTTP connection manager, or the filter given."""
+    if served.DESCRIPTOR.full_name == HCM.DESCRIPTOR.full_name:
+        served = listener_components_pb2.Filter(
+            name="envoy.filters.network.http_connection_manager", typed_config=pack(served)
+        )
+    out = listener_components_pb2.FilterChain(filters=[served])
     if transport is not None:
         out.transport_socket.CopyFrom(transport)
     return out

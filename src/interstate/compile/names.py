@@ -31,5 +31,10 @@ def inbound_h2_cluster(service: str) -> str:
     return f"inbound|{service}|h2"
 
 
+def local_port_listener(service: str) -> str:
+    """A caller's listener on the local port it gave a tcp service."""
+    return f"tcp|{service}"
+
+
 def service_of(cluster: str) -> str:
     return cluster.split("|")[1]

@@ -19,7 +19,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 
-from interstate.compile import boundary, clusters, names, passthrough, policy_context, resilience
+from interstate.compile import boundary, clusters, names, passthrough, policy_context, resilience, tcp
 from interstate.compile.proxy import Proxy, Role
 from interstate.model.base import Protocol
 from interstate.model.index import MeshIndex
@@ -28,6 +28,8 @@ from interstate.model.index import MeshIndex
 def build(index: MeshIndex, proxy: Proxy) -> list[route_pb2.RouteConfiguration]:
     if proxy.role is Role.INGRESS:
         return [ingress(index)]
+    if tcp.speaks_tcp(index, proxy.service):  # its inbound side relays bytes: no routes
+        return [outbound(index, proxy)]
     return [outbound(index, proxy), inbound(index, proxy)]
 
 
@@ -62,6 +64,8 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     headers = policy_header(index, index.policy_for(workload))
     vhosts = []
     for service in clusters.called(index, proxy):
+        if tcp.speaks_tcp(index, service):  # reached on its local port (`tcp`), not by Host
+            continue
         external = index.externals.get(service)
         port = external.spec.port if external is not None else index.workloads[service].spec.port
         routes = [] if external is not None else [tunnel(index, service)]

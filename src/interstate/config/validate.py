@@ -1,5 +1,5 @@
-"""Mesh-wide rules over decoded resources: duplicates, singletons, references, claims, and
-that a workload requiring a policy ID has one to require.
+"""Mesh-wide rules over decoded resources: duplicates, singletons, references, claims, that a
+workload requiring a policy ID has one to require, and how `protocol: tcp` services are called.
 
 The first four are generic over kinds (each kind says what it references and claims), so a new
 kind needs no change for them. Returns issues; never raises, never does I/O.
@@ -11,7 +11,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from interstate.errors import Issue
-from interstate.model import Mesh, Resource, Workload
+from interstate.model import Gateway, Mesh, Resource, Workload
+from interstate.model.base import Protocol
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def check(located: Iterable[Located], invalid: Collection[tuple[str, str]] = ())
                         claim.field, f"conflicts with {first.resource.ref} ({first.where}): both define {claim.what}"
                     )
                 )
-    return issues + _policy_required_but_none_named(items)
+    return issues + _policy_required_but_none_named(items) + _tcp_calls(items)
 
 
 def _policy_required_but_none_named(items: list[Located]) -> list[Issue]:
@@ -93,3 +94,55 @@ def _policy_required_but_none_named(items: list[Located]) -> list[Issue]:
         for item in items
         if isinstance(item.resource, Workload) and item.resource.spec.require_policy
     ]
+
+
+def _tcp_calls(items: list[Located]) -> list[Issue]:
+    """A `protocol: tcp` service is reached on a local port only: its callers give it one (and
+    only it), the Gateway (HTTP) does not route to it, and one port means one service."""
+    tcp = {
+        item.resource.name
+        for item in items
+        if isinstance(item.resource, Workload) and item.resource.spec.protocol is Protocol.TCP
+    }
+    issues: list[Issue] = []
+    port_of: dict[int, tuple[str, Located]] = {}
+    for item in items:
+        res = item.resource
+        if isinstance(res, Gateway):
+            for i, route in enumerate(res.spec.routes):
+                if route.service in tcp:
+                    issues.append(
+                        item.issue(
+                            f"spec.routes[{i}].service",
+                            f"{route.service!r} speaks tcp; the Gateway routes HTTP only",
+                        )
+                    )
+        if not isinstance(res, Workload):
+            continue
+        for i, callee in enumerate(res.spec.calls):
+            if callee in tcp and callee not in res.spec.local_ports:
+                issues.append(
+                    item.issue(
+                        f"spec.calls[{i}]",
+                        f"{callee!r} speaks tcp: give it a local port, e.g. localPorts: {{{callee}: 6379}}",
+                    )
+                )
+        for callee, port in res.spec.local_ports.items():
+            if callee not in tcp:
+                issues.append(
+                    item.issue(
+                        f"spec.localPorts.{callee}",
+                        f"{callee!r} is called over HTTP (by name through the side-car); only a "
+                        "protocol: tcp service takes a local port",
+                    )
+                )
+            first = port_of.setdefault(port, (callee, item))
+            if first[0] != callee:
+                issues.append(
+                    item.issue(
+                        f"spec.localPorts.{callee}",
+                        f"port {port} is {first[0]!r}'s in {first[1].resource.ref} ({first[1].where}); "
+                        "callers on one machine share their local ports, so give each service its own",
+                    )
+                )
+    return issues

@@ -119,6 +119,7 @@ class Protocol(StrEnum):
     HTTP = "http"  # HTTP/1.1; gRPC requests (content-type application/grpc) go over h2c anyway
     HTTP2 = "http2"  # HTTP/2 without TLS (h2c), for every request
     GRPC = "grpc"  # the same as http2, said the way gRPC users say it
+    TCP = "tcp"  # opaque bytes (a database, a cache): callers reach it on a local port they declare
 
 
 class HopProtocol(StrEnum):

@@ -5,7 +5,9 @@ Its annotations are the chapter's: `mesh.codifyhq.io/inject` ("enabled" | "disab
 `spec.resources.requests.cpu` (a Kubernetes quantity: "500m", "1", 0.5) is what a
 HorizontalPodAutoscaler's CPU utilization is measured against. `spec.protocol` is what the app
 speaks on its port: `http` (HTTP/1.1, the default; gRPC requests reach it over h2c, since gRPC
-is HTTP/2 only), `http2` or `grpc` (h2c for every request).
+is HTTP/2 only), `http2` or `grpc` (h2c for every request), or `tcp` (opaque bytes: callers
+list it in `spec.calls` and give it a local port in `spec.localPorts`, as Consul's upstreams do;
+their side-car listens there and carries each connection to a replica over mutual TLS).
 """
 
 from __future__ import annotations
@@ -192,10 +194,26 @@ class WorkloadSpec(Strict):
     run: Run | None = None
     calls: list[Name] = Field(default_factory=list)
     protocol: Protocol = Protocol.HTTP  # what the app speaks on `port`
+    # callee -> the local port its side-car offers it on (127.0.0.1), for `protocol: tcp` callees
+    local_ports: dict[str, Port] = Field(default_factory=dict)  # keys: names in `calls`
     readiness_probe: ReadinessProbe = Field(default_factory=ReadinessProbe)
     mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
     require_policy: bool = False  # fail closed: requests without one known policy ID get 403
     resources: Resources = Field(default_factory=Resources)  # requests.cpu: what CPU utilization is relative to
+
+    @model_validator(mode="after")
+    def _local_ports(self) -> WorkloadSpec:
+        for service, port in self.local_ports.items():
+            if service not in self.calls:
+                raise ValueError(f"localPorts.{service}: {service!r} is not in spec.calls; list it there too")
+            again = [s for s, p in self.local_ports.items() if p == port and s < service]
+            if again:
+                raise ValueError(f"localPorts.{service}: port {port} is also {again[0]!r}'s; give each its own")
+        if self.protocol is Protocol.TCP and self.readiness_probe.http_get is not None:
+            raise ValueError(
+                "readinessProbe.httpGet: a tcp workload is probed by connecting to its port; remove httpGet"
+            )
+        return self
 
     @model_validator(mode="after")
     def _run_required(self, info: ValidationInfo) -> WorkloadSpec:

@@ -173,6 +173,8 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
             status = int(entry.get("status") or 0)
             code = grpc_code(entry.get("grpc"))
             failed = status >= 500 or (code is not None and code in GRPC_FAILURES)
+            if entry.get("direction") == "outbound-tcp":  # a connection: no status, its flags say
+                failed = (entry.get("flags") or "-") != "-"
             if entry.get("cluster") != cluster or entry.get("direction") == "inbound" or not failed:
                 continue
             flags = entry.get("flags") or "-"
