@@ -18,6 +18,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import substitution_format_string_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
@@ -125,14 +126,31 @@ def local_reply(service: str) -> hcm_pb2.LocalReplyConfig:
     return hcm_pb2.LocalReplyConfig(
         mappers=[
             hcm_pb2.ResponseMapper(
-                # Mappers see only replies Envoy makes itself, and the only 403 it makes here is
-                # an RBAC denial (the app's own 403s pass through untouched).
+                # Mappers see only replies Envoy makes itself (the app's own 403s pass through
+                # untouched); of those, only RBAC's denials (by their details), not an upgrade it
+                # does not relay (403 upgrade_failed), which must not read "access denied".
                 filter=accesslog_pb2.AccessLogFilter(
-                    status_code_filter=accesslog_pb2.StatusCodeFilter(
-                        comparison=accesslog_pb2.ComparisonFilter(
-                            op=accesslog_pb2.ComparisonFilter.EQ,
-                            value={"default_value": 403, "runtime_key": "interstate.rbac_status"},
-                        )
+                    and_filter=accesslog_pb2.AndFilter(
+                        filters=[
+                            accesslog_pb2.AccessLogFilter(
+                                status_code_filter=accesslog_pb2.StatusCodeFilter(
+                                    comparison=accesslog_pb2.ComparisonFilter(
+                                        op=accesslog_pb2.ComparisonFilter.EQ,
+                                        value={"default_value": 403, "runtime_key": "interstate.rbac_status"},
+                                    )
+                                )
+                            ),
+                            accesslog_pb2.AccessLogFilter(
+                                extension_filter=accesslog_pb2.ExtensionFilter(
+                                    name="envoy.access_loggers.extension_filters.cel",
+                                    typed_config=pack(
+                                        cel_pb2.ExpressionFilter(
+                                            expression="response.code_details.startsWith('rbac_access_denied')"
+                                        )
+                                    ),
+                                )
+                            ),
+                        ]
                     )
                 ),
                 body_format_override=substitution_format_string_pb2.SubstitutionFormatString(
