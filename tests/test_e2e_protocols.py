@@ -140,20 +140,23 @@ def read_events(url: str, proxy: str | None) -> list[tuple[float, str]]:
     return got
 
 
-def test_a_60s_event_stream_arrives_whole_and_as_sent(streams: MeshRun) -> None:
-    """From a workload (through two side-cars) and through the ingress, at once: 61 events, one
-    a second. Before issue 12 the callee's side-car cut every stream at 15 s (flag UT)."""
-    runs = {
-        "workload": ("http://streams:8080/events?n=61&every=1", outbound_of(streams, "client")),
-        "ingress": (streams.ingress + "/s/events?n=61&every=1", None),
-    }
-    with ThreadPoolExecutor(len(runs)) as pool:
-        done = {name: pool.submit(read_events, url, proxy) for name, (url, proxy) in runs.items()}
-        results = {name: future.result(timeout=120) for name, future in done.items()}
-    for name, events in results.items():
-        assert [data for _, data in events] == [str(i) for i in range(61)], name
-        assert events[0][0] < 5, name  # the first arrived at once, not with the last
-        assert events[-1][0] >= 59, name
+def test_a_60s_event_stream_and_a_60s_grpc_stream_arrive_whole_and_as_sent(streams: MeshRun) -> None:
+    """From a workload (through two side-cars) and through the ingress, all at once: 61 events
+    or gRPC messages, one a second. Before issue 12 the callee's side-car cut every stream at
+    15 s (flag UT)."""
+    client = outbound_of(streams, "client")
+    with ThreadPoolExecutor(3) as pool:
+        events = {
+            "workload": pool.submit(read_events, "http://streams:8080/events?n=61&every=1", client),
+            "ingress": pool.submit(read_events, streams.ingress + "/s/events?n=61&every=1", None),
+        }
+        grpc = pool.submit(grpc_call, "ticker:8080", "Ticks", "61", "1", proxy=client)
+        results = {name: future.result(timeout=120) for name, future in events.items()}
+        results["grpc"] = [(t, m.split("@")[0]) for t, m in grpc.result(timeout=120)["messages"]]
+    for name, got in results.items():
+        assert [data for _, data in got] == [str(i) for i in range(61)], name
+        assert got[0][0] < 5, name  # the first arrived at once, not with the last
+        assert got[-1][0] >= 59, name
 
 
 def test_the_callers_timeout_is_the_calls_one_deadline(streams: MeshRun) -> None:
