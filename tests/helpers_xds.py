@@ -43,11 +43,12 @@ T = TypeVar("T")
 
 METHOD = f"/{SERVICE}/StreamAggregatedResources"
 
+# hopProtocol http1: the tests' `upstream` stands in for a side-car and speaks HTTP/1.1 only
 MESH = """
 apiVersion: mesh.codifyhq.io/v1
 kind: Mesh
 metadata: {name: m}
-spec: {defaultPolicy: FEC-DEFAULT}
+spec: {defaultPolicy: FEC-DEFAULT, hopProtocol: http1}
 ---
 apiVersion: mesh.codifyhq.io/v1
 kind: Workload

@@ -119,9 +119,9 @@ def test_first_request_per_type_gets_full_current_state() -> None:
         snap = first()
         cache.set(NODE, snap)
         expected = {
-            rt.CLUSTER: {"outbound|stats", "inbound|results"},
+            rt.CLUSTER: {"outbound|stats", "inbound|results", "inbound|results|h2", "tunnel|outbound"},
             rt.ENDPOINT: {"outbound|stats"},
-            rt.LISTENER: {"inbound", "outbound"},
+            rt.LISTENER: {"inbound", "outbound", "outbound-tunnel"},
             rt.ROUTE: {"inbound", "outbound"},
             rt.SECRET: {"default", "ROOTCA"},
         }
