@@ -47,7 +47,9 @@ clean:
 	rm -rf $(VENV) .interstate
 
 bench: $(STAMP)
+	@$(call apt_install,command -v wrk && { command -v nginx || test -x /usr/sbin/nginx; },wrk nginx-light)
 	$(BIN)/python bench/bench_ca.py
 	$(BIN)/python bench/bench_fastfail.py
 	$(BIN)/python bench/bench_boundary.py
 	$(BIN)/python bench/bench_push.py
+	$(BIN)/python bench/bench_hops.py

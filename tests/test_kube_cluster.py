@@ -115,7 +115,7 @@ def test_unknown_fields_and_dangling_references_are_refused_as_in_files() -> Non
         cluster.mesh_config(objects)
     [issue] = caught.value.issues  # as in files: an undecodable document's references are not checked
     assert (issue.file, issue.field) == ("elections/results", "spec.replicaz")
-    assert issue.message.startswith("unknown field; valid fields here: calls, mtls, port")
+    assert issue.message.startswith("unknown field; valid fields here: calls, localPorts, mtls, port")
 
 
 def test_same_name_in_two_namespaces_is_a_duplicate_naming_both_objects() -> None:
