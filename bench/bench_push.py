@@ -30,9 +30,24 @@ from interstate.xds.snapshot import Snapshot
 CALLS = 3
 
 
-def mesh_yaml(n: int) -> str:
-    docs = ["apiVersion: mesh.codifyhq.io/v1\nkind: Mesh\nmetadata: {name: bench}\nspec: {defaultPolicy: FEC-F101}\n"]
-    for i in range(n):
+FILE_SERVICES = 100  # services per file: a file holds at most 1,000 documents (config.limits)
+
+
+def mesh_files(n: int) -> dict[str, str]:
+    """The mesh as a folder of files would hold it: the Mesh, then FILE_SERVICES services a file."""
+    files = {
+        "mesh.yaml": "apiVersion: mesh.codifyhq.io/v1\nkind: Mesh\nmetadata: {name: bench}\nspec: {defaultPolicy: FEC-F101}\n"
+    }
+    for first in range(0, n, FILE_SERVICES):
+        files[f"services-{first // FILE_SERVICES:03d}.yaml"] = services_yaml(
+            n, range(first, min(n, first + FILE_SERVICES))
+        )
+    return files
+
+
+def services_yaml(n: int, numbers: range) -> str:
+    docs = []
+    for i in numbers:
         calls = ", ".join(f"svc-{(i + k) % n}" for k in range(1, CALLS + 1))
         docs.append(
             "apiVersion: mesh.codifyhq.io/v1\nkind: Workload\n"
@@ -53,7 +68,7 @@ def endpoint(i: int, replica: int = 0) -> Endpoint:
 
 def push(n: int, credentials: Credentials) -> tuple[float, float, float, float, float]:
     start = time.perf_counter()
-    config = decode_sources({"mesh.yaml": mesh_yaml(n)})
+    config = decode_sources(mesh_files(n))
     loaded = time.perf_counter() - start
     endpoints = {f"svc-{i}": (endpoint(i),) for i in range(n)}
     index = MeshIndex(config).with_endpoints(endpoints)

@@ -57,10 +57,11 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
         out = listener(names.INGRESS_LISTENER, proxy.address, proxy.ingress_port, [chain(manager)])
         out.per_connection_buffer_limit_bytes.value = limits.CONNECTION_BUFFER_BYTES
         return [out]
+    outbound_chain = chain(outbound(index, proxy))  # built once: the tunnel's is the same
     return [
         inbound(index, proxy, credentials),
-        listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [chain(outbound(index, proxy))]),
-        tunnel(index, proxy),
+        listener(names.OUTBOUND_LISTENER, "127.0.0.1", proxy.outbound_port, [outbound_chain]),
+        tunnel(outbound_chain),
         *tcp.local_ports(index, proxy),
     ]
 
@@ -79,13 +80,13 @@ def outbound(index: MeshIndex, proxy: Proxy) -> HCM:
     return manager
 
 
-def tunnel(index: MeshIndex, proxy: Proxy) -> listener_pb2.Listener:
+def tunnel(outbound_chain: listener_components_pb2.FilterChain) -> listener_pb2.Listener:
     """Where a CONNECT tunnel the outbound listener ended delivers what the app sends in it
     (grpcio, WebSocket clients and others tunnel through `HTTP_PROXY`): an internal listener
     (no socket) with the outbound listener's connection manager, so each call in the tunnel,
     HTTP/1.1 or h2c, is routed, retried, stamped with the policy header and counted like any
     other. Its stats and access-log direction are the outbound listener's."""
-    out = listener_pb2.Listener(name=names.TUNNEL_LISTENER, filter_chains=[chain(outbound(index, proxy))])
+    out = listener_pb2.Listener(name=names.TUNNEL_LISTENER, filter_chains=[outbound_chain])
     out.internal_listener.SetInParent()
     return out
 

@@ -72,6 +72,9 @@ DEFAULT_RETRIES = Retries.model_construct(
     backoff=Backoff(),
     budget=None,
 )
+_NONE = duration(0)  # a timeout of 0: none
+_STREAM_IDLE = duration(STREAM_IDLE_TIMEOUT)
+_NO_BUFFER = pack(limits.no_buffer())
 _IDEMPOTENT = rc.HeaderMatcher(
     name=":method",
     string_match=string_pb2.StringMatcher(
@@ -103,24 +106,30 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
         pin_action.ClearField("weighted_clusters")
         pin_action.cluster = names.outbound_cluster(split.spec.pin.backend)
         out.append(rc.Route(name=f"{name}|pinned", match=pinned, route=pin_action))
+    # three actions, each built once (routes copy them): a push compiles this for every caller
+    # of every service
     http_retry_on = [c for c in retries.retry_on if c not in GRPC_RETRY_ON]
     grpc_retry_on = [*SAFE_RETRY_ON, *(c for c in retries.retry_on if c in GRPC_RETRY_ON)]
+    idle = policy.idle_timeout if policy else None
+    safe = action(index, service, retries, list(SAFE_RETRY_ON))
+    grpc = action(index, service, retries, grpc_retry_on)
+    stream(grpc, idle, grpc=True)
+    safe_stream = rc.RouteAction()
+    safe_stream.CopyFrom(safe)
+    stream(safe_stream, idle)
     for kind, header in STREAMS:
         stream_match = rc.RouteMatch()
         stream_match.CopyFrom(match)
         stream_match.headers.append(header)
-        route_action = action(index, service, retries, grpc_retry_on if kind == "grpc" else list(SAFE_RETRY_ON))
-        stream(route_action, policy.idle_timeout if policy else None, grpc=kind == "grpc")
-        route = rc.Route(name=f"{name}|{kind}", match=stream_match, route=route_action)
+        route = rc.Route(name=f"{name}|{kind}", match=stream_match, route=grpc if kind == "grpc" else safe_stream)
         # a stream's body is not held until it ends (the ingress's body limit): it flows
-        route.typed_per_filter_config[limits.BUFFER_FILTER].CopyFrom(pack(limits.no_buffer()))
+        route.typed_per_filter_config[limits.BUFFER_FILTER].CopyFrom(_NO_BUFFER)
         out.append(_with_fault(route, policy))
-    for suffix, route_match, retry_on in (
-        ("idempotent", idempotent_match, http_retry_on),
-        ("other", match, list(SAFE_RETRY_ON)),
+    for suffix, route_match, route_action in (
+        ("idempotent", idempotent_match, action(index, service, retries, http_retry_on)),
+        ("other", match, safe),
     ):
-        route = rc.Route(name=f"{name}|{suffix}", match=route_match, route=action(index, service, retries, retry_on))
-        out.append(_with_fault(route, policy))
+        out.append(_with_fault(rc.Route(name=f"{name}|{suffix}", match=route_match, route=route_action), policy))
     return out
 
 
@@ -134,12 +143,12 @@ def _with_fault(route: rc.Route, policy: TrafficPolicySpec | None) -> rc.Route:
 def stream(out: rc.RouteAction, idle: timedelta | None, grpc: bool = False) -> None:
     """A stream's route: no total timeout, the idle timeout instead; gRPC keeps its client's
     deadline (`grpc-timeout`, uncapped)."""
-    out.timeout.CopyFrom(duration(0))
-    out.idle_timeout.CopyFrom(duration(idle or STREAM_IDLE_TIMEOUT))
+    out.timeout.CopyFrom(_NONE)
+    out.idle_timeout.CopyFrom(duration(idle) if idle else _STREAM_IDLE)
     if out.HasField("retry_policy"):
         out.retry_policy.ClearField("per_try_timeout")  # it would cut the stream like a total timeout
     if grpc:
-        out.max_stream_duration.grpc_timeout_header_max.CopyFrom(duration(0))
+        out.max_stream_duration.grpc_timeout_header_max.CopyFrom(_NONE)
 
 
 def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]) -> rc.RouteAction:
