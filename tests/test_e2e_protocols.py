@@ -257,6 +257,12 @@ def test_grpc_unary_streaming_and_bidirectional_calls_with_default_client_settin
     assert ticks[50][0] - ticks[0][0] > 2
     echoed = grpc_call(target, "Echo", "100", proxy=proxy)["messages"]
     assert [m for _, m in echoed] == [f"m{i}" for i in range(100)]
+    # the client's deadline (grpc-timeout) reaches the app, and is the call's deadline
+    left = float(grpc_call(target, "Deadline", "0", "0", "7", proxy=proxy)["answer"])
+    assert 5 < left < 7
+    cut = grpc_call(target, "Ticks", "100", "0.05", "2", proxy=proxy)
+    assert cut["code"] == "DEADLINE_EXCEEDED" and 1.9 < cut["after"] < 4, cut
+    assert 20 < len(cut["messages"]) < 80  # the stream flowed until the deadline
     # retried on UNAVAILABLE (TrafficPolicy retryOn: unavailable), on another attempt
     assert grpc_call(target, "Flaky", proxy=proxy) == {"answer": "ok"}
     # ... and the failed attempt is counted by its gRPC status, though Envoy answered it 200

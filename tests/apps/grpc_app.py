@@ -2,12 +2,14 @@
 
 Served like any mesh app: `python grpc_app.py $(PORT)` (h2c on 127.0.0.1). Also a client, run
 as a mesh app would run it (`HTTP_PROXY` set by the mesh): `python grpc_app.py call TARGET
-KIND [N] [EVERY]` prints one JSON line of what came back.
+KIND [N] [EVERY] [DEADLINE]` prints one JSON line of what came back (and the status it
+ended with, if not OK).
 
     /test.Streams/Unary       answers the policy header the call carried (or "-")
     /test.Streams/Ticks       N messages `i@policy`, one every EVERY seconds (server streaming)
     /test.Streams/Echo        echoes each message (bidirectional)
     /test.Streams/Flaky       fails UNAVAILABLE on every other call it gets, else "ok"
+    /test.Streams/Deadline    answers the seconds left before the call's deadline (grpc-timeout)
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[b
     yield from requests
 
 
+def deadline(request: bytes, context: grpc.ServicerContext) -> bytes:
+    left = context.time_remaining()
+    return b"none" if left is None else f"{left:.3f}".encode()
+
+
 calls = [0]
 
 
@@ -61,6 +68,7 @@ def serve(port: int) -> None:
         "Ticks": grpc.unary_stream_rpc_method_handler(ticks, **same),
         "Echo": grpc.stream_stream_rpc_method_handler(echo, **same),
         "Flaky": grpc.unary_unary_rpc_method_handler(flaky, **same),
+        "Deadline": grpc.unary_unary_rpc_method_handler(deadline, **same),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
@@ -69,21 +77,28 @@ def serve(port: int) -> None:
     server.wait_for_termination()
 
 
-def call(target: str, kind: str, count: int = 100, every: float = 0.0) -> dict[str, Any]:
-    """Default client settings: grpcio takes `http_proxy` from the environment by itself."""
+def call(target: str, kind: str, count: int = 100, every: float = 0.0, deadline: float = 0.0) -> dict[str, Any]:
+    """Default client settings: grpcio takes `http_proxy` from the environment by itself.
+    `deadline` (seconds, sent as `grpc-timeout`) replaces the generous default."""
     with grpc.insecure_channel(target) as channel:
         method = f"/{SERVICE}/{kind}"
-        if kind in ("Unary", "Flaky"):
+        if kind in ("Unary", "Flaky", "Deadline"):
             try:
-                return {"answer": channel.unary_unary(method)(b"", timeout=30).decode()}
+                return {"answer": channel.unary_unary(method)(b"", timeout=deadline or 30).decode()}
             except grpc.RpcError as exc:
                 return {"code": exc.code().name, "details": exc.details()}
         started = time.monotonic()
-        if kind == "Ticks":
-            replies = channel.unary_stream(method)(f"{count} {every}".encode(), timeout=count * every + 30)
-        else:
-            replies = channel.stream_stream(method)((f"m{i}".encode() for i in range(count)), timeout=60)
-        got = [(round(time.monotonic() - started, 3), r.decode()) for r in replies]
+        got: list[tuple[float, str]] = []
+        try:
+            if kind == "Ticks":
+                request = f"{count} {every}".encode()
+                replies = channel.unary_stream(method)(request, timeout=deadline or count * every + 30)
+            else:
+                requests = (f"m{i}".encode() for i in range(count))
+                replies = channel.stream_stream(method)(requests, timeout=deadline or 60)
+            got.extend((round(time.monotonic() - started, 3), r.decode()) for r in replies)
+        except grpc.RpcError as exc:
+            return {"messages": got, "code": exc.code().name, "after": round(time.monotonic() - started, 3)}
         return {"messages": got}
 
 
@@ -91,6 +106,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "call":
         target, kind, *rest = sys.argv[2:]
         count, every = (int(rest[0]) if rest else 100), (float(rest[1]) if len(rest) > 1 else 0.0)
-        print(json.dumps(call(target, kind, count, every)))
+        print(json.dumps(call(target, kind, count, every, float(rest[2]) if len(rest) > 2 else 0.0)))
     else:
         serve(int(sys.argv[1]))

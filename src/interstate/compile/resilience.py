@@ -113,7 +113,7 @@ def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -
     idle = policy.idle_timeout if policy else None
     safe = action(index, service, retries, list(SAFE_RETRY_ON))
     grpc = action(index, service, retries, grpc_retry_on)
-    stream(grpc, idle, grpc=True)
+    stream(grpc, idle)
     safe_stream = rc.RouteAction()
     safe_stream.CopyFrom(safe)
     stream(safe_stream, idle)
@@ -140,15 +140,16 @@ def _with_fault(route: rc.Route, policy: TrafficPolicySpec | None) -> rc.Route:
     return route
 
 
-def stream(out: rc.RouteAction, idle: timedelta | None, grpc: bool = False) -> None:
-    """A stream's route: no total timeout, the idle timeout instead; gRPC keeps its client's
-    deadline (`grpc-timeout`, uncapped)."""
+def stream(out: rc.RouteAction, idle: timedelta | None) -> None:
+    """A stream's route: no total timeout, the idle timeout instead. A gRPC call's deadline is
+    its client's: `grpc-timeout` goes through to the app, and the client ends the call when it
+    passes (Envoy passes the cancel on). Envoy does not enforce it too (`max_stream_duration`
+    from `grpc-timeout`): it would race the client's own timer and, once messages flow, could
+    only reset the stream, which the client reads as INTERNAL instead of DEADLINE_EXCEEDED."""
     out.timeout.CopyFrom(_NONE)
     out.idle_timeout.CopyFrom(duration(idle) if idle else _STREAM_IDLE)
     if out.HasField("retry_policy"):
         out.retry_policy.ClearField("per_try_timeout")  # it would cut the stream like a total timeout
-    if grpc:
-        out.max_stream_duration.grpc_timeout_header_max.CopyFrom(_NONE)
 
 
 def action(index: MeshIndex, service: str, retries: Retries, retry_on: list[str]) -> rc.RouteAction:

@@ -124,7 +124,7 @@ def inbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     if workload is None or workload.spec.protocol is Protocol.HTTP:  # its gRPC requests over h2c
         grpc, header = next((kind, h) for kind, h in resilience.STREAMS if kind == "grpc")
         to_h2 = rc.RouteAction(cluster=names.inbound_h2_cluster(proxy.service))
-        resilience.stream(to_h2, idle, grpc=True)
+        resilience.stream(to_h2, idle)
         routes.append(rc.Route(name=f"app|{grpc}", match=rc.RouteMatch(prefix="/", headers=[header]), route=to_h2))
     to_app = rc.RouteAction(cluster=names.inbound_cluster(proxy.service))
     resilience.stream(to_app, idle)
