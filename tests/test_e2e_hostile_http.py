@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 from jwt_tokens import Signer
-from mesh_runner import ROOT, MeshRun, envoy_stats, running_mesh
+from mesh_runner import EXAMPLE, ROOT, MeshRun, envoy_stats, running_mesh
 
 from interstate.ca.authority import utcnow
 from interstate.ca.spiffe import workload_id
@@ -758,3 +758,37 @@ def test_slow_clients_are_cut_off_by_the_timeouts(mesh: Hostile, slow_clients: S
     # a connection without a request: closed, without a word, after CONNECTION_IDLE_TIMEOUT
     assert clients["silent"].got == b""
     assert mesh.stat("http.ingress.downstream_cx_idle_timeout") >= before["downstream_cx_idle_timeout"] + 1
+
+
+# ---- connections at once: Envoy's overload manager at the ingress -----------------------------
+
+
+def test_past_the_connection_limit_a_new_client_is_closed_and_those_in_are_served(tmp_path: Path) -> None:
+    """`--max-ingress-connections 5`: five idle clients hold their connections; a sixth is closed
+    as soon as it is accepted; the five are still served, and once one leaves a new one is."""
+    with running_mesh(EXAMPLE, tmp_path / "run", "--max-ingress-connections", "5") as run:
+        host, port = run.ingress.removeprefix("http://").rsplit(":", 1)
+        address = (host, int(port))
+        held = [socket.create_connection(address, timeout=5) for _ in range(5)]
+        try:
+            time.sleep(0.5)  # Envoy has accepted all five
+            with socket.create_connection(address, timeout=5) as extra:
+                extra.sendall(b"GET /results HTTP/1.1\r\nHost: x\r\n\r\n")
+                try:
+                    answer = extra.recv(1024)
+                except ConnectionResetError:
+                    answer = b""
+                assert answer == b""  # closed, not answered
+            for client in held:
+                client.sendall(b"GET /results HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert client.recv(1024).startswith(b"HTTP/1.1 200"), "a held connection is served"
+            overflow = envoy_stats(run.status()["ingress"]["admin"], "global_cx_overflow")
+            assert sum(overflow.values()) >= 1, overflow
+        finally:
+            held.pop().close()
+        time.sleep(0.5)
+        try:
+            assert httpx.get(run.ingress + "/results", trust_env=False, timeout=10).status_code == 200
+        finally:
+            for client in held:
+                client.close()

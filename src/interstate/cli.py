@@ -18,6 +18,7 @@ import yaml
 from interstate import audit as audit_trail
 from interstate import config as mesh_config
 from interstate.client import AdminClient, AdminError, admin_options, admin_token
+from interstate.compile.limits import MAX_INGRESS_CONNECTIONS
 from interstate.core import access
 from interstate.errors import ConfigError, InterstateError
 from interstate.kube import autoscale as kube_autoscale
@@ -135,6 +136,13 @@ def validate(path: str) -> None:
 @click.option(
     "--log-keep", type=click.IntRange(1, 100), default=3, show_default=True, help="Rotated files kept per log."
 )
+@click.option(
+    "--max-ingress-connections",
+    type=click.IntRange(1, 1_000_000),
+    default=MAX_INGRESS_CONNECTIONS,
+    show_default=True,
+    help="Client connections the ingress holds open at once; past it a new one is closed as it is accepted.",
+)
 def up(
     path: str,
     ingress_port: int,
@@ -153,6 +161,7 @@ def up(
     control_plane_restart_delay: str,
     log_max_mb: float,
     log_keep: int,
+    max_ingress_connections: int,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -192,6 +201,7 @@ def up(
         control_plane_backoff_s=cp_delay,
         log_max_bytes=int(log_max_mb * 1024 * 1024),
         log_keep=log_keep,
+        max_ingress_connections=max_ingress_connections,
     )
     if auto_ports:
         settings = settings.auto_ports()

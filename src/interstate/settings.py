@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+from interstate.compile.limits import MAX_INGRESS_CONNECTIONS
 from interstate.core.identity import IdentitySettings
 
 DEFAULT_INGRESS_PORT = 8080
@@ -42,6 +43,7 @@ class Settings:
     autoscale_period_s: float = 15.0  # HorizontalPodAutoscaler sync period (Kubernetes' default)
     log_max_bytes: int = 64 * 1024 * 1024  # a log file is rotated past this (standalone.logs)
     log_keep: int = 3  # rotated files kept per log
+    max_ingress_connections: int = MAX_INGRESS_CONNECTIONS  # open at once; more are closed at once
 
     def identity(self) -> IdentitySettings:
         return IdentitySettings(

@@ -35,8 +35,11 @@ def build(
     xds_tls: XdsTls | None = None,
     outlier_event_log: str | None = None,
     joined_headers: tuple[str, ...] = (),
+    max_connections: int | None = None,
 ) -> dict[str, Any]:
     """`outlier_event_log`: a file where Envoy appends a JSON line per ejection and return.
+    `max_connections`: downstream connections open at once, all listeners together (the
+    ingress: `limits.MAX_INGRESS_CONNECTIONS`); None for no limit of our own.
     `joined_headers`: request headers Envoy keeps as one comma-joined value when a request
     repeats them, so every matcher sees all values at once (the policy header: two values must
     not pass a check because one of them is valid)."""
@@ -141,4 +144,6 @@ def build(
                 },
             },
         }
+    if max_connections is not None:
+        bootstrap["overload_manager"] = limits.overload_manager(max_connections)
     return bootstrap

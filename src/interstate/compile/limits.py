@@ -47,6 +47,12 @@ CONNECTION_BUFFER_BYTES = 32 * KIB
 REQUEST_HEADERS_TIMEOUT = timedelta(seconds=10)
 STREAM_IDLE_TIMEOUT = timedelta(seconds=20)
 CONNECTION_IDLE_TIMEOUT = timedelta(seconds=30)
+# Connections open at once at the ingress, every client together (Envoy's overload manager,
+# `envoy.resource_monitors.global_downstream_max_connections`): past it, a new connection is
+# closed as it is accepted, and those open are served on. Below the usual open-files limit
+# (20,000 here), which would otherwise be hit first and fail upstream connections too.
+# `interstate up --max-ingress-connections`.
+MAX_INGRESS_CONNECTIONS = 10_000
 # HTTP/2: Envoy's edge recommendations (streams at once, flow-control windows), and its flood
 # limits stated rather than inherited: frames queued for a client that does not read (PING or
 # SETTINGS floods), and frames without payload in a row (empty DATA/HEADERS/CONTINUATION).
@@ -71,6 +77,22 @@ PREMATURE_RESET_TOTAL_STREAM_COUNT = 500
 PREMATURE_RESET_MIN_LIFETIME_S = 1
 
 BUFFER_FILTER = "envoy.filters.http.buffer"
+
+
+def overload_manager(max_connections: int) -> dict[str, object]:
+    """The bootstrap's overload manager: at most `max_connections` downstream connections."""
+    return {
+        "resource_monitors": [
+            {
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                    "DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_connections,
+                },
+            }
+        ]
+    }
 
 
 def runtime() -> dict[str, int]:

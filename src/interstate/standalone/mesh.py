@@ -23,7 +23,7 @@ import httpx
 
 from interstate import audit
 from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, bootstrap, names, passthrough, policy_context
+from interstate.compile import Proxy, Role, bootstrap, names, passthrough, policy_context
 from interstate.core.control import INGRESS_SERIES, EnvoyAdmin
 from interstate.core.plane import ControlPlane
 from interstate.core.status import (
@@ -528,6 +528,7 @@ class StandaloneMesh:
             identity.bootstrap_tls(proxy),
             outlier_event_log=str(logs / f"{stem}.outlier.log"),
             joined_headers=(self.index.mesh.policy_header,),
+            max_connections=self.settings.max_ingress_connections if proxy.role is Role.INGRESS else None,
         )
         path = self.settings.run_dir / "envoy" / f"{stem}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
