@@ -1,7 +1,10 @@
-"""LDS: the listeners of one proxy, each an HTTP connection manager that takes routes over RDS.
+"""LDS: the listeners of one proxy, each an HTTP connection manager that takes routes over RDS
+(or, for plain TCP, a TCP proxy: `tcp`).
 
-side-car: `inbound` (other side-cars -> this replica's app) and `outbound` (the app's HTTP
-proxy -> other services). ingress: `ingress` (clients -> the Gateway's routes).
+side-car: `inbound` (other proxies -> this replica's app), `outbound` (the app's HTTP proxy ->
+other services), `outbound-tunnel` (internal: what an app sends through a CONNECT tunnel), and
+a `tcp|<service>` listener per local port the workload gave a tcp service. ingress: `ingress`
+(clients -> the Gateway's routes). Every connection manager relays WebSocket upgrades.
 Paths are normalized and slashes merged before routing, so `//x` and `/a/../x` route as `/x`.
 The ingress and the inbound listeners carry Envoy's limits against hostile HTTP (`limits`).
 """

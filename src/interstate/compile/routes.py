@@ -2,9 +2,13 @@
 
 - side-car outbound: one virtual host per service the workload calls, matched on the Host
   header (`stats`, `stats:8080`), so apps keep calling `http://stats:8080/...` through their
-  HTTP proxy. Anything else gets a 404 that says why, or is passed through (`passthrough`).
-- side-car inbound: everything to the local app.
+  HTTP proxy; a `CONNECT stats:8080` tunnel is ended and what comes through it routed the
+  same way (`tunnel`). Anything else gets a 404 that says why, or is passed through
+  (`passthrough`). A tcp service has no virtual host: callers reach it on a local port (`tcp`).
+- side-car inbound: everything to the local app (its gRPC calls over h2c), with no timeout of
+  its own: the caller's is the call's deadline.
 - ingress: the Gateway's path prefixes, longest first.
+Streams (gRPC, WebSocket, server-sent events) get routes of their own (`resilience.STREAMS`).
 
 Every request leaving a side-car or the ingress carries the mesh's policy header: when the
 app did not set it, the workload's `mesh.codifyhq.io/policy` (else the mesh default) is added
