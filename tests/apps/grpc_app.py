@@ -10,6 +10,7 @@ ended with, if not OK).
     /test.Streams/Echo        echoes each message (bidirectional)
     /test.Streams/Flaky       fails UNAVAILABLE on every other call it gets, else "ok"
     /test.Streams/Deadline    answers the seconds left before the call's deadline (grpc-timeout)
+    /test.Streams/Broken      always fails UNAVAILABLE
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ def deadline(request: bytes, context: grpc.ServicerContext) -> bytes:
     return b"none" if left is None else f"{left:.3f}".encode()
 
 
+def broken(request: bytes, context: grpc.ServicerContext) -> bytes:
+    context.abort(grpc.StatusCode.UNAVAILABLE, "broken: always")
+
+
 calls = [0]
 
 
@@ -69,6 +74,7 @@ def serve(port: int) -> None:
         "Echo": grpc.stream_stream_rpc_method_handler(echo, **same),
         "Flaky": grpc.unary_unary_rpc_method_handler(flaky, **same),
         "Deadline": grpc.unary_unary_rpc_method_handler(deadline, **same),
+        "Broken": grpc.unary_unary_rpc_method_handler(broken, **same),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
@@ -82,7 +88,7 @@ def call(target: str, kind: str, count: int = 100, every: float = 0.0, deadline:
     `deadline` (seconds, sent as `grpc-timeout`) replaces the generous default."""
     with grpc.insecure_channel(target) as channel:
         method = f"/{SERVICE}/{kind}"
-        if kind in ("Unary", "Flaky", "Deadline"):
+        if kind in ("Unary", "Flaky", "Deadline", "Broken"):
             try:
                 return {"answer": channel.unary_unary(method)(b"", timeout=deadline or 30).decode()}
             except grpc.RpcError as exc:
