@@ -84,7 +84,17 @@ _IDEMPOTENT = rc.HeaderMatcher(
 
 
 def routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -> list[rc.Route]:
-    """The routes that send requests matching `match` to `service`, idempotent ones first."""
+    """The routes that send requests matching `match` to `service`, idempotent ones first.
+    Built once per index for all the service's callers (`MeshIndex.derived`); callers copy them
+    into their own route configurations and must not change them."""
+    key = ("routes_to", service, match.SerializeToString(deterministic=True), name)
+    known = index.derived.get(key)
+    if known is None:
+        known = index.derived[key] = _routes_to(index, service, match, name)
+    return list(known)
+
+
+def _routes_to(index: MeshIndex, service: str, match: rc.RouteMatch, name: str) -> list[rc.Route]:
     idempotent_match = rc.RouteMatch()
     idempotent_match.CopyFrom(match)
     idempotent_match.headers.append(_IDEMPOTENT)

@@ -6,11 +6,11 @@ knows is running and ready. `MeshIndex` joins them once, so compiling each proxy
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from interstate.model.access_policy import AccessPolicy
 from interstate.model.base import MtlsMode, Resource
@@ -63,6 +63,13 @@ class Endpoint:
 class MeshIndex:
     config: MeshConfig
     endpoints: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    @cached_property
+    def derived(self) -> dict[Hashable, Any]:
+        """Values the layers above compute from this index alone and would otherwise compute
+        again for every proxy (the compiler's routes to a service, the same for all its
+        callers). They live and die with the index, which never changes."""
+        return {}
 
     @cached_property
     def mesh(self) -> MeshSpec:
