@@ -54,6 +54,7 @@ from typing import Any
 
 import httpx
 import psutil
+from bench_boundary import cpu_seconds  # the same measure as the boundary bench (bench/ is on the path)
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERSTATE = [sys.executable, "-m", "interstate.cli"]
@@ -205,15 +206,6 @@ class Target:
     machine_cpu: float = 0.0  # by the whole machine
     wrk_cpu: float = 0.0  # by wrk
     envoy_cpu: list[float] = field(default_factory=lambda: [0.0, 0.0])  # by the caller, the callee side-car
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time of a process, all threads: ns-precise from schedstat where Linux has it."""
-    try:
-        return sum(int(p.read_text().split()[0]) for p in Path(f"/proc/{pid}/task").glob("*/schedstat")) / 1e9
-    except (OSError, ValueError, IndexError):
-        times = psutil.Process(pid).cpu_times()
-        return float(times.user + times.system)
 
 
 def busy_seconds() -> float:

@@ -74,6 +74,17 @@ spec:
 """
 
 
+def grpc_workload(name: str, protocol: str = "") -> str:
+    """tests/apps/grpc_app.py as a workload; without `protocol` the mesh takes it for HTTP/1.1."""
+    return f"""apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{ name: {name} }}
+spec:
+  port: 8080
+{protocol}  run: {{ workingDir: {APPS}, command: [python, grpc_app.py, $(PORT)] }}
+"""
+
+
 STREAMS_MESH = "---\n".join(
     [
         """apiVersion: mesh.codifyhq.io/v1
@@ -94,21 +105,8 @@ spec:
         timeout_policy("tight", "5s"),
         # an HTTP/1.1 app as far as the mesh knows (no spec.protocol): its gRPC calls are told
         # by their content-type and go to it over h2c
-        f"""apiVersion: mesh.codifyhq.io/v1
-kind: Workload
-metadata: {{ name: ticker }}
-spec:
-  port: 8080
-  run: {{ workingDir: {APPS}, command: [python, grpc_app.py, $(PORT)] }}
-""",
-        f"""apiVersion: mesh.codifyhq.io/v1
-kind: Workload
-metadata: {{ name: broken }}
-spec:
-  port: 8080
-  protocol: grpc
-  run: {{ workingDir: {APPS}, command: [python, grpc_app.py, $(PORT)] }}
-""",
+        grpc_workload("ticker"),
+        grpc_workload("broken", "  protocol: grpc\n"),
         """apiVersion: mesh.codifyhq.io/v1
 kind: TrafficPolicy
 metadata: { name: broken-breaker }

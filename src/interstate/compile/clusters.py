@@ -34,8 +34,7 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
     if proxy.role is Role.SIDECAR:
         workload = index.workloads.get(proxy.service)
         speaks = workload.spec.protocol if workload is not None else Protocol.HTTP
-        h2c = speaks in (Protocol.HTTP2, Protocol.GRPC)
-        clusters.append(local_app(proxy, names.inbound_cluster(proxy.service), h2c))
+        clusters.append(local_app(proxy, names.inbound_cluster(proxy.service), speaks.h2c))
         if speaks is Protocol.HTTP:
             clusters.append(local_app(proxy, names.inbound_h2_cluster(proxy.service), http2=True))
         clusters.append(tunnel())
@@ -80,7 +79,7 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
         if secure:
             cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service, "h2" if http2 else ""))
     else:  # an app without a side-car
-        http2 = workload is not None and workload.spec.protocol in (Protocol.HTTP2, Protocol.GRPC)
+        http2 = workload is not None and workload.spec.protocol.h2c
     options = protocol_options(http2, per_connection, websocket=http2 and external is None)
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
@@ -125,20 +124,7 @@ def outside(cluster: cluster_pb2.Cluster, address: str, port: int, originate_tls
     cluster.ClearField("eds_cluster_config")
     is_ip = all(c.isdigit() or c == "." for c in address) or ":" in address
     cluster.type = cluster_pb2.Cluster.STATIC if is_ip else cluster_pb2.Cluster.STRICT_DNS
-    cluster.load_assignment.CopyFrom(
-        endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=cluster.name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address, port))
-                        )
-                    ]
-                )
-            ],
-        )
-    )
+    cluster.load_assignment.CopyFrom(one_endpoint(cluster.name, socket_address(address, port)))
     if originate_tls:
         cluster.transport_socket.CopyFrom(tls.to_outside(address))
 
@@ -191,50 +177,41 @@ def outlier_detection(spec: OutlierDetection) -> outlier_detection_pb2.OutlierDe
     return out
 
 
+def one_endpoint(cluster: str, address: address_pb2.Address) -> endpoint_pb2.ClusterLoadAssignment:
+    """A static cluster's only endpoint."""
+    return endpoint_pb2.ClusterLoadAssignment(
+        cluster_name=cluster,
+        endpoints=[
+            endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[
+                    endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))
+                ]
+            )
+        ],
+    )
+
+
+def static(name: str, address: address_pb2.Address) -> cluster_pb2.Cluster:
+    return cluster_pb2.Cluster(
+        name=name,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration(CONNECT_TIMEOUT_S),
+        load_assignment=one_endpoint(name, address),
+    )
+
+
 def tunnel() -> cluster_pb2.Cluster:
     """From the outbound listener, which ended an app's CONNECT, to the internal listener that
     routes what comes through it (`listeners.tunnel`)."""
     internal = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(server_listener_name=names.TUNNEL_LISTENER)
     )
-    return cluster_pb2.Cluster(
-        name=names.TUNNEL_CLUSTER,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=duration(CONNECT_TIMEOUT_S),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=names.TUNNEL_CLUSTER,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=internal))
-                    ]
-                )
-            ],
-        ),
-    )
+    return static(names.TUNNEL_CLUSTER, internal)
 
 
 def local_app(proxy: Proxy, name: str, http2: bool = False) -> cluster_pb2.Cluster:
     """The side-car's own app on 127.0.0.1, over HTTP/1.1 or h2c."""
-    out = cluster_pb2.Cluster(
-        name=name,
-        type=cluster_pb2.Cluster.STATIC,
-        connect_timeout=duration(CONNECT_TIMEOUT_S),
-        load_assignment=endpoint_pb2.ClusterLoadAssignment(
-            cluster_name=name,
-            endpoints=[
-                endpoint_components_pb2.LocalityLbEndpoints(
-                    lb_endpoints=[
-                        endpoint_components_pb2.LbEndpoint(
-                            endpoint=endpoint_components_pb2.Endpoint(
-                                address=socket_address("127.0.0.1", proxy.app_port)
-                            )
-                        )
-                    ]
-                )
-            ],
-        ),
-    )
+    out = static(name, socket_address("127.0.0.1", proxy.app_port))
     options = protocol_options(http2)
     if options is not None:
         out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))

@@ -99,7 +99,8 @@ def inbound(index: MeshIndex, proxy: Proxy, credentials: Credentials | None) -> 
     plaintext side by side (PERMISSIVE, told apart by the TLS inspector). A tcp service's
     side-car relays bytes to its app instead of HTTP calls (`tcp`)."""
     served: HCM | listener_components_pb2.Filter
-    if tcp.speaks_tcp(index, proxy.service):
+    relays_bytes = tcp.speaks_tcp(index, proxy.service)
+    if relays_bytes:
         served = tcp.relay(index, proxy, tcp.INBOUND, names.inbound_cluster(proxy.service))
     else:
         served = http_manager(index, names.INBOUND_LISTENER, names.INBOUND_ROUTE, proxy, inbound=True)
@@ -111,7 +112,7 @@ def inbound(index: MeshIndex, proxy: Proxy, credentials: Credentials | None) -> 
         return listener(names.INBOUND_LISTENER, proxy.address, proxy.inbound_port, [secure])
     secure.filter_chain_match.transport_protocol = "tls"
     plain = served
-    if not tcp.speaks_tcp(index, proxy.service):
+    if not relays_bytes:
         plain = http_manager(index, names.INBOUND_LISTENER + "_plaintext", names.INBOUND_ROUTE, proxy, inbound=True)
     inspector = listener_components_pb2.ListenerFilter(
         name="envoy.filters.listener.tls_inspector", typed_config=pack(tls_inspector_pb2.TlsInspector())

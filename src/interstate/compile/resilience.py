@@ -58,8 +58,9 @@ MARKER_HEADERS = [header for header, _ in MARKERS.values()]
 DEFAULT_TIMEOUT = timedelta(seconds=15)
 STREAM_IDLE_TIMEOUT = timedelta(minutes=5)  # Envoy's own default for a stream's idle time
 # How a request says it is a stream: (route name suffix, header matcher).
+GRPC_REQUEST = rc.HeaderMatcher(name="content-type", string_match=string_pb2.StringMatcher(prefix="application/grpc"))
 STREAMS = (
-    ("grpc", rc.HeaderMatcher(name="content-type", string_match=string_pb2.StringMatcher(prefix="application/grpc"))),
+    ("grpc", GRPC_REQUEST),
     ("upgrade", rc.HeaderMatcher(name="upgrade", present_match=True)),
     ("events", rc.HeaderMatcher(name="accept", string_match=string_pb2.StringMatcher(contains="text/event-stream"))),
 )

@@ -126,10 +126,10 @@ def inbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     workload = index.workloads.get(proxy.service)
     routes = []
     if workload is None or workload.spec.protocol is Protocol.HTTP:  # its gRPC requests over h2c
-        grpc, header = next((kind, h) for kind, h in resilience.STREAMS if kind == "grpc")
         to_h2 = rc.RouteAction(cluster=names.inbound_h2_cluster(proxy.service))
         resilience.stream(to_h2, idle)
-        routes.append(rc.Route(name=f"app|{grpc}", match=rc.RouteMatch(prefix="/", headers=[header]), route=to_h2))
+        grpc = rc.RouteMatch(prefix="/", headers=[resilience.GRPC_REQUEST])
+        routes.append(rc.Route(name="app|grpc", match=grpc, route=to_h2))
     to_app = rc.RouteAction(cluster=names.inbound_cluster(proxy.service))
     resilience.stream(to_app, idle)
     routes.append(rc.Route(name="app", match=rc.RouteMatch(prefix="/"), route=to_app))

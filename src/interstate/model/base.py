@@ -121,6 +121,11 @@ class Protocol(StrEnum):
     GRPC = "grpc"  # the same as http2, said the way gRPC users say it
     TCP = "tcp"  # opaque bytes (a database, a cache): callers reach it on a local port they declare
 
+    @property
+    def h2c(self) -> bool:
+        """Every request goes to the app as HTTP/2 without TLS."""
+        return self in (Protocol.HTTP2, Protocol.GRPC)
+
 
 class HopProtocol(StrEnum):
     """How proxies speak to each other (`Mesh.spec.hopProtocol`)."""

@@ -172,7 +172,8 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
         for entry in _tail_json(caller.access_log):
             status = int(entry.get("status") or 0)
             code = grpc_code(entry.get("grpc"))
-            failed = status >= 500 or (code is not None and code in GRPC_FAILURES)
+            grpc_failed = code in GRPC_FAILURES
+            failed = status >= 500 or grpc_failed
             if entry.get("direction") == "outbound-tcp":  # a connection: no status, its flags say
                 failed = (entry.get("flags") or "-") != "-"
             if entry.get("cluster") != cluster or entry.get("direction") == "inbound" or not failed:
@@ -184,7 +185,7 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
                 spans = ejecting_spans(caller, cluster) if spans is None else spans
                 ejecting = any(start <= _instant(time) <= end for start, end in spans)
             why = explain(flags, ejecting)
-            name = GRPC_CODES[code] if code is not None and code in GRPC_FAILURES else None
+            name = GRPC_CODES[code] if grpc_failed and code is not None else None
             if name is not None and flags == "-":
                 why = f"the gRPC call failed with {name} ({code}), answered by the app"
             key = (status, flags, why, name)
