@@ -251,10 +251,10 @@ def wait_routed(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"the side-car with outbound port {port} never routed {HOST}")
 
 
-def envoy_stats(admin_port: int, pattern: str) -> dict[str, int]:
-    response = httpx.get(
-        f"http://127.0.0.1:{admin_port}/stats", params={"filter": pattern, "format": "json"}, timeout=5, trust_env=False
-    )
+def envoy_stats(socket: str, pattern: str) -> dict[str, int]:
+    """Stats of one of the mesh's side-cars, read over its admin socket (status: sidecar.admin)."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket), timeout=5, trust_env=False) as client:
+        response = client.get("http://envoy-admin/stats", params={"filter": pattern, "format": "json"})
     return {s["name"]: int(s["value"]) for s in response.json()["stats"] if "value" in s}
 
 

@@ -198,10 +198,15 @@ def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
-def envoy_stats(admin_port: int, pattern: str) -> dict[str, int]:
-    response = httpx.get(
-        f"http://127.0.0.1:{admin_port}/stats", params={"filter": pattern, "format": "json"}, timeout=5, trust_env=False
-    )
+def envoy_admin(socket: str, path: str, method: str = "GET", **params: str) -> httpx.Response:
+    """A request to one of the mesh's Envoys' admin, over its Unix socket (status says where:
+    `sidecar.admin`, `ingress.admin`); no TCP port serves it."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket), timeout=5, trust_env=False) as client:
+        return client.request(method, "http://envoy-admin" + path, params=params)
+
+
+def envoy_stats(socket: str, pattern: str) -> dict[str, int]:
+    response = envoy_admin(socket, "/stats", filter=pattern, format="json")
     return {s["name"]: int(s["value"]) for s in response.json()["stats"] if "value" in s}
 
 

@@ -23,7 +23,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "election-night"
 
 
 def replica(name: str, pid: int) -> Replica:
-    return cast(Replica, SimpleNamespace(name=name, app_pid=pid, admin_url=None))
+    return cast(Replica, SimpleNamespace(name=name, app_pid=pid, admin=None))
 
 
 def test_cpu_is_measured_per_replica_as_a_share_of_the_request() -> None:

@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -35,6 +36,7 @@ from interstate.core.status import (
     XdsSummary,
 )
 from interstate.core.status import ReplicaState as State
+from interstate.telemetry import envoy_admin
 from interstate.telemetry.boundary import BoundarySummary, Coverage, Stripped, Undeclared
 from interstate.telemetry.envoys import Ejection
 from interstate.xds.server import Nack, NodeSync, TypeSync
@@ -207,7 +209,7 @@ def replica(name: str, state: State = State.READY, restarts: int = 0) -> Replica
         state,
         "v1",
         AppProcess(1, 1, restarts, "app.log"),
-        SidecarProcess(2, f"sidecar~{name}", 1, 2, 3, "envoy.log", 0),
+        SidecarProcess(2, f"sidecar~{name}", 1, 2, f"/run/envoy/sidecar-{name}.admin", "envoy.log", 0),
         xds(),
     )
 
@@ -234,7 +236,7 @@ STATUS = MeshStatus(
     },
     xds=XdsSummary(1, 5),
     control_plane=ControlPlaneInfo(1),
-    ingress=IngressStatus("http://127.0.0.1:8080", 3, 4, xds(nack="bad route")),
+    ingress=IngressStatus("http://127.0.0.1:8080", "/run/envoy/ingress-ingress.admin", 4, xds(nack="bad route")),
     boundary=BoundarySummary(
         [Stripped("x-debug", "in", 4), Stripped("cookie", "out", 1)],
         [Undeclared("results", "evil.example", "refused", 2)],
@@ -310,7 +312,7 @@ def test_a_starting_control_plane_gives_an_empty_but_valid_page() -> None:
 
 # ---- the sampler and the routes, against fake Envoys -----------------------------------------
 class FakeEnvoys:
-    """Envoy admin endpoints on made-up ports: {port: (total, 5xx)} counters, bumped by tests."""
+    """Envoy admins on made-up sockets (`/fake/<n>.admin`): {n: (total, 5xx)} counters, bumped by tests."""
 
     def __init__(self) -> None:
         self.counters: dict[int, tuple[int, int]] = {}
@@ -318,7 +320,7 @@ class FakeEnvoys:
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         self.reads += 1
-        port = request.url.port or 0
+        port = int(Path(request.extensions[envoy_admin.SOCKET]).stem)
         if port not in self.counters:
             return httpx.Response(503)
         total, errors = self.counters[port]
@@ -335,8 +337,8 @@ class FakeEnvoy:
     node_id: str = "ingress~ingress"
 
     @property
-    def admin_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def admin(self) -> str:
+        return f"/fake/{self.port}.admin"
 
     @property
     def proxy(self) -> Any:
@@ -367,13 +369,13 @@ class FakeMesh:
 
     def envoy_admins(self) -> list[EnvoyAdmin]:
         out = [
-            EnvoyAdmin(service, r.name, f"sidecar~{r.name}", r.sidecar.admin_url)
+            EnvoyAdmin(service, r.name, f"sidecar~{r.name}", r.sidecar.admin)
             for service, rs in self.replicas.items()
             for r in rs
             if r.sidecar is not None
         ]
         if self.ingress is not None:
-            out.append(EnvoyAdmin(INGRESS_SERIES, "ingress", self.ingress.node_id, self.ingress.admin_url))
+            out.append(EnvoyAdmin(INGRESS_SERIES, "ingress", self.ingress.node_id, self.ingress.admin))
         return out
 
     def status(self) -> MeshStatus:
@@ -388,7 +390,7 @@ class FakeMesh:
             )
             for name, rs in self.replicas.items()
         }
-        ingress = IngressStatus("http://127.0.0.1:8080", 9, None, None) if self.ingress else None
+        ingress = IngressStatus("http://127.0.0.1:8080", "/fake/9.admin", None, None) if self.ingress else None
         return MeshStatus(services, XdsSummary(1, 0), ControlPlaneInfo(1), ingress=ingress)
 
     async def resilience(self) -> dict[str, Resilience]:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, running_mesh, wait_for
+from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_admin, running_mesh, wait_for
 
 from interstate import audit
 
@@ -63,8 +63,8 @@ def synced_with(mesh: MeshRun, before: dict[str, dict[str, str]], restarts: int)
         return None  # an Envoy not reconnected yet
 
 
-def envoy_certificates(admin_port: int) -> list[dict[str, Any]]:
-    data = httpx.get(f"http://127.0.0.1:{admin_port}/certs", timeout=5, trust_env=False).json()
+def envoy_certificates(socket: str) -> list[dict[str, Any]]:
+    data = envoy_admin(socket, "/certs").json()
     return [cert for entry in data.get("certificates", []) for cert in entry.get("cert_chain", [])]
 
 

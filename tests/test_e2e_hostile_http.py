@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import pytest
 from jwt_tokens import Signer
-from mesh_runner import EXAMPLE, ROOT, MeshRun, envoy_stats, running_mesh
+from mesh_runner import EXAMPLE, ROOT, MeshRun, envoy_admin, envoy_stats, running_mesh
 
 from interstate.ca.authority import utcnow
 from interstate.ca.spiffe import workload_id
@@ -99,14 +99,14 @@ spec:
 # ---- the mesh and where its parts listen ----------------------------------------------------
 
 
-def envoy_admin(run: MeshRun, stem: str) -> int:
-    """An Envoy's admin port, from the bootstrap the mesh wrote for it (not the admin API)."""
+def admin_socket(run: MeshRun, stem: str) -> str:
+    """An Envoy's admin socket, from the bootstrap the mesh wrote for it (not the admin API)."""
     config = json.loads((run.run_dir / "envoy" / f"{stem}.json").read_text())
-    return int(config["admin"]["address"]["socket_address"]["port_value"])
+    return str(config["admin"]["address"]["pipe"]["path"])
 
 
-def admin_json(admin: int, path: str) -> Any:
-    return httpx.get(f"http://127.0.0.1:{admin}{path}", params={"format": "json"}, timeout=5, trust_env=False).json()
+def admin_json(admin: str, path: str) -> Any:
+    return envoy_admin(admin, path, format="json").json()
 
 
 @dataclass
@@ -114,12 +114,12 @@ class Hostile:
     run: MeshRun
     signer: Signer
     ingress: int = 0  # port of the ingress listener
-    ingress_admin: int = 0
-    sidecar_admin: int = 0  # front-0's side-car
+    ingress_admin: str = ""
+    sidecar_admin: str = ""  # front-0's side-car
     inbound: int = 0  # front-0's inbound listener (mutual TLS)
     app: int = 0  # front-0's app itself
 
-    def stat(self, name: str, admin: int | None = None) -> int:
+    def stat(self, name: str, admin: str | None = None) -> int:
         """One counter by exact name (the ingress's unless `admin` says otherwise); 0 when unset."""
         port = self.ingress_admin if admin is None else admin
         return envoy_stats(port, f"^{re.escape(name)}$").get(name, 0)
@@ -164,8 +164,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
     (folder / "mesh.yaml").write_text(MESH.format(apps=APPS, issuer=ISSUER, audience=AUDIENCE))
     with running_mesh(folder, root / "run") as run:
         out = Hostile(run, signer, ingress=int(run.ingress.rsplit(":", 1)[1]))
-        out.ingress_admin = envoy_admin(run, "ingress-ingress")
-        out.sidecar_admin = envoy_admin(run, "sidecar-front-0")
+        out.ingress_admin = admin_socket(run, "ingress-ingress")
+        out.sidecar_admin = admin_socket(run, "sidecar-front-0")
         listeners = admin_json(out.sidecar_admin, "/listeners")["listener_statuses"]
         [inbound] = [x for x in listeners if x["name"] == "inbound"]
         out.inbound = int(inbound["local_address"]["socket_address"]["port_value"])

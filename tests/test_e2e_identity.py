@@ -59,7 +59,7 @@ def counter(admin: int, name: str) -> int:
     return envoy_stats(admin, f"^{re.escape(name)}$").get(name, 0)
 
 
-def listener_stat(admin: int, suffix: str) -> int:
+def listener_stat(admin: str, suffix: str) -> int:
     """A TLS stat summed over the proxy's listeners (`listener.<address>.ssl.<suffix>`)."""
     stats = envoy_stats(admin, rf"^listener\..*\.ssl\.{re.escape(suffix)}$")
     return sum(stats.values())

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from mesh_runner import EXAMPLE, INTERSTATE, Load, MeshRun, alive, cli, envoy_stats, running_mesh, wait_for
+from mesh_runner import EXAMPLE, INTERSTATE, Load, MeshRun, alive, cli, envoy_admin, envoy_stats, running_mesh, wait_for
 from test_loader_limits import alias_bomb
 
 pytestmark = pytest.mark.e2e
@@ -26,7 +26,7 @@ def get(url: str, **kw: object) -> httpx.Response:
     return httpx.get(url, timeout=10, trust_env=False, **kw)  # type: ignore[arg-type]
 
 
-def sidecar_admins(status: dict, service: str) -> list[int]:
+def sidecar_admins(status: dict, service: str) -> list[str]:
     return [r["sidecar"]["admin"] for r in status["services"][service]["replicas"]]
 
 
@@ -332,12 +332,7 @@ def test_apply_rejects_bad_changes_and_applies_good_ones(tmp_path: Path, mesh_co
         assert status["services"]["stats"]["ready"] == 2
         # the results side-cars now eject stats replicas after 5 errors, not 3
         admin = sidecar_admins(status, "results")[0]
-        config = httpx.get(
-            f"http://127.0.0.1:{admin}/config_dump",
-            params={"resource": "dynamic_active_clusters"},
-            timeout=10,
-            trust_env=False,
-        ).json()
+        config = envoy_admin(admin, "/config_dump", resource="dynamic_active_clusters").json()
         stats_cluster = next(c["cluster"] for c in config["configs"] if c["cluster"]["name"] == "outbound|stats")
         assert stats_cluster["outlier_detection"]["consecutive_5xx"] == 5
         served = {get(mesh.ingress + "/results").json()["stats"]["served_by"] for _ in range(20)}

@@ -10,17 +10,16 @@ import shutil
 import time
 from pathlib import Path
 
-import httpx
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, running_mesh
+from mesh_runner import EXAMPLE, Load, MeshRun, envoy_admin, running_mesh
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROTATIONS = 3
 
 
-def serials_in_envoy(admin_port: int) -> set[str]:
-    data = httpx.get(f"http://127.0.0.1:{admin_port}/certs", timeout=5, trust_env=False).json()
+def serials_in_envoy(socket: str) -> set[str]:
+    data = envoy_admin(socket, "/certs").json()
     return {
         cert["serial_number"].lower().lstrip("0")
         for entry in data.get("certificates", [])
@@ -28,7 +27,7 @@ def serials_in_envoy(admin_port: int) -> set[str]:
     }
 
 
-def envoy_admins(mesh: MeshRun) -> dict[str, int]:
+def envoy_admins(mesh: MeshRun) -> dict[str, str]:
     status = mesh.status()
     out = {r["sidecar"]["node"]: r["sidecar"]["admin"] for s in status["services"].values() for r in s["replicas"]}
     out["ingress~ingress"] = status["ingress"]["admin"]

@@ -12,13 +12,14 @@ from pathlib import Path
 import httpx
 
 from interstate.standalone.logs import LogKeeper, disk_use, rotated
+from interstate.telemetry import envoy_admin
 
-ADMIN = "http://127.0.0.1:9901"
+ADMIN = "/run/envoy/sidecar-results-0.admin"  # the admin socket of the Envoy writing the log
 
 
 def keeper(folder: Path, reopened: list[str], writer: str | None = ADMIN, keep: int = 2) -> LogKeeper:
     def handler(request: httpx.Request) -> httpx.Response:
-        reopened.append(f"{request.method} {request.url}")
+        reopened.append(f"{request.method} {request.extensions[envoy_admin.SOCKET]} {request.url.path}")
         return httpx.Response(200, text="OK\n")
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
@@ -38,7 +39,7 @@ def test_an_access_log_over_the_limit_is_renamed_and_its_envoy_reopens_it(tmp_pa
             assert await books.check() == [log]
 
     asyncio.run(rounds())
-    assert reopened == [f"POST {ADMIN}/reopen_logs"] * 4
+    assert reopened == [f"POST {ADMIN} /reopen_logs"] * 4
     assert len(counted) == 4  # the ledger read before each shift
     assert not log.exists()  # renamed; Envoy creates it again on reopen
     assert rotated(log, 1).read_text() == "3" * 150 and rotated(log, 2).read_text() == "2" * 150

@@ -346,7 +346,7 @@ STATUS: dict[str, Any] = {
         },
         "lonely": {"ready": 0, "desired": 1},
     },
-    "ingress": {"url": "http://127.0.0.1:8080", "admin": 9901},
+    "ingress": {"url": "http://127.0.0.1:8080", "admin": "/run/envoy/ingress-ingress.admin"},
     "boundary": {"policy_coverage": {"results": {"requests": 10, "with_policy": 9}}},
 }
 
@@ -435,7 +435,7 @@ TOKEN = "a" * 43  # the admin token the fake mesh wants (INTERSTATE_ADMIN_TOKEN 
 
 
 class FakeMesh:
-    """GET /status, POST /services/{name}/fault and the ingress Envoy's /stats, on one port."""
+    """GET /status, GET /ingress/requests and POST /services/{name}/fault, as the admin API answers."""
 
     def __init__(self) -> None:
         self.faults: list[Any] = []
@@ -456,16 +456,15 @@ class FakeMesh:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path == "/status" and self.headers.get("authorization") != f"Bearer {TOKEN}":
+                if self.headers.get("authorization") != f"Bearer {TOKEN}":
                     self.reply({"error": "this API needs a credential"}, 401)
                 elif self.path == "/status":
                     status = json.loads(json.dumps(STATUS))
-                    status["ingress"]["admin"] = mesh.port
                     status["services"]["stats"]["resilience"]["fault"] = mesh.fault
                     self.reply(status)
-                elif self.path.startswith("/stats"):
+                elif self.path == "/ingress/requests":
                     mesh.ingress_total += 1
-                    self.reply({"stats": [{"name": "http.ingress.downstream_rq_total", "value": mesh.ingress_total}]})
+                    self.reply({"total": mesh.ingress_total})
                 else:
                     self.reply({"error": "no"}, 404)
 

@@ -61,7 +61,7 @@ def test_settings_read_back_equal(tmp_path: Path) -> None:
 def unit() -> UnitStatus:
     proxy = Proxy.sidecar("stats", 3, inbound_port=1001, outbound_port=1002, app_port=1003)
     app = AppSpec(("python", "app.py"), {"PORT": "1003"}, "/tmp", "/tmp/a.log", 1003, "/ready", 30.0)
-    envoy = EnvoySpec("/tmp/b.json", 1004, "/tmp/e.log", "/tmp/o.log")
+    envoy = EnvoySpec("/tmp/b.json", "/tmp/stats-3.admin", "/tmp/e.log", "/tmp/o.log")
     spec = UnitSpec("stats-3", "stats", 3, "v2", "abc", proxy, app, envoy)
     return UnitStatus(spec, ReplicaState.READY, 11, 12, {"app": 2})
 
@@ -69,7 +69,15 @@ def unit() -> UnitStatus:
 def test_units_cross_the_channel_unchanged() -> None:
     status = unit()
     assert UnitStatus.from_json(json.loads(json.dumps(status.to_json()))) == status
-    assert sorted(status.spec.ports()) == [1001, 1002, 1003, 1004]
+    assert sorted(status.spec.ports()) == [1001, 1002, 1003]  # no admin port: it listens on a socket
+
+
+def test_a_unit_saved_by_an_older_version_reads_back_with_no_admin_socket() -> None:
+    # its Envoy's admin was a TCP port: adoption finds no socket answering and replaces the unit
+    saved = unit().to_json()
+    del saved["spec"]["envoy"]["admin"]
+    saved["spec"]["envoy"]["admin_port"] = 1004
+    assert UnitStatus.from_json(saved).spec.admin == ""
 
 
 def test_the_channel_answers_requests_both_ways_and_fails_them_when_the_peer_goes() -> None:

@@ -44,6 +44,9 @@ class Settings:
     log_max_bytes: int = 64 * 1024 * 1024  # a log file is rotated past this (standalone.logs)
     log_keep: int = 3  # rotated files kept per log
     max_ingress_connections: int = MAX_INGRESS_CONNECTIONS  # open at once; more are closed at once
+    # The mesh's own processes write with umask 077 (`up.run`): nothing in the run folder is
+    # readable by another user. Apps create their own files with their operator's umask, this.
+    app_umask: int = 0o022
 
     def identity(self) -> IdentitySettings:
         return IdentitySettings(

@@ -13,6 +13,7 @@ be trusted) or the saved settings cannot be read.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -73,7 +74,11 @@ def _start_over(
 
 
 async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]) -> None:
+    # What the mesh writes (tokens, keys, bootstraps, logs, the audit trail, admin sockets) is
+    # its own user's alone: every process but the apps writes with umask 077, in a 0700 folder.
+    settings = replace(settings, app_umask=os.umask(0o077))
     settings.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.run_dir, 0o700)
     other = adoption.live_supervisor(settings.run_dir)
     if other is not None:
         raise PermanentError(

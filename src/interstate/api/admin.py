@@ -13,6 +13,7 @@ POST /services/{name}/split {"weights": {"results": 90, "results-v2": 10}}
 GET  /certs                        the CA, and each proxy's SPIFFE ID, serial, expiry, rotation
 GET  /metrics                      Prometheus text: xDS pushes/ACKs/NACKs, snapshot updates
 GET  /audit?since=SEQ              the audit trail's records after SEQ (JSON list; see `interstate.audit`)
+GET  /ingress/requests             the ingress Envoy's request counters: {"total", "completed", "2xx"}
 GET  /dashboard                    the live dashboard (one page; see `api.dashboard`)
 GET  /dashboard/data               its JSON: per service replicas, requests/s, 5xx share, circuit, ...
 """
@@ -27,6 +28,7 @@ import socket
 from collections.abc import Awaitable, Iterator
 from typing import Any
 
+import httpx
 import uvicorn
 from prometheus_client import generate_latest
 from pydantic import ValidationError
@@ -40,12 +42,17 @@ from interstate.api import dashboard
 from interstate.api.guard import Guard, allowed_hosts
 from interstate.config.loader import decode_sources
 from interstate.core.access import Gate
-from interstate.core.control import MeshControl
+from interstate.core.control import INGRESS_SERIES, MeshControl
 from interstate.core.status import to_json
 from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, UnknownService
 from interstate.model.traffic_policy import Fault
+from interstate.telemetry import envoy_admin
+from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
+
+INGRESS_PREFIX = "http.ingress.downstream_rq_"
+INGRESS_REQUESTS = r"^http\.ingress\.downstream_rq_(total|completed|2xx)$"
 
 
 def issues_json(error: ConfigError) -> list[dict[str, Any]]:
@@ -194,7 +201,19 @@ def create_app(mesh: MeshControl) -> Starlette:
             return JSONResponse({"error": "since: expected a record number (seq), e.g. /audit?since=12"}, 400)
         return JSONResponse(audit.read(mesh.audit.path, since))
 
-    board = dashboard.Dashboard(mesh)
+    async def ingress_requests(request: Request) -> Response:
+        """The ingress Envoy's own request counters (what `interstate rehearse` counts with)."""
+        ingress = next((a for a in mesh.envoy_admins() if a.series == INGRESS_SERIES), None)
+        if ingress is None:
+            return JSONResponse({"error": "the mesh has no ingress running"}, 503)
+        try:
+            stats = await read_stats(envoys, ingress.socket, INGRESS_REQUESTS)
+        except (httpx.HTTPError, ValueError) as exc:
+            return JSONResponse({"error": f"the ingress Envoy does not answer ({exc})"}, 503)
+        return JSONResponse({name.removeprefix(INGRESS_PREFIX): value for name, value in stats.items()})
+
+    envoys = envoy_admin.client()  # reads Envoy admins (their sockets): the dashboard, the ingress
+    board = dashboard.Dashboard(mesh, http=envoys)
 
     return Starlette(
         routes=[
@@ -207,6 +226,7 @@ def create_app(mesh: MeshControl) -> Starlette:
             Route("/certs", certs),
             Route("/metrics", metrics),
             Route("/audit", audit_trail),
+            Route("/ingress/requests", ingress_requests),
             Route("/dashboard", dashboard.page),
             Route("/dashboard/data", board.endpoint),
         ]

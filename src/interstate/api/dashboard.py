@@ -30,6 +30,7 @@ from interstate.core.control import INGRESS_SERIES, MeshControl
 from interstate.core.status import AutoscalingStatus, IdentityStatus, MeshStatus, to_json
 from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import HorizontalPodAutoscaler
+from interstate.telemetry import envoy_admin
 from interstate.telemetry.envoys import Ejection, read_stats_json
 from interstate.xds.server import NodeSync
 
@@ -101,10 +102,10 @@ def _max(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-async def read_envoy(http: httpx.AsyncClient, admin_url: str, pattern: str) -> Reading | None:
+async def read_envoy(http: httpx.AsyncClient, socket: str, pattern: str) -> Reading | None:
     """One Envoy's Reading, or None when its admin does not answer (stopped, restarting)."""
     try:
-        return parse_stats(await read_stats_json(http, admin_url, pattern, READ_TIMEOUT_S))
+        return parse_stats(await read_stats_json(http, socket, pattern, READ_TIMEOUT_S))
     except (httpx.HTTPError, ValueError):
         return None
 
@@ -366,7 +367,7 @@ class Dashboard:
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.mesh = mesh
-        self.http = http or httpx.AsyncClient(trust_env=False)
+        self.http = http or envoy_admin.client()
         self.clock = clock
         self.min_interval_s = min_interval_s
         self.tracker = RateTracker()
@@ -391,10 +392,12 @@ class Dashboard:
         status = mesh.status()
         admins = [a for a in mesh.envoy_admins() if a.series in status.services or a.series == INGRESS]
         ingress = next((a for a in admins if a.series == INGRESS), None)
-        reads = [(a.series, a.name, a.url, INGRESS_STATS if a.series == INGRESS else INBOUND_STATS) for a in admins]
+        reads = [(a.series, a.name, a.socket, INGRESS_STATS if a.series == INGRESS else INBOUND_STATS) for a in admins]
 
         async def read_all() -> tuple[float, list[Reading | None]]:
-            readings = await asyncio.gather(*(read_envoy(self.http, url, pattern) for _, _, url, pattern in reads))
+            readings = await asyncio.gather(
+                *(read_envoy(self.http, socket, pattern) for _, _, socket, pattern in reads)
+            )
             return self.clock(), readings  # the time of the reads, not of the slower resilience()
 
         (now, readings), resilience = await asyncio.gather(read_all(), mesh.resilience())

@@ -1,4 +1,4 @@
-"""The static bootstrap each Envoy starts with: who it is, its admin port, and the ADS server.
+"""The static bootstrap each Envoy starts with: who it is, where its admin listens, and the ADS server.
 
 Everything else arrives over ADS. Returned as a JSON-able dict (Envoy reads JSON with -c).
 Its runtime holds the process-wide limits of `limits.runtime` (HTTP/2 rapid reset).
@@ -12,6 +12,7 @@ from typing import Any
 from interstate.compile import limits
 
 XDS_CLUSTER = "interstate-xds"
+ADMIN_SOCKET_MODE = 0o600
 RECONNECT = {"retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"}}
 
 
@@ -29,7 +30,7 @@ class XdsTls:
 def build(
     node_id: str,
     cluster: str,
-    admin_port: int,
+    admin: str | int,
     xds_host: str,
     xds_port: int,
     xds_tls: XdsTls | None = None,
@@ -37,16 +38,21 @@ def build(
     joined_headers: tuple[str, ...] = (),
     max_connections: int | None = None,
 ) -> dict[str, Any]:
-    """`outlier_event_log`: a file where Envoy appends a JSON line per ejection and return.
+    """`admin`: the path of the Unix socket Envoy's admin interface listens on (mode 0600), or a
+    port on 127.0.0.1. `outlier_event_log`: a file where Envoy appends a JSON line per ejection and return.
     `max_connections`: downstream connections open at once, all listeners together (the
     ingress: `limits.MAX_INGRESS_CONNECTIONS`); None for no limit of our own.
     `joined_headers`: request headers Envoy keeps as one comma-joined value when a request
     repeats them, so every matcher sees all values at once (the policy header: two values must
     not pass a check because one of them is valid)."""
     ads = {"ads": {}, "resource_api_version": "V3"}
+    if isinstance(admin, str):  # a Unix socket only its owner may open (standalone: `telemetry.envoy_admin`)
+        admin_address: dict[str, Any] = {"pipe": {"path": admin, "mode": ADMIN_SOCKET_MODE}}
+    else:  # a port on 127.0.0.1 (a Kubernetes pod: only the pod's own processes share its loopback)
+        admin_address = {"socket_address": {"address": "127.0.0.1", "port_value": admin}}
     bootstrap = {
         "node": {"id": node_id, "cluster": cluster or "ingress"},
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "admin": {"address": admin_address},
         "dynamic_resources": {
             "ads_config": {
                 "api_type": "GRPC",

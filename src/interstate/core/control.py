@@ -25,12 +25,12 @@ INGRESS_SERIES = "(ingress)"  # the ingress's series in `EnvoyAdmin` (no workloa
 @dataclass(frozen=True)
 class EnvoyAdmin:
     """Where to read one running Envoy's stats: its series (the workload, or `INGRESS_SERIES`),
-    its replica name, node ID and admin URL."""
+    its replica name, node ID and admin socket (`telemetry.envoy_admin`)."""
 
     series: str
     name: str
     node_id: str
-    url: str
+    socket: str
 
 
 class MeshControl(Protocol):

@@ -82,7 +82,7 @@ class SidecarProcess:
     node: str
     inbound: int
     outbound: int
-    admin: int
+    admin: str  # its admin socket (`telemetry.envoy_admin`)
     log: str
     restarts: int
 
@@ -125,7 +125,7 @@ class ServiceStatus:
 @dataclass(frozen=True)
 class IngressStatus:
     url: str
-    admin: int
+    admin: str  # its admin socket
     pid: int | None
     xds: NodeSync | None
 

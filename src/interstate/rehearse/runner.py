@@ -24,7 +24,6 @@ from interstate.rehearse.load import Request, hey_command, parse_hey_csv, run_he
 from interstate.rehearse.report import Coverage, PhaseWindow, Rehearsal, Sample
 from interstate.rehearse.scenario import Phase, Scenario
 
-INGRESS_PREFIX = "http.ingress.downstream_rq_"
 HEY_GRACE_S = 30.0  # hey waits for in-flight requests after -z (its timeout is 20 s)
 
 
@@ -92,7 +91,6 @@ class Runner:
         self.poll_every = poll_every
         self._t0 = time.monotonic()
         self._http = httpx.AsyncClient(timeout=10.0, trust_env=False, headers={"authorization": f"Bearer {token}"})
-        self._ingress_admin: int | None = None
         self._samples: list[Sample] = []
         self._current: _Current | None = None
 
@@ -117,18 +115,14 @@ class Runner:
         return sample
 
     async def _ingress(self) -> dict[str, int] | None:
-        """The ingress Envoy's downstream_rq_{total,completed,2xx} counters, straight from its admin."""
-        if self._ingress_admin is None:
-            return None
+        """The ingress Envoy's request counters {total, completed, 2xx}, as the admin API reads
+        them from its admin socket; None when it cannot say."""
         try:
-            response = await self._http.get(
-                f"http://127.0.0.1:{self._ingress_admin}/stats",
-                params={"format": "json", "filter": f"^{INGRESS_PREFIX.replace('.', '[.]')}(total|completed|2xx)$"},
-            )
-            stats = response.json()["stats"]
-        except (httpx.HTTPError, ValueError, KeyError):
+            response = await self._http.get(f"{self.admin}/ingress/requests")
+            response.raise_for_status()
+            return {str(k): int(v) for k, v in response.json().items()}
+        except (httpx.HTTPError, ValueError, TypeError, AttributeError):
             return None
-        return {s["name"].removeprefix(INGRESS_PREFIX): int(s["value"]) for s in stats if "value" in s}
 
     async def _coverage(self, min_wait: float, max_wait: float = 5.0) -> Coverage | None:
         """Policy coverage once it has stopped moving (side-cars flush access logs about once a
@@ -208,7 +202,6 @@ class Runner:
         ingress = status.get("ingress")
         if not isinstance(ingress, dict) or "url" not in ingress:
             raise PermanentError("the mesh has no ingress (no Gateway); a rehearsal sends its traffic there")
-        self._ingress_admin = ingress.get("admin")
         service = scenario.fault.service
         if service not in status.get("services", {}):
             raise PermanentError(f"the mesh has no service {service!r} to fail; choose one with --fault-service")

@@ -87,10 +87,15 @@ class Found:
     why: str = ""  # why not, when not
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
+def _listening(address: int | str) -> bool:
+    """A port on 127.0.0.1, or a Unix socket's path, accepts a connection."""
+    family, target = (socket.AF_INET, ("127.0.0.1", address)) if isinstance(address, int) else (socket.AF_UNIX, address)
+    with socket.socket(family) as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        try:
+            return sock.connect_ex(target) == 0
+        except OSError:  # a Unix socket path that is empty, too long or not a socket
+            return False
 
 
 def _check(row: dict[str, Any]) -> Found:
@@ -109,10 +114,10 @@ def _check(row: dict[str, Any]) -> Found:
         else:
             ours.append((pid, when))
     if not problems:
-        ports = [unit.spec.app.port] if unit.spec.app is not None else []
+        checks: list[tuple[str, int | str]] = [] if unit.spec.app is None else [("its app's port", unit.spec.app.port)]
         if unit.spec.envoy is not None:
-            ports.append(unit.spec.envoy.admin_port)
-        problems += [f"port {p} does not answer" for p in ports if not _listening(p)]
+            checks.append(("its Envoy's admin socket", unit.spec.envoy.admin))
+        problems += [f"{what} {a or '(none)'} does not answer" for what, a in checks if not _listening(a)]
     return Found(unit, tuple(ours), not problems, "; ".join(problems))
 
 

@@ -106,10 +106,10 @@ class Sampler:
         self._seen = {name: seen for name, seen in self._seen.items() if name in live}
 
     async def _requests(self, replica: Replica) -> int | None:
-        if replica.admin_url is None:
+        if replica.admin is None:
             return None
         try:
-            stats = await read_stats(self.http, replica.admin_url, INBOUND_REQUESTS)
+            stats = await read_stats(self.http, replica.admin, INBOUND_REQUESTS)
         except (httpx.HTTPError, ValueError):
             return None
         return sum(stats.values()) if stats else None

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from interstate.core.status import LogUse
+from interstate.telemetry import envoy_admin
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class LogKeeper:
         keep: int = KEEP,
         before: Callable[[], None] = lambda: None,
     ) -> None:
-        """`reopen(access_log)`: the admin URL of the Envoy writing that access log (None: none
+        """`reopen(access_log)`: the admin socket of the Envoy writing that access log (None: none
         runs now). `before()` runs before files are shifted (the boundary ledger reads what
         it has not read yet, so that the oldest file goes only once counted)."""
         self.folder = folder
@@ -112,12 +113,12 @@ class LogKeeper:
             self.before()
         for path in due:
             if path.name.endswith(ACCESS_LOG_SUFFIX):
-                admin = self.reopen(path)
-                if admin is None:
+                socket = self.reopen(path)
+                if socket is None:
                     continue  # its Envoy is gone: nothing writes there any more
                 rotate_by_rename(path, self.keep)
                 try:
-                    response = await self.http.post(admin + "/reopen_logs", timeout=5)
+                    response = await envoy_admin.post(self.http, socket, "/reopen_logs", timeout=5)
                     response.raise_for_status()
                 except httpx.HTTPError as exc:
                     log.warning("rotated %s, but its Envoy did not reopen it (%s)", path.name, exc)

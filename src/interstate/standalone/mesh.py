@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
 from interstate import audit
 from interstate.ca.authority import utcnow
 from interstate.compile import Proxy, Role, bootstrap, names, passthrough, policy_context
@@ -50,6 +48,7 @@ from interstate.standalone.logs import ACCESS_LOG_SUFFIX, LogKeeper
 from interstate.standalone.ports import PortAllocator
 from interstate.standalone.protocol import AppSpec, EnvoySpec, UnitSpec, UnitStatus
 from interstate.standalone.units import app_command, app_environment, endpoint_of, replica_status, template_digest
+from interstate.telemetry import envoy_admin
 from interstate.telemetry import envoys as envoys_t
 from interstate.telemetry.boundary import BoundaryLedger
 from interstate.xds import resources as rt
@@ -85,7 +84,7 @@ class StandaloneMesh:
         self.units: dict[str, UnitStatus] = {}
         self._next_index: dict[str, int] = {}
         self._lock = asyncio.Lock()
-        self.http = httpx.AsyncClient(trust_env=False)
+        self.http = envoy_admin.client()  # Envoy admins by socket, apps by TCP
         self.boundary = BoundaryLedger(
             settings.run_dir / "logs",
             self.registry,
@@ -130,11 +129,11 @@ class StandaloneMesh:
         """Every running Envoy of the mesh's workloads and the ingress, for the dashboard."""
         out = []
         for unit in self.envoys():
-            url, proxy = unit.admin_url, unit.spec.proxy
-            if url is None or proxy is None:
+            socket, proxy = unit.admin, unit.spec.proxy
+            if socket is None or proxy is None:
                 continue
             series = unit.spec.service or INGRESS_SERIES
-            out.append(EnvoyAdmin(series, unit.spec.name, proxy.node_id, url))
+            out.append(EnvoyAdmin(series, unit.spec.name, proxy.node_id, socket))
         return out
 
     @property
@@ -513,16 +512,16 @@ class StandaloneMesh:
         return dataclasses.replace(proxy, access_log=str(path))
 
     def _envoy_spec(self, proxy: Proxy) -> EnvoySpec:
-        """An Envoy for `proxy`: its admin port, bootstrap certificate and bootstrap file."""
+        """An Envoy for `proxy`: its admin socket, bootstrap certificate and bootstrap file."""
         identity = self.core.identity
         assert identity is not None, "the core has not started"
-        admin_port = self.ports.take()
         stem = proxy.node_id.replace("~", "-")
         logs = self.settings.run_dir / "logs"
+        socket = envoy_admin.socket_path(self.settings.run_dir / "envoy", stem)
         config = bootstrap.build(
             proxy.node_id,
             proxy.service,
-            admin_port,
+            socket,
             self.settings.host,
             self.core.port,
             identity.bootstrap_tls(proxy),
@@ -535,7 +534,7 @@ class StandaloneMesh:
         path.write_text(json.dumps(config, indent=1))
         return EnvoySpec(
             str(path),
-            admin_port,
+            socket,
             str(logs / f"{stem}.envoy-output.log"),
             str(logs / f"{stem}.outlier.log"),
             proxy.access_log,
@@ -588,7 +587,7 @@ class StandaloneMesh:
                 for u in self.envoys()
                 if u.spec.proxy is not None
                 and u.spec.envoy is not None
-                and (url := u.admin_url) is not None
+                and (url := u.admin) is not None
                 and service in index.callees(u.spec.proxy.caller)
             ]
             if not callers:
@@ -635,7 +634,7 @@ class StandaloneMesh:
         if ingress is not None and ingress.spec.envoy is not None and ingress.spec.proxy is not None:
             ingress_status = IngressStatus(
                 f"http://{self.settings.host}:{self.settings.ingress_port}",
-                ingress.spec.envoy.admin_port,
+                ingress.spec.envoy.admin,
                 ingress.envoy_pid,
                 xds.get(ingress.spec.proxy.node_id),
             )
@@ -651,8 +650,8 @@ class StandaloneMesh:
         )
 
     def _access_log_writer(self, path: Path) -> str | None:
-        """The admin URL of the running Envoy that writes the access log `path` (for `LogKeeper`)."""
+        """The admin socket of the running Envoy that writes the access log `path` (for `LogKeeper`)."""
         for unit in self.envoys():
             if unit.spec.envoy is not None and Path(unit.spec.envoy.requests_log) == path:
-                return unit.admin_url
+                return unit.admin
         return None

@@ -57,8 +57,11 @@ class Child:
         cwd: Path | None = None,
         pass_fds: Sequence[int] = (),
         outlives_us: bool = False,
+        umask: int = -1,
     ) -> None:
+        """`umask`: the child's own (an app gets its operator's); -1 keeps ours."""
         self.name = name
+        self.umask = umask
         self.pass_fds = tuple(pass_fds)
         self.argv = list(argv)
         self.log_path = log_path
@@ -117,6 +120,7 @@ class Child:
                     cwd=self.cwd,
                     start_new_session=True,
                     pass_fds=self.pass_fds,
+                    umask=self.umask,
                 )
             except (OSError, ValueError) as exc:
                 raise StartupError(f"{self.name} could not be started: {exc}") from None
@@ -174,10 +178,12 @@ async def wait_ready(
         interval = min(interval * 1.5, 0.25)
 
 
-def http_probe(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[bool]]:
+def http_probe(send: Callable[[], Awaitable[httpx.Response]]) -> Callable[[], Awaitable[bool]]:
+    """Ready when what `send` asks (an app's probe path, an Envoy admin's /ready) answers 2xx/3xx."""
+
     async def probe() -> bool:
         try:
-            response = await client.get(url, timeout=1.0)
+            response = await send()
         except httpx.HTTPError:
             return False
         return 200 <= response.status_code < 400

@@ -49,7 +49,7 @@ class AppSpec:
 @dataclass(frozen=True)
 class EnvoySpec:
     bootstrap: str  # the bootstrap file the control plane wrote
-    admin_port: int
+    admin: str  # the Unix socket its admin interface listens on (`telemetry.envoy_admin`)
     log: str  # Envoy's own output (its messages)
     outlier_log: str
     access_log: str = ""  # the access log Envoy writes (`Proxy.access_log`); "" from an older mesh
@@ -89,21 +89,27 @@ class UnitSpec:
             template=data["template"],
             proxy=None if proxy is None else Proxy(**(proxy | {"role": Role(proxy["role"])})),
             app=None if app is None else AppSpec(**(app | {"argv": tuple(app["argv"])})),
-            envoy=None if envoy is None else EnvoySpec(**envoy),
+            envoy=None if envoy is None else EnvoySpec(**_current_envoy(envoy)),
         )
 
     @property
-    def admin_url(self) -> str | None:
-        """Its Envoy's admin interface (always on 127.0.0.1: see `compile.bootstrap`)."""
-        return None if self.envoy is None else f"http://127.0.0.1:{self.envoy.admin_port}"
+    def admin(self) -> str | None:
+        """Its Envoy's admin socket (`telemetry.envoy_admin`); None when it has no Envoy."""
+        return None if self.envoy is None else self.envoy.admin
 
     def ports(self) -> list[int]:
         out = [] if self.app is None else [self.app.port]
-        if self.envoy is not None:
-            out.append(self.envoy.admin_port)
         if self.proxy is not None:
             out += [p for p in (self.proxy.inbound_port, self.proxy.outbound_port, self.proxy.ingress_port) if p]
         return out
+
+
+def _current_envoy(data: dict[str, Any]) -> dict[str, Any]:
+    """An EnvoySpec's fields as saved, from this version or an older one (whose Envoys had a TCP
+    admin port: they get no socket, so adoption finds them unreachable and replaces them)."""
+    out = {k: v for k, v in data.items() if k != "admin_port"}
+    out.setdefault("admin", "")
+    return out
 
 
 @dataclass(frozen=True)
@@ -143,8 +149,8 @@ class UnitStatus:
         return self.spec.name
 
     @property
-    def admin_url(self) -> str | None:
-        return self.spec.admin_url
+    def admin(self) -> str | None:
+        return self.spec.admin
 
 
 # ---- the channel -------------------------------------------------------------------------------

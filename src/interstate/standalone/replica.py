@@ -23,6 +23,7 @@ from interstate.settings import Settings
 from interstate.standalone.envoy import envoy_command
 from interstate.standalone.process import Child, http_probe, tcp_probe, wait_ready
 from interstate.standalone.protocol import UnitSpec, UnitStatus
+from interstate.telemetry import envoy_admin
 from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,13 @@ class Unit:
         if spec.app is not None:
             app = spec.app
             self.app = Child(
-                f"app {spec.name}", app.argv, Path(app.log), env=app.env, cwd=Path(app.cwd), outlives_us=True
+                f"app {spec.name}",
+                app.argv,
+                Path(app.log),
+                env=app.env,
+                cwd=Path(app.cwd),
+                outlives_us=True,
+                umask=settings.app_umask,
             )
         self._watchers: list[asyncio.Task[None]] = []
         self._down: set[str] = set()
@@ -65,8 +72,8 @@ class Unit:
         return self.spec.name
 
     @property
-    def admin_url(self) -> str | None:
-        return self.spec.admin_url
+    def admin(self) -> str | None:
+        return self.spec.admin
 
     def status(self) -> UnitStatus:
         return UnitStatus(
@@ -107,16 +114,19 @@ class Unit:
                 self._watchers.append(asyncio.create_task(self._watch(kind, child, start), name=f"watch {child.name}"))
 
     async def _start_envoy(self) -> None:
-        assert self.envoy is not None and self.admin_url is not None
+        socket = self.admin
+        assert self.envoy is not None and socket is not None
         await self.envoy.start()
-        await wait_ready(self.envoy, http_probe(self.http, self.admin_url + "/ready"), self.settings.ready_timeout_s)
+        ready = http_probe(lambda: envoy_admin.get(self.http, socket, "/ready", timeout=1.0))
+        await wait_ready(self.envoy, ready, self.settings.ready_timeout_s)
 
     async def _start_app(self) -> None:
         assert self.app is not None and self.spec.app is not None
         app = self.spec.app
         await self.app.start()
         if app.probe_path is not None:
-            check = http_probe(self.http, f"http://127.0.0.1:{app.port}{app.probe_path}")
+            url = f"http://127.0.0.1:{app.port}{app.probe_path}"
+            check = http_probe(lambda: self.http.get(url, timeout=1.0))
         else:
             check = tcp_probe("127.0.0.1", app.port)
         await wait_ready(self.app, check, app.ready_timeout_s)
@@ -159,13 +169,14 @@ class Unit:
         """Stop taking new connections gracefully, then wait (bounded) for in-flight requests to
         finish. Call after the endpoint was withdrawn everywhere."""
         self._set(ReplicaState.DRAINING)
-        if self.envoy is None or not self.envoy.running or self.admin_url is None:
+        socket = self.admin
+        if self.envoy is None or not self.envoy.running or socket is None:
             return
         try:
-            await self.http.post(self.admin_url + "/drain_listeners", params={"graceful": ""}, timeout=2.0)
+            await envoy_admin.post(self.http, socket, "/drain_listeners", {"graceful": ""})
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                active = await read_stats(self.http, self.admin_url, ACTIVE_REQUESTS)
+                active = await read_stats(self.http, socket, ACTIVE_REQUESTS)
                 if sum(active.values()) == 0:
                     return
                 await asyncio.sleep(0.05)

@@ -24,8 +24,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
-
 from interstate import audit
 from interstate.core import access
 from interstate.core.status import ControlPlaneInfo, SupervisorInfo, to_json
@@ -37,6 +35,7 @@ from interstate.standalone.envoy import find_envoy
 from interstate.standalone.process import Child
 from interstate.standalone.protocol import Channel, UnitSpec, UnitStatus
 from interstate.standalone.replica import Unit
+from interstate.telemetry import envoy_admin
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class Supervisor:
         self.units: dict[str, Unit] = {}
         self.adopted: list[str] = []
         self._starting: set[asyncio.Task[Any]] = set()  # `start` requests being carried out
-        self.http = httpx.AsyncClient(trust_env=False)
+        self.http = envoy_admin.client()  # Envoy admins by socket, apps by TCP
         self.channel: Channel | None = None
         self.control_plane: Child | None = None
         self.info: ControlPlaneInfo | None = None

@@ -80,7 +80,7 @@ def replica_status(unit: UnitStatus, xds: NodeSync | None) -> ReplicaStatus:
             spec.proxy.node_id,
             spec.proxy.inbound_port,
             spec.proxy.outbound_port,
-            spec.envoy.admin_port,
+            spec.envoy.admin,
             spec.envoy.requests_log,
             unit.restarts.get("envoy", 0),
         )

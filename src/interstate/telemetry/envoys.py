@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from interstate.telemetry import envoy_admin
 from interstate.telemetry.flags import GRPC_CODES, GRPC_FAILURES, explain, grpc_code
 
 COUNTERS = {
@@ -38,31 +39,32 @@ ACCESS_LOG_TAIL_BYTES = 256 * 1024
 @dataclass(frozen=True)
 class Caller:
     node: str
-    admin_url: str
+    admin: str  # its admin socket
     access_log: Path
     outlier_log: Path
 
 
-async def read_stats_json(http: httpx.AsyncClient, admin_url: str, pattern: str, timeout: float = 2.0) -> Any:
+async def read_stats_json(http: httpx.AsyncClient, socket: str, pattern: str, timeout: float = 2.0) -> Any:
     """Envoy's `/stats?format=json` answer for stats whose name matches `pattern` (Envoy's regex
-    filter), histograms included: the one place the mesh reads Envoy stats (status, dashboard,
-    autoscaler, draining). Raises httpx.HTTPError or ValueError when Envoy cannot say."""
-    response = await http.get(admin_url + "/stats", params={"format": "json", "filter": pattern}, timeout=timeout)
+    filter), histograms included, from the Envoy whose admin socket is `socket` (`http` made by
+    `envoy_admin.client()`): the one place the mesh reads Envoy stats (status, dashboard, autoscaler,
+    draining). Raises httpx.HTTPError or ValueError when Envoy cannot say."""
+    response = await envoy_admin.get(http, socket, "/stats", {"format": "json", "filter": pattern}, timeout)
     response.raise_for_status()
     return response.json()
 
 
-async def read_stats(http: httpx.AsyncClient, admin_url: str, pattern: str) -> dict[str, int]:
+async def read_stats(http: httpx.AsyncClient, socket: str, pattern: str) -> dict[str, int]:
     """Counters and gauges whose name matches `pattern`; text stats such as a version hash are
     skipped. Raises httpx.HTTPError or ValueError when Envoy cannot say."""
-    payload = await read_stats_json(http, admin_url, pattern)
+    payload = await read_stats_json(http, socket, pattern)
     return {s["name"]: s["value"] for s in payload.get("stats", []) if isinstance(s.get("value"), int)}
 
 
 async def counters(http: httpx.AsyncClient, caller: Caller, cluster: str) -> dict[str, int]:
     prefix = f"cluster.{cluster}."
     try:
-        stats = await read_stats(http, caller.admin_url, f"^cluster\\.{_re(cluster)}\\.")
+        stats = await read_stats(http, caller.admin, f"^cluster\\.{_re(cluster)}\\.")
     except (httpx.HTTPError, ValueError):
         return {}
     return {key: stats.get(prefix + name, 0) for key, name in COUNTERS.items()}
