@@ -698,6 +698,12 @@ def test_a_tcp_service_is_offered_on_the_callers_local_port_and_relayed_over_mut
     local = next(x for x in results.listeners if x.name == "tcp|cache")
     assert (local.address.socket_address.address, local.address.socket_address.port_value) == ("127.0.0.1", 6379)
     assert local.enable_reuse_port.value  # the caller's replicas share the port
+    # every other listener is its port's one owner: nothing may bind beside it and take a share
+    others = [x for x in results.listeners if x.name != "tcp|cache" and not x.HasField("internal_listener")]
+    assert {x.name for x in others} == {"inbound", "outbound"}
+    assert all(x.HasField("enable_reuse_port") and not x.enable_reuse_port.value for x in others)
+    ingress = compile_proxy(index, Proxy.ingress(8080))
+    assert [x.enable_reuse_port.value for x in ingress.listeners] == [False]
     relay = tcp_proxy_pb2.TcpProxy()
     local.filter_chains[0].filters[0].typed_config.Unpack(relay)
     assert relay.cluster == "outbound|cache"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,39 @@ def test_missing_folder_and_programs_are_reported_with_file_document_and_field(t
         f"mesh.yaml: document 3 (Workload c): spec.run.command[0]: './missing.sh' does not exist "
         f"(looked for {tmp_path / 'apps' / './missing.sh'})",
     ]
+
+
+TCP_CALLER = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{name: cache}}
+spec: {{port: 6379, protocol: tcp, run: {{command: [redis-server]}}}}
+---
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {{name: results}}
+spec: {{port: 8080, calls: [cache], localPorts: {{cache: {port}}}, run: {{command: [python, app.py]}}}}
+"""
+
+
+def test_a_local_port_another_owns_is_refused_naming_both_owners() -> None:
+    config = decode_sources({"mesh.yaml": TCP_CALLER.format(port=41000)})
+    with pytest.raises(ConfigError) as caught:
+        preflight.check_ports(config, {41000: "the ingress", 41001: "the admin API"})
+    assert [str(i) for i in caught.value.issues] == [
+        "mesh.yaml: document 2 (Workload results): spec.localPorts.cache: port 41000 is taken on this host by "
+        "the ingress; a port has one owner, so choose another"
+    ]
+    preflight.check_ports(config, {41000: "results's spec.localPorts.cache"})  # its own: fine
+
+
+def test_a_new_local_port_a_program_outside_the_mesh_holds_is_refused() -> None:
+    with socket.socket() as outsider:
+        outsider.bind(("127.0.0.1", 0))
+        outsider.listen()
+        port = outsider.getsockname()[1]
+        config = decode_sources({"mesh.yaml": TCP_CALLER.format(port=port)})
+        with pytest.raises(ConfigError, match=f"port {port} is in use on this host by a program outside the mesh"):
+            preflight.check_ports(config, {}, host="127.0.0.1")
+        # the running mesh's own side-cars hold a local port it already has: that is no conflict
+        preflight.check_ports(config, {}, {port: "results's spec.localPorts.cache"}, host="127.0.0.1")

@@ -21,17 +21,18 @@ from interstate.core import access
 from interstate.errors import ConfigError, PermanentError
 from interstate.model.index import MeshConfig
 from interstate.settings import Settings
-from interstate.standalone import adoption, state, supervisor
+from interstate.standalone import adoption, preflight, state, supervisor
 from interstate.standalone.autoscaler import keep_autoscaled
-from interstate.standalone.ports import PortAllocator
+from interstate.standalone.ports import PortAllocator, mesh_ports
 from interstate.standalone.process import port_is_free
 
 log = logging.getLogger(__name__)
 
 
-def fix_ports(settings: Settings) -> Settings:
+def fix_ports(settings: Settings, config: MeshConfig) -> Settings:
     """Every port the mesh keeps for its whole life, chosen now: those given must be free, 0
-    becomes a free one. A restarted control plane listens where the first one did."""
+    becomes a free one (never one a workload declares in `localPorts`). A restarted control
+    plane listens where the first one did."""
     for what, port in (("xDS", settings.xds_port), ("ingress", settings.ingress_port), ("admin", settings.admin_port)):
         if port and not port_is_free(settings.host, port):
             raise PermanentError(
@@ -39,6 +40,7 @@ def fix_ports(settings: Settings) -> Settings:
                 f"(--{what.lower()}-port) or let interstate pick free ports (--auto-ports)"
             )
     ports = PortAllocator(settings.host)
+    ports.declare(config)
     return replace(
         settings,
         xds_port=ports.take(settings.xds_port),
@@ -51,7 +53,7 @@ def take_over(settings: Settings, config: MeshConfig) -> tuple[Settings, MeshCon
     """What to start from: fresh settings, or those of the mesh a killed `up` left running."""
     found = adoption.survey(settings.run_dir)
     if not found:
-        return fix_ports(settings), config, []
+        return fix_ports(settings, config), config, []
     try:
         saved = state.load_settings(settings.run_dir)
         running = state.load_config(settings.run_dir)
@@ -70,7 +72,7 @@ def _start_over(
     for item in found:
         adoption.terminate(item.pids, settings.stop_timeout_s)
     adoption.forget(settings.run_dir)
-    return fix_ports(settings), config, []
+    return fix_ports(settings, config), config, []
 
 
 async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]) -> None:
@@ -86,6 +88,8 @@ async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]
             f"(`interstate down --run-dir {settings.run_dir}`) or use another --run-dir"
         )
     settings, config, found = take_over(settings, config)
+    # a local port on the ingress's, say, or held by another program (not by the units adopted)
+    preflight.check_ports(config, mesh_ports(settings), host=None if found else settings.host)
     access.create_token(settings.run_dir)  # a new admin token for every start (README "Admin API")
     state.save_settings(settings)
     state.save_config(settings.run_dir, config)

@@ -196,4 +196,9 @@ def chain(
 def listener(
     name: str, address: str, port: int, chains: list[listener_components_pb2.FilterChain]
 ) -> listener_pb2.Listener:
-    return listener_pb2.Listener(name=name, address=socket_address(address, port), filter_chains=chains)
+    """A listener that is its port's one owner: no SO_REUSEPORT (Envoy sets it by default), so
+    another socket on the port, even another Envoy of the mesh, fails to bind instead of taking
+    a share of its connections."""
+    return listener_pb2.Listener(
+        name=name, address=socket_address(address, port), filter_chains=chains, enable_reuse_port={"value": False}
+    )

@@ -45,7 +45,7 @@ from interstate.settings import Settings
 from interstate.standalone import changes, preflight, state
 from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
 from interstate.standalone.logs import ACCESS_LOG_SUFFIX, LogKeeper
-from interstate.standalone.ports import PortAllocator
+from interstate.standalone.ports import PortAllocator, mesh_ports
 from interstate.standalone.protocol import AppSpec, EnvoySpec, UnitSpec, UnitStatus
 from interstate.standalone.units import app_command, app_environment, endpoint_of, replica_status, template_digest
 from interstate.telemetry import envoy_admin
@@ -80,7 +80,8 @@ class StandaloneMesh:
         self.audit = core.audit
         self.registry = core.registry
         self.ports = PortAllocator(settings.host)
-        self.ports.take(settings.ingress_port)
+        self.ports.take_all(mesh_ports(settings))
+        self.ports.declare(config)
         self.units: dict[str, UnitStatus] = {}
         self._next_index: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -335,6 +336,7 @@ class StandaloneMesh:
     # ---- changes ---------------------------------------------------------------------------
     def _set_config(self, config: MeshConfig) -> None:
         self.config = config
+        self.ports.declare(config)
         state.save_config(self.settings.run_dir, config)
 
     async def _apply(self, change: MeshConfig | Callable[[MeshConfig], MeshConfig]) -> dict[str, Any]:
@@ -349,6 +351,7 @@ class StandaloneMesh:
             if config is previous:
                 return {"started": [], "stopped": []}
             preflight.check(config, self.settings.mesh_dir)
+            preflight.check_ports(config, self.ports.owners_but_declared(), self.ports.declared(), self.settings.host)
             config = keep_autoscaled(previous, config)
             header, new_header = MeshIndex(previous).mesh.policy_header, MeshIndex(config).mesh.policy_header
             if new_header != header and self.units:
@@ -477,15 +480,15 @@ class StandaloneMesh:
         index = self._next_index.get(workload.name, 0)
         self._next_index[workload.name] = index + 1
         name = f"{workload.name}-{index}"
-        app_port = self.ports.take()
+        app_port = self.ports.take(owner=f"{name}'s app")
         proxy = envoy = None
         if workload.injected:
             proxy = self._logged(
                 Proxy.sidecar(
                     workload.name,
                     index,
-                    inbound_port=self.ports.take(),
-                    outbound_port=self.ports.take(),
+                    inbound_port=self.ports.take(owner=f"{name}'s side-car (inbound)"),
+                    outbound_port=self.ports.take(owner=f"{name}'s side-car (outbound)"),
                     app_port=app_port,
                 )
             )

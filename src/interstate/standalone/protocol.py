@@ -97,10 +97,17 @@ class UnitSpec:
         """Its Envoy's admin socket (`telemetry.envoy_admin`); None when it has no Envoy."""
         return None if self.envoy is None else self.envoy.admin
 
-    def ports(self) -> list[int]:
-        out = [] if self.app is None else [self.app.port]
+    def ports(self) -> dict[int, str]:
+        """The TCP ports it binds, each with its owner in words ("stats-0's app")."""
+        out = {} if self.app is None else {self.app.port: f"{self.name}'s app"}
         if self.proxy is not None:
-            out += [p for p in (self.proxy.inbound_port, self.proxy.outbound_port, self.proxy.ingress_port) if p]
+            for port, what in (
+                (self.proxy.inbound_port, "side-car (inbound)"),
+                (self.proxy.outbound_port, "side-car (outbound)"),
+                (self.proxy.ingress_port, "ingress"),
+            ):
+                if port:
+                    out[port] = "the ingress" if what == "ingress" else f"{self.name}'s {what}"
         return out
 
 
