@@ -718,3 +718,60 @@ def test_a_tcp_service_is_offered_on_the_callers_local_port_and_relayed_over_mut
     assert [f.name for f in inbound.filter_chains[0].filters] == ["envoy.filters.network.tcp_proxy"]
     assert inbound.filter_chains[0].HasField("transport_socket")  # mutual TLS
     assert [r.name for r in cache.routes] == ["outbound"]
+
+
+def guarded_ranges(cluster: cluster_pb2.Cluster) -> list[str]:
+    """The address ranges a cluster's upstream RBAC filter refuses (`egress`); [] when unguarded."""
+    from envoy.config.rbac.v3 import rbac_pb2
+    from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_filter
+    from envoy.extensions.rbac.matchers.upstream_ip_port.v3 import upstream_ip_port_matcher_pb2
+
+    options = http_options_pb2.HttpProtocolOptions()
+    if "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" not in cluster.typed_extension_protocol_options:
+        return []
+    cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(options)
+    names = [f.name for f in options.http_filters]
+    if not names:
+        return []
+    assert names == ["envoy.filters.http.upstream_rbac", "envoy.filters.http.upstream_codec"]
+    config = rbac_filter.RBAC()
+    options.http_filters[0].typed_config.Unpack(config)
+    assert config.rules.action == rbac_pb2.RBAC.DENY
+    out = []
+    for rule in config.rules.policies["host-own-address"].permissions[0].or_rules.rules:
+        matcher = upstream_ip_port_matcher_pb2.UpstreamIpPortMatcher()
+        rule.matcher.typed_config.Unpack(matcher)
+        out.append(f"{matcher.upstream_ip.address_prefix}/{matcher.upstream_ip.prefix_len.value}")
+    return out
+
+
+def test_side_cars_forward_nothing_to_the_hosts_own_addresses() -> None:
+    """Issue 25: ALLOW_ANY's pass-through and an ExternalService are refused this host's own
+    addresses at the address Envoy connects to; the mesh's own services are not guarded, and an
+    ExternalService that says allowLoopback is not either."""
+    allow_any = MESH.replace(
+        "spec: {defaultPolicy: FEC-F101}", "spec: {defaultPolicy: FEC-F101, outboundTrafficPolicy: {mode: ALLOW_ANY}}"
+    )
+    externals = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: ExternalService
+metadata: {name: fec-api}
+spec: {address: api.open.fec.gov, port: 443, tls: true}
+---
+apiVersion: mesh.codifyhq.io/v1
+kind: ExternalService
+metadata: {name: local-ledger}
+spec: {address: 127.0.0.1, allowLoopback: true, port: 7000}
+"""
+    caller = RESULTS.replace("calls: [stats]", "calls: [stats, fec-api, local-ledger]")
+    resources = compile_proxy(mesh(allow_any, caller, STATS, GATEWAY, externals), sidecar("results"))
+    for name in ("outbound|passthrough", "outbound|fec-api"):
+        ranges = guarded_ranges(cluster_named(resources, name))
+        assert {"127.0.0.0/8", "0.0.0.0/8", "169.254.0.0/16", "::1/128", "::ffff:7f00:0/104"} <= set(ranges)
+    assert guarded_ranges(cluster_named(resources, "outbound|local-ledger")) == []
+    assert guarded_ranges(cluster_named(resources, "outbound|stats")) == []
+    outbound = next(x for x in resources.listeners if x.name == "outbound")
+    manager = hcm_pb2.HttpConnectionManager()
+    outbound.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    [mapper] = manager.local_reply_config.mappers
+    assert "this host's own addresses" in mapper.body_format_override.text_format_source.inline_string

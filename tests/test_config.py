@@ -656,3 +656,31 @@ def test_a_local_port_serves_one_service_across_the_mesh() -> None:
     found = issues(one.replace(STATS, two) + "---\n" + CACHE + "---\n" + other)
     assert [i.field for i in found] == ["spec.localPorts.queue"]
     assert "port 6379 is 'cache''s in Workload results" in found[0].message
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.1",
+        "localhost",
+        "api.localhost",
+        "0x7f000001",
+        "2130706433",
+        "::1",
+        "::ffff:7f00:1",
+        "0.0.0.0",
+        "169.254.169.254",
+    ],
+)
+def test_an_external_service_on_this_host_is_refused_unless_it_says_so(address: str) -> None:
+    external = "apiVersion: mesh.codifyhq.io/v1\nkind: ExternalService\nmetadata: {{name: ledger}}\nspec: {{address: '{address}', port: 7000{extra}}}\n"
+    issue = only_issue({"egress.yaml": external.format(address=address, extra="")})
+    assert (issue.file, issue.document, issue.field) == ("egress.yaml", 1, "spec.address")
+    assert "this host's own address" in issue.message and "allowLoopback: true" in issue.message
+    decode_sources({"egress.yaml": external.format(address=address, extra=", allowLoopback: true")})  # accepted
+
+
+def test_an_external_service_elsewhere_needs_no_word() -> None:
+    external = "apiVersion: mesh.codifyhq.io/v1\nkind: ExternalService\nmetadata: {name: fec}\nspec: {address: api.open.fec.gov, port: 443}\n"
+    decode_sources({"egress.yaml": external})  # accepted

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from mesh_runner import ROOT, MeshRun, cli, running_mesh, wait_for
+from netns import other_host
 
 pytestmark = pytest.mark.e2e
 
@@ -79,7 +80,7 @@ spec:
 apiVersion: mesh.codifyhq.io/v1
 kind: ExternalService
 metadata: {{ name: fec-api }}
-spec: {{ address: {OUTSIDE_HOST}, port: {outside_port} }}
+spec: {{ address: {OUTSIDE_HOST}, allowLoopback: true, port: {outside_port} }}
 ---
 apiVersion: mesh.codifyhq.io/v1
 kind: Workload
@@ -225,16 +226,30 @@ def test_undeclared_hosts_are_refused_and_counted_then_passed_through_with_allow
 
     wait_for(lambda: undeclared_counts().get("refused") == 1, timeout=5, what="the refusal to be counted")
 
-    # switch the running mesh to ALLOW_ANY: the same call now goes through (allow-list still applies)
+    # switch the running mesh to ALLOW_ANY: a host outside goes through (allow-list still applies)
     write_mesh(root / "mesh", outside, "ALLOW_ANY")
     applied = cli("apply", str(root / "mesh"), "--admin", run.admin)
     assert applied.returncode == 0, applied.stderr
-    passed = call()
-    assert passed["status"] == 200, passed
-    [headers] = Outside.seen
-    assert "x-internal-note" not in headers
-    wait_for(lambda: undeclared_counts().get("passed") == 1, timeout=5, what="the pass-through to be counted")
-    assert undeclared_counts()["refused"] == 1
+    with other_host() as elsewhere:
+        echo = elsewhere.echo_server()
+        response = httpx.get(
+            run.ingress + "/front/relay", params={"to": echo + "/filings"}, timeout=10, trust_env=False
+        ).json()
+        assert response["status"] == 200, response
+        headers = json.loads(response["body"]) if isinstance(response["body"], str) else response["body"]
+        assert headers["host"] == echo.removeprefix("http://") and "x-internal-note" not in headers
+    # ... but never this host's own addresses (issue 25): 127.0.0.2 is one, however it is written
+    guarded = httpx.get(run.ingress + "/front/relay", params={"to": undeclared}, timeout=10, trust_env=False).json()
+    assert guarded["status"] == 403 and "forwards nothing to this host's own addresses" in guarded["body"], guarded
+    outbound = run.status()["services"]["front"]["replicas"][0]["sidecar"]["outbound"]
+    with httpx.Client(proxy=f"http://127.0.0.1:{outbound}", timeout=10, trust_env=False) as side_car:
+        for spelling in ("localhost", "0x7f000002", "2130706434", "127.2", "127.0.0.1"):
+            answer = side_car.get(f"http://{spelling}:{outside}/anything")
+            # refused at the address it resolves to, or not even a name Envoy's resolver reads
+            refused = answer.status_code == 403 and "this host's own addresses" in answer.text
+            assert refused or "DNS resolution failure" in answer.text, (spelling, answer.text)
+    assert Outside.seen == []  # never contacted
+    wait_for(lambda: undeclared_counts().get("refused") == 2, timeout=5, what="the guarded call to be counted refused")
 
 
 def test_logs_rotate_under_traffic_and_counts_stay_exact(tmp_path: Path) -> None:

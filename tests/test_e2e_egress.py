@@ -56,7 +56,7 @@ def egress_mesh(tmp_path_factory: pytest.TempPathFactory, fec_api: int) -> Itera
     shutil.copytree(EXAMPLE, mesh)
     (mesh / "fec-api.yaml").write_text(
         "apiVersion: mesh.codifyhq.io/v1\nkind: ExternalService\nmetadata: { name: fec-api }\n"
-        f"spec:\n  address: 127.0.0.1\n  port: {fec_api}\n"
+        f"spec:\n  address: 127.0.0.1\n  allowLoopback: true\n  port: {fec_api}\n"
         "  retries: { attempts: 3, perTryTimeout: 1s, retryOn: [5xx], backoff: { baseInterval: 10ms, maxInterval: 50ms } }\n"
         "  timeout: 5s\n"
     )

@@ -166,6 +166,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
             "fec-api",
             {
                 "address": "127.0.0.1",
+                "allowLoopback": True,  # the tests' systems outside the mesh listen on loopback
                 "port": 9443,
                 "tls": True,
                 "timeout": "5s",
@@ -174,7 +175,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
                 "connectionPool": {"maxConnections": 10},
             },
         ),
-        doc("ExternalService", "irs-api", {"address": "localhost", "port": 8080}),
+        doc("ExternalService", "irs-api", {"address": "irs.example", "port": 8080}),  # guarded (`egress`)
     ],
     "boundary-allow-any": [
         mesh(
@@ -185,7 +186,7 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
         workload("results", ("stats", "fec-api"), {POLICY: "FEC-F101"}),
         STATS,
         GATEWAY,
-        doc("ExternalService", "fec-api", {"address": "127.0.0.1", "port": 9443}),
+        doc("ExternalService", "fec-api", {"address": "127.0.0.1", "allowLoopback": True, "port": 9443}),
     ],
     "fault-in-service": [
         MESH,

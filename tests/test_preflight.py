@@ -84,3 +84,19 @@ def test_a_new_local_port_a_program_outside_the_mesh_holds_is_refused() -> None:
             preflight.check_ports(config, {}, host="127.0.0.1")
         # the running mesh's own side-cars hold a local port it already has: that is no conflict
         preflight.check_ports(config, {}, {port: "results's spec.localPorts.cache"}, host="127.0.0.1")
+
+
+def test_an_external_service_on_this_host_may_not_point_at_a_port_the_mesh_owns() -> None:
+    external = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: ExternalService
+metadata: {{name: ledger}}
+spec: {{address: {address}, allowLoopback: true, port: 15000}}
+"""
+    with pytest.raises(ConfigError, match=r"ledger\): spec.port: 15000 is taken on this host by the admin API"):
+        preflight.check_ports(
+            decode_sources({"m.yaml": external.format(address="localhost")}), {15000: "the admin API"}
+        )
+    preflight.check_ports(
+        decode_sources({"m.yaml": external.format(address="ledger.example")}), {15000: "the admin API"}
+    )

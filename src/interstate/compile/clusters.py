@@ -19,7 +19,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as http
 from envoy.type.v3 import percent_pb2
 from google.protobuf import wrappers_pb2
 
-from interstate.compile import names, passthrough, tls
+from interstate.compile import egress, names, passthrough, tls
 from interstate.compile.common import ads, duration, pack, socket_address
 from interstate.compile.proxy import Credentials, Proxy, Role
 from interstate.model.base import HopProtocol, Protocol
@@ -81,6 +81,11 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     else:  # an app without a side-car
         http2 = workload is not None and workload.spec.protocol.h2c
     options = protocol_options(http2, per_connection, websocket=http2 and external is None)
+    if external is not None and not external.spec.allow_loopback:  # not to the host's own addresses
+        if options is None:
+            options = http_options_pb2.HttpProtocolOptions()
+            options.explicit_http_config.http_protocol_options.SetInParent()
+        options = egress.guard(options)
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
     cluster.circuit_breakers.thresholds.append(

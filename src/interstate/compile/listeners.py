@@ -25,6 +25,7 @@ from interstate.compile import (
     access_log,
     authz,
     boundary,
+    egress,
     jwt,
     limits,
     names,
@@ -72,6 +73,8 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
 def outbound(index: MeshIndex, proxy: Proxy) -> HCM:
     """The app's HTTP proxy: calls into the mesh, by Host (or absolute URL) or CONNECT tunnel."""
     manager = http_manager(index, names.OUTBOUND_LISTENER, names.OUTBOUND_ROUTE, proxy)
+    if passthrough.allowed(index) or index.externals:  # a guarded cluster may refuse a call
+        manager.local_reply_config.mappers.append(egress.refused_reply())
     before_router(
         manager,
         present(

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from interstate.errors import ConfigError, Issue
+from interstate.model.external_service import ExternalService, host_own_address
 from interstate.model.index import MeshConfig
 from interstate.model.workload import Workload
 from interstate.standalone.ports import local_ports
@@ -49,7 +50,8 @@ def check_ports(
 ) -> None:
     """ConfigError for each local port of `config` that someone else owns in `taken` ({port:
     owner}: the mesh's own ports and its units'), naming both owners; with `host`, also for a
-    new one (not in `in_force`, the local ports the running mesh binds) another program holds."""
+    new one (not in `in_force`, the local ports the running mesh binds) another program holds.
+    And for an ExternalService on this host (`allowLoopback`) at a port the mesh owns."""
     declared = local_ports(config)
     running = in_force or {}
     issues = []
@@ -64,5 +66,13 @@ def check_ports(
             else:
                 continue
             issues.append(Issue(file, document, workload.ref, f"spec.localPorts.{service}", problem))
+    for external in config.of_kind(ExternalService):
+        owner = taken.get(external.spec.port)
+        if external.spec.allow_loopback and host_own_address(external.spec.address) and owner is not None:
+            file, document = config.origin(external)
+            message = (
+                f"{external.spec.port} is taken on this host by {owner}; the mesh never forwards to a port it owns"
+            )
+            issues.append(Issue(file, document, external.ref, "spec.port", message))
     if issues:
         raise ConfigError(issues)

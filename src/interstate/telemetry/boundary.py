@@ -208,7 +208,9 @@ class BoundaryLedger:
         route = entry.get("route") or ""
         if direction == "outbound" and route in (self.refused_route, self.passed_route):
             service = str(entry.get("service", "?"))
-            outcome = "refused" if route == self.refused_route else "passed"
+            # a pass-through the side-car refused (the host's own address: `compile.egress`) was not passed
+            guarded = str(entry.get("details", "")).startswith("rbac_access_denied")
+            outcome = "refused" if route == self.refused_route or guarded else "passed"
             self._add("undeclared", self.undeclared, (service, str(entry.get("authority")), outcome))
         if direction == "ingress":
             for prefix, outcome in self.policy_routes.items():
