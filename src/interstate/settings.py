@@ -47,10 +47,11 @@ class Settings:
     # The mesh's own processes write with umask 077 (`up.run`): nothing in the run folder is
     # readable by another user. Apps create their own files with their operator's umask, this.
     app_umask: int = 0o022
+    run_id: str = ""  # this mesh run (`up.take_over`): bootstrap certificates of no other run are accepted
 
     def identity(self) -> IdentitySettings:
         return IdentitySettings(
-            self.run_dir / "certs", self.ca_dir, self.ca_cert, self.ca_key, self.ca_bundle, self.cert_ttl
+            self.run_dir / "certs", self.ca_dir, self.ca_cert, self.ca_key, self.ca_bundle, self.cert_ttl, self.run_id
         )
 
     def auto_ports(self) -> Settings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -53,15 +54,23 @@ def take_over(settings: Settings, config: MeshConfig) -> tuple[Settings, MeshCon
     """What to start from: fresh settings, or those of the mesh a killed `up` left running."""
     found = adoption.survey(settings.run_dir)
     if not found:
-        return fix_ports(settings, config), config, []
+        return fresh(settings, config), config, []
     try:
         saved = state.load_settings(settings.run_dir)
         running = state.load_config(settings.run_dir)
     except (OSError, ValueError, TypeError, ConfigError) as exc:
         return _start_over(settings, config, found, f"its saved state cannot be read ({exc})")
-    if saved.identity() != settings.identity():
+    if not saved.run_id:
+        return _start_over(settings, config, found, "its Envoys' bootstrap certificates are bound to no run")
+    if saved.identity() != replace(settings, run_id=saved.run_id).identity():
         return _start_over(settings, config, found, "the CA settings changed")
-    kept = replace(settings, xds_port=saved.xds_port, ingress_port=saved.ingress_port, admin_port=saved.admin_port)
+    kept = replace(
+        settings,
+        xds_port=saved.xds_port,
+        ingress_port=saved.ingress_port,
+        admin_port=saved.admin_port,
+        run_id=saved.run_id,  # the run goes on: its Envoys' bootstrap certificates stay good
+    )
     return kept, keep_autoscaled(running, config), found
 
 
@@ -72,7 +81,13 @@ def _start_over(
     for item in found:
         adoption.terminate(item.pids, settings.stop_timeout_s)
     adoption.forget(settings.run_dir)
-    return fix_ports(settings, config), config, []
+    return fresh(settings, config), config, []
+
+
+def fresh(settings: Settings, config: MeshConfig) -> Settings:
+    """A new run: its ports fixed, and a new run ID, so bootstrap certificates that an earlier
+    run issued on the same CA are refused by this one's xDS server (`core.identity`)."""
+    return replace(fix_ports(settings, config), run_id=secrets.token_hex(8))
 
 
 async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]) -> None:

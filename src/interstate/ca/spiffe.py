@@ -34,7 +34,8 @@ def control_plane_id(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/interstate/control-plane"
 
 
-def xds_client_id(trust_domain: str, node_id: str) -> str:
-    """An Envoy's identity towards the control plane only (its bootstrap certificate). Not of
-    the workload form either: a long-lived bootstrap certificate must not pass for a workload."""
-    return f"spiffe://{trust_domain}/interstate/xds-client/{node_id}"
+def xds_client_id(trust_domain: str, node_id: str, run: str = "") -> str:
+    """An Envoy's identity towards the control plane only (its bootstrap certificate), bound to
+    the mesh run that issued it (`run`) so no other run accepts it. Not of the workload form
+    either: a long-lived bootstrap certificate must not pass for a workload."""
+    return f"spiffe://{trust_domain}/interstate/xds-client/{run + '/' if run else ''}{node_id}"

@@ -39,6 +39,7 @@ class IdentitySettings:
     ca_key: Path | None = None
     ca_bundle: Path | None = None  # the roots peers trust, when not the last cert of ca_cert
     cert_ttl: timedelta = timedelta(hours=24)  # workload certificates; rotated at half life
+    run_id: str = ""  # the mesh run bootstrap certificates are bound to (standalone `interstate up`)
 
 
 def load_authority(settings: IdentitySettings, trust_domain: str, now: datetime) -> Authority:
@@ -58,6 +59,7 @@ class MeshIdentity:
         self.certs = CertStore(self.authority, settings.cert_ttl, self.folder / "svid")
         self.bundle_path = self.folder / "bundle.pem"
         write_private(self.bundle_path, self.authority.bundle_pem)
+        self.run_id = settings.run_id
         self.server_identity = spiffe.control_plane_id(trust_domain)
         self._server_cert = self.authority.issue(self.server_identity, BOOTSTRAP_TTL, now, dns_names=(XDS_SERVER_NAME,))
 
@@ -79,13 +81,28 @@ class MeshIdentity:
 
     def bootstrap_tls(self, proxy: Proxy) -> XdsTls:
         """Issue and write the certificate an Envoy uses to connect to the control plane."""
-        identity = spiffe.xds_client_id(self.trust_domain, proxy.node_id)
+        identity = spiffe.xds_client_id(self.trust_domain, proxy.node_id, self.run_id)
         cert = self.authority.issue(identity, BOOTSTRAP_TTL, utcnow(), common_name=proxy.node_id)
         stem = proxy.node_id.replace("~", "-")
         cert_path, key_path = self.folder / f"{stem}.crt", self.folder / f"{stem}.key"
         write_private(key_path, cert.key_pem)
         write_private(cert_path, cert.chain_pem)
         return XdsTls(str(cert_path), str(key_path), str(self.bundle_path), self.server_identity)
+
+    async def proves_node(self, context: grpc.aio.ServicerContext, node_id: str) -> str | None:
+        """Why an ADS stream's client certificate does not prove `node_id` (None: it does): it
+        must be this run's bootstrap certificate for that node, common name and URI SAN both.
+        One issued by an earlier run of the mesh on the same CA is refused."""
+        auth = context.auth_context()
+        names = auth.get("x509_common_name", [])
+        proven = names[0].decode() if len(names) == 1 else ""
+        if proven != node_id:
+            return f"node {node_id!r} does not match the client certificate ({proven or 'none'})"
+        expected = spiffe.xds_client_id(self.trust_domain, node_id, self.run_id)
+        sans = [s.decode() for s in auth.get("x509_subject_alternative_name", [])]
+        if expected not in sans:
+            return f"the client certificate for {node_id!r} was not issued by this run of the mesh; restart that Envoy"
+        return None
 
     def credentials(self, proxy: Proxy, now: datetime) -> Credentials:
         """The proxy's workload certificate now: issued on first use and again at half life."""

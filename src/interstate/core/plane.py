@@ -56,8 +56,9 @@ class ControlPlane:
         """Load (or create) the CA for `trust_domain` and serve ADS on host:port (0 = any free
         port) with mutual TLS, or server-side TLS plus `authenticate` (Kubernetes: tokens)."""
         self.identity = MeshIdentity(self.identity_settings, trust_domain)
-        client_auth = authenticate is None
-        self.port = await self.ads.start(host, port, self.identity.server_credentials(client_auth), authenticate)
+        client_auth = authenticate is None  # mutual TLS: this run's bootstrap certificates
+        check = authenticate or self.identity.proves_node
+        self.port = await self.ads.start(host, port, self.identity.server_credentials(client_auth), check)
         return self.port
 
     async def stop(self) -> None:
