@@ -414,3 +414,37 @@ def test_a_service_that_requires_a_policy_fails_closed(tmp_path: Path, mesh_copy
         assert scaled.returncode != 0 and "picky-1 exited with 4" in scaled.stderr, scaled.stderr
         picky = mesh.status()["services"]["picky"]
         assert picky["desired"] == 1 and [r["name"] for r in picky["replicas"]] == ["picky-0"], picky
+
+
+def test_more_replicas_than_the_machine_holds_are_refused_naming_the_budget(
+    tmp_path: Path, example_mesh: MeshRun, mesh_copy: Path
+) -> None:
+    """Issue 25: `replicas: 1000` asked for ~35 GB of a 24 GB machine. The mesh's replica budget
+    (75% of the memory at 40 MB a replica, or --max-replicas) refuses it at up, apply and scale,
+    and the running mesh is unchanged."""
+    stats = mesh_copy / "stats.yaml"
+    stats.write_text(stats.read_text().replace("replicas: 1", "replicas: 1000"))
+    budget = example_mesh.status()["budget"]
+    assert budget["replicas"] == 3 and 1 < budget["max_replicas"] < 1003, budget
+    assert budget["measured_mb"] and budget["measured_mb"] < 200 and budget["planned_mb"] == 40
+    said = f"the mesh would run 1002 replicas in all (stats 1000, results 2); this machine's replica budget is {budget['max_replicas']}"
+
+    up = cli("up", str(mesh_copy), "--auto-ports", "--run-dir", str(tmp_path / "run"), timeout=60)
+    assert (
+        up.returncode == 1
+        and said in up.stderr
+        and "stats.yaml: document 1 (Workload stats): spec.replicas" in up.stderr
+    )
+    assert not list((tmp_path / "run").glob("envoy/*.json"))  # nothing was started
+
+    before = example_mesh.status()
+    applied = cli("apply", str(mesh_copy), "--admin", example_mesh.admin)
+    assert applied.returncode == 1 and said in applied.stderr, applied.stderr
+    scaled = cli("scale", "stats", "1000", "--admin", example_mesh.admin)
+    assert scaled.returncode != 0 and said in scaled.stderr, scaled.stderr
+    after = example_mesh.status()
+    assert {n: len(s["replicas"]) for n, s in after["services"].items()} == {
+        n: len(s["replicas"]) for n, s in before["services"].items()
+    }
+    shown = cli("status", "--admin", example_mesh.admin).stdout
+    assert f"replicas: 3 of a budget of {budget['max_replicas']}" in shown

@@ -100,3 +100,20 @@ spec: {{address: {address}, allowLoopback: true, port: 15000}}
     preflight.check_ports(
         decode_sources({"m.yaml": external.format(address="ledger.example")}), {15000: "the admin API"}
     )
+
+
+def test_the_replica_budget_counts_the_whole_mesh_and_names_the_largest_workload() -> None:
+    from interstate.standalone import budget
+
+    text = TCP_CALLER.format(port=41000).replace("spec: {port: 8080,", "spec: {port: 8080, replicas: 300,")
+    config = decode_sources({"mesh.yaml": text})
+    budget.check(config, 301)  # 300 + 1 fit
+    with pytest.raises(ConfigError) as caught:
+        budget.check(config, 300)
+    [issue] = caught.value.issues
+    assert (issue.document, issue.resource, issue.field) == (2, "Workload results", "spec.replicas")
+    assert issue.message.startswith(
+        "the mesh would run 301 replicas in all (results 300, cache 1); this machine's replica budget is 300"
+    )
+    assert budget.clamp("results", 500, {"results": 300, "cache": 1}, 300) == 299  # the autoscaler's, lowered
+    assert budget.derived(24 * 1024**3) == 460  # this machine's kind: 24 GiB

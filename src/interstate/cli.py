@@ -143,6 +143,12 @@ def validate(path: str) -> None:
     show_default=True,
     help="Client connections the ingress holds open at once; past it a new one is closed as it is accepted.",
 )
+@click.option(
+    "--max-replicas",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Replicas of the whole mesh at most (default: what 75% of this machine's memory holds at 40 MB a replica).",
+)
 def up(
     path: str,
     ingress_port: int,
@@ -162,6 +168,7 @@ def up(
     log_max_mb: float,
     log_keep: int,
     max_ingress_connections: int,
+    max_replicas: int | None,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -202,6 +209,7 @@ def up(
         log_max_bytes=int(log_max_mb * 1024 * 1024),
         log_keep=log_keep,
         max_ingress_connections=max_ingress_connections,
+        max_replicas=max_replicas or 0,
     )
     if auto_ports:
         settings = settings.auto_ports()
@@ -213,6 +221,10 @@ def up(
 
     try:
         asyncio.run(run(settings, config, say))
+    except ConfigError as exc:  # what only the running machine can say: ports, the replica budget
+        for issue in exc.issues:
+            click.echo(f"error: {issue}", err=True)
+        _fail(f"{len(exc.issues)} error(s) in {path}; nothing was started", EXIT_INVALID)
     except InterstateError as exc:
         _fail(f"interstate: {exc}")
     except Exception:  # a bug: say so plainly, with the traceback, and a distinct exit code
@@ -275,6 +287,13 @@ def status(admin: str, token_file: str, as_json: bool) -> None:
         click.echo(
             f"logs: {logs['bytes'] / 2**20:.1f} MiB in {logs['files']} files (at most {logs['limit_bytes'] / 2**20:.0f} MiB; "
             f"{logs['rotations']} rotations)"
+        )
+    budget = data.get("budget")
+    if budget:
+        now = f"{budget['measured_mb']:.0f} MB a replica now" if budget.get("measured_mb") else "none measured yet"
+        click.echo(
+            f"replicas: {budget['replicas']} of a budget of {budget['max_replicas']} "
+            f"({now}; planned at {budget['planned_mb']} MB)"
         )
     if data.get("ingress"):
         odd = ", ".join(f"{n} {what}" for what, n in boundary.get("policy_headers", {}).items() if n)

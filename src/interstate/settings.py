@@ -47,6 +47,7 @@ class Settings:
     # The mesh's own processes write with umask 077 (`up.run`): nothing in the run folder is
     # readable by another user. Apps create their own files with their operator's umask, this.
     app_umask: int = 0o022
+    max_replicas: int = 0  # replicas of the whole mesh at most; 0: what the machine's memory allows
     run_id: str = ""  # this mesh run (`up.take_over`): bootstrap certificates of no other run are accepted
 
     def identity(self) -> IdentitySettings:

@@ -22,7 +22,7 @@ from interstate.core import access
 from interstate.errors import ConfigError, PermanentError
 from interstate.model.index import MeshConfig
 from interstate.settings import Settings
-from interstate.standalone import adoption, preflight, state, supervisor
+from interstate.standalone import adoption, budget, preflight, state, supervisor
 from interstate.standalone.autoscaler import keep_autoscaled
 from interstate.standalone.ports import PortAllocator, mesh_ports
 from interstate.standalone.process import port_is_free
@@ -105,6 +105,7 @@ async def run(settings: Settings, config: MeshConfig, say: Callable[[str], None]
     settings, config, found = take_over(settings, config)
     # a local port on the ingress's, say, or held by another program (not by the units adopted)
     preflight.check_ports(config, mesh_ports(settings), host=None if found else settings.host)
+    budget.check(config, settings.max_replicas or budget.derived())
     access.create_token(settings.run_dir)  # a new admin token for every start (README "Admin API")
     state.save_settings(settings)
     state.save_config(settings.run_dir, config)

@@ -184,6 +184,17 @@ class LogUse:
 
 # ---- the whole ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ReplicaBudget:
+    """How many replicas the machine runs at most (standalone), how many the mesh runs, and what
+    one uses now (resident MB of its app and Envoy; None before any runs) against the planned size."""
+
+    max_replicas: int
+    replicas: int
+    measured_mb: float | None
+    planned_mb: int
+
+
+@dataclass(frozen=True)
 class MeshStatus:
     services: dict[str, ServiceStatus]
     xds: XdsSummary
@@ -193,6 +204,7 @@ class MeshStatus:
     boundary: BoundarySummary = field(default_factory=BoundarySummary)
     autoscaling: AutoscalingStatus | None = None
     logs: LogUse | None = None
+    budget: ReplicaBudget | None = None
 
     def with_resilience(self, seen: dict[str, Resilience]) -> MeshStatus:
         services = {

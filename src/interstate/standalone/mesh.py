@@ -42,7 +42,7 @@ from interstate.model.index import Endpoint, MeshConfig, MeshIndex
 from interstate.model.traffic_policy import Fault
 from interstate.model.workload import Workload
 from interstate.settings import Settings
-from interstate.standalone import changes, preflight, state
+from interstate.standalone import budget, changes, preflight, state
 from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
 from interstate.standalone.logs import ACCESS_LOG_SUFFIX, LogKeeper
 from interstate.standalone.ports import PortAllocator, mesh_ports
@@ -82,6 +82,7 @@ class StandaloneMesh:
         self.ports = PortAllocator(settings.host)
         self.ports.take_all(mesh_ports(settings))
         self.ports.declare(config)
+        self.budget = settings.max_replicas or budget.derived()  # replicas of the mesh at most
         self.units: dict[str, UnitStatus] = {}
         self._next_index: dict[str, int] = {}
         self._lock = asyncio.Lock()
@@ -353,6 +354,7 @@ class StandaloneMesh:
             preflight.check(config, self.settings.mesh_dir)
             preflight.check_ports(config, self.ports.owners_but_declared(), self.ports.declared(), self.settings.host)
             config = keep_autoscaled(previous, config)
+            budget.check(config, self.budget)
             header, new_header = MeshIndex(previous).mesh.policy_header, MeshIndex(config).mesh.policy_header
             if new_header != header and self.units:
                 raise PermanentError(
@@ -395,6 +397,14 @@ class StandaloneMesh:
                 )
         async with self._lock:
             workload = self.workload(service)
+            wanted = budget.counts(self.config) | {service: replicas}
+            if sum(wanted.values()) > self.budget:
+                if not autoscaler:
+                    raise PermanentError(f"{service}: {replicas} replicas refused: {budget.over(wanted, self.budget)}")
+                replicas = budget.clamp(service, replicas, wanted, self.budget)
+                log.warning(
+                    "autoscaler: %s clamped to %d replicas by the replica budget (%d)", service, replicas, self.budget
+                )
             spec = workload.spec.model_copy(update={"replicas": replicas})
             previous = self.config
             self.config = previous.replace(workload, workload.model_copy(update={"spec": spec}))
@@ -650,6 +660,7 @@ class StandaloneMesh:
             self.boundary.summary(),
             self.autoscaler.status(),
             self.logs.use(),
+            budget.status(self.config, self.budget, [(u.app_pid, u.envoy_pid) for us in replicas.values() for u in us]),
         )
 
     def _access_log_writer(self, path: Path) -> str | None:
