@@ -65,6 +65,9 @@ ACTIONS = frozenset(
         "xds.nack",
         "xds.identity.refused",
         "control-plane.restart",
+        "replica.unresponsive",
+        "replica.answers",
+        "replica.restart",
     }
 )
 SYSTEM = "interstate"  # the actor of a change nobody outside asked for

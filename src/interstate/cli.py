@@ -127,6 +127,19 @@ def validate(path: str) -> None:
     help="How long the supervisor waits before restarting a control plane that died (doubles each time, up to 10s).",
 )
 @click.option(
+    "--restart-unresponsive",
+    default="5s",
+    show_default=True,
+    help="Restart a replica's app or Envoy that has not answered its liveness check for this long "
+    "(it leaves service after 2 missed checks, ~2 s).",
+)
+@click.option(
+    "--control-plane-restart-unresponsive",
+    default="30s",
+    show_default=True,
+    help="Restart a control plane that has not answered the supervisor for this long (the admin API answers 503 meanwhile).",
+)
+@click.option(
     "--log-max-mb",
     type=click.FloatRange(min=0.001),
     default=64.0,
@@ -169,6 +182,8 @@ def up(
     log_keep: int,
     max_ingress_connections: int,
     max_replicas: int | None,
+    restart_unresponsive: str,
+    control_plane_restart_unresponsive: str,
 ) -> None:
     """Validate PATH, then run the mesh on this machine until Ctrl-C or SIGTERM."""
     mesh_dir = Path(path) if Path(path).is_dir() else Path(path).parent
@@ -191,6 +206,15 @@ def up(
         cp_delay = parse_duration(control_plane_restart_delay).total_seconds()
     except ValueError as exc:
         _fail(f"--control-plane-restart-delay: {exc}", EXIT_USAGE)
+    unresponsive: dict[str, float] = {}
+    for flag, text in (
+        ("--restart-unresponsive", restart_unresponsive),
+        ("--control-plane-restart-unresponsive", control_plane_restart_unresponsive),
+    ):
+        try:
+            unresponsive[flag] = parse_duration(text).total_seconds()
+        except ValueError as exc:
+            _fail(f"{flag}: {exc}", EXIT_USAGE)
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
         run_dir=Path(run_dir or DEFAULT_RUN_DIR).resolve(),
@@ -210,6 +234,8 @@ def up(
         log_keep=log_keep,
         max_ingress_connections=max_ingress_connections,
         max_replicas=max_replicas or 0,
+        unit_unresponsive_restart_s=unresponsive["--restart-unresponsive"],
+        control_plane_unresponsive_restart_s=unresponsive["--control-plane-restart-unresponsive"],
     )
     if auto_ports:
         settings = settings.auto_ports()

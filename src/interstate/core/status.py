@@ -24,6 +24,7 @@ class ReplicaState(enum.StrEnum):
     STARTING = "starting"
     READY = "ready"
     RESTARTING = "restarting"
+    UNRESPONSIVE = "unresponsive"  # running, but its liveness check went unanswered (hung, stopped)
     DRAINING = "draining"
     STOPPED = "stopped"
 

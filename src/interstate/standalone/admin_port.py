@@ -4,7 +4,9 @@ The supervisor binds it once and hands the listening socket to each control plan
 admin API serves on it there). While a control plane is away, the port stays ours, so no other
 process on the machine can take it and collect the admin token from the next CLI call; and
 `AwayAnswer` answers every request at once: 503, "the control plane is restarting". Requests that
-arrive while a new control plane starts wait in the socket's backlog and are served by it.
+arrive while a new control plane starts wait in the socket's backlog and are served by it. A
+control plane that is there but does not answer (stopped, hung) gets the same stand-in: it does
+not accept, so every connection comes to `AwayAnswer` until it answers the supervisor again.
 Called by `standalone.supervisor`.
 """
 
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 16 * 1024  # a request head we read (and drop) before answering
 READ_TIMEOUT_S = 2.0
-AWAY = {"error": "the control plane is restarting; the data plane serves on; try again in a moment"}
+AWAY = "the control plane is restarting; the data plane serves on; try again in a moment"
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -48,10 +50,13 @@ class AwayAnswer:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.reason = AWAY
         self._task: asyncio.Task[None] | None = None
         self._answers: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
+    def start(self, reason: str = AWAY) -> None:
+        """Answer 503 with `reason` (why the control plane does not) until `stop`."""
+        self.reason = reason
         if self._task is None:
             self._task = asyncio.create_task(self._accept(), name="admin port: control plane away")
 
@@ -72,7 +77,7 @@ class AwayAnswer:
 
     async def _answer(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        body = json.dumps(AWAY).encode()
+        body = json.dumps({"error": self.reason}).encode()
         head = (
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nretry-after: 1\r\nconnection: close\r\n\r\n"

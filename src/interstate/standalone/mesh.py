@@ -196,9 +196,23 @@ class StandaloneMesh:
             self.adopt([unit])  # started for a control plane that died before it heard back
         elif known.state in (ReplicaState.DRAINING, ReplicaState.STOPPED):
             unit = unit.with_state(known.state)  # leaving: stays out of EDS whatever its children do
+        else:
+            self._audit_liveness(known, unit)
         self.units[unit.spec.name] = unit
         if known is None or known.state is not unit.state:
             self._pushed_after_change()
+
+    def _audit_liveness(self, known: UnitStatus, unit: UnitStatus) -> None:
+        """The trail records a replica that stopped answering, answers again, or was restarted
+        for not answering (`standalone.replica`'s liveness check)."""
+        name = unit.spec.name
+        if unit.state is ReplicaState.UNRESPONSIVE and known.state is not ReplicaState.UNRESPONSIVE:
+            self.audit.record(audit.SUPERVISOR, "replica.unresponsive", name, {"withdrawn": True})
+        elif known.state is ReplicaState.UNRESPONSIVE and unit.state is ReplicaState.READY:
+            self.audit.record(audit.SUPERVISOR, "replica.answers", name, {})
+        if unit.restarts.get("unresponsive", 0) > known.restarts.get("unresponsive", 0):
+            restarts = unit.restarts["unresponsive"]
+            self.audit.record(audit.SUPERVISOR, "replica.restart", name, {"why": "unresponsive", "times": restarts})
 
     # ---- lifecycle -------------------------------------------------------------------------
     def start_background(self) -> None:

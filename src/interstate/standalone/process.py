@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
+import psutil
 
 from interstate.errors import StartupError
 
@@ -149,6 +150,12 @@ class Child:
         self._signal(signal.SIGKILL)  # anything the child left in its group
         log.info("stopped %s", self.name)
 
+    async def kill(self) -> None:
+        """SIGKILL its whole group at once (a stopped or hung process ignores SIGTERM) and reap it."""
+        if self.running:
+            self._signal(signal.SIGKILL)
+            await self.wait()
+
     def _signal(self, sig: signal.Signals) -> None:
         pid = self.pid
         if pid is None:
@@ -205,6 +212,16 @@ def tcp_probe(host: str, port: int) -> Callable[[], Awaitable[bool]]:
         return True
 
     return probe
+
+
+def stopped(pid: int | None) -> bool:
+    """The process is stopped (SIGSTOP, a debugger): it cannot answer until it is continued."""
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -21,13 +21,17 @@ import httpx
 from interstate.core.status import ReplicaState
 from interstate.settings import Settings
 from interstate.standalone.envoy import envoy_command
-from interstate.standalone.process import Child, http_probe, tcp_probe, wait_ready
+from interstate.standalone.process import Child, http_probe, stopped, tcp_probe, wait_ready
 from interstate.standalone.protocol import UnitSpec, UnitStatus
 from interstate.telemetry import envoy_admin
 from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
 
+LIVENESS_EVERY_S = 1.0
+LIVENESS_TIMEOUT_S = 1.0
+LIVENESS_RECHECK_S = 0.25  # after a failed check, the next one comes sooner
+LIVENESS_FAILURES = 2  # checks in a row: one slow answer (a GC pause, a busy second) is not a hang
 ACTIVE_REQUESTS = r"^http\.(inbound|inbound_plaintext|outbound|ingress)\.downstream_rq_active$"
 
 
@@ -112,6 +116,64 @@ class Unit:
         for kind, child, start in (("envoy", self.envoy, self._start_envoy), ("app", self.app, self._start_app)):
             if child is not None:
                 self._watchers.append(asyncio.create_task(self._watch(kind, child, start), name=f"watch {child.name}"))
+        self._watchers.append(asyncio.create_task(self._check_liveness(), name=f"liveness {self.name}"))
+
+    # ---- liveness ----------------------------------------------------------------------------
+    async def _answers(self) -> list[str]:
+        """What of the unit does not answer now (empty: all of it does): a process stopped
+        (SIGSTOP), its Envoy's /ready or its app's probe path silent past `LIVENESS_TIMEOUT_S`
+        (a TCP connect proves nothing: the kernel accepts for a hung process). Any answer, an
+        error status too, proves it alive: failing requests are the outlier detection's business."""
+        silent = [c.name for c in (self.envoy, self.app) if c is not None and stopped(c.pid)]
+        checks: list[tuple[str, Callable[[], Awaitable[httpx.Response]]]] = []
+        socket = self.admin
+        if self.envoy is not None and socket is not None:
+            checks.append(
+                (self.envoy.name, lambda: envoy_admin.get(self.http, socket, "/ready", timeout=LIVENESS_TIMEOUT_S))
+            )
+        app = self.spec.app
+        if self.app is not None and app is not None and app.probe_path is not None:
+            url = f"http://127.0.0.1:{app.port}{app.probe_path}"
+            checks.append((self.app.name, lambda: self.http.get(url, timeout=LIVENESS_TIMEOUT_S)))
+        answers = await asyncio.gather(*(answered(check) for _, check in checks))
+        return silent + [name for (name, _), ok in zip(checks, answers, strict=True) if not ok and name not in silent]
+
+    async def _check_liveness(self) -> None:
+        """Every `LIVENESS_EVERY_S` (sooner after a failure): a unit that fails `LIVENESS_FAILURES` checks in a row is
+        UNRESPONSIVE (its endpoint leaves EDS, callers stop sending to it), READY again when it
+        answers; unresponsive for `unit_unresponsive_restart_s`, its silent processes are killed
+        and restarted (counted as restarts["unresponsive"])."""
+        failures = 0
+        since = 0.0
+        while not self._stopping:
+            await asyncio.sleep(LIVENESS_RECHECK_S if failures else LIVENESS_EVERY_S)
+            if self._down or self.state not in (ReplicaState.READY, ReplicaState.UNRESPONSIVE):
+                failures = 0
+                continue
+            silent = await self._answers()
+            if not silent:
+                failures = 0
+                if self.state is ReplicaState.UNRESPONSIVE:
+                    log.warning("%s answers again", self.name)
+                    self._set(ReplicaState.READY)
+                continue
+            failures += 1
+            if failures == LIVENESS_FAILURES:
+                log.warning("%s does not answer (%s): withdrawn from service", self.name, ", ".join(silent))
+                since = time.monotonic()
+                self._set(ReplicaState.UNRESPONSIVE)
+            elif failures > LIVENESS_FAILURES and time.monotonic() - since >= self.settings.unit_unresponsive_restart_s:
+                log.error(
+                    "%s has not answered for %.0fs: restarting %s",
+                    self.name,
+                    time.monotonic() - since,
+                    ", ".join(silent),
+                )
+                self.restarts["unresponsive"] = self.restarts.get("unresponsive", 0) + 1
+                for child in (self.envoy, self.app):
+                    if child is not None and child.name in silent:
+                        await child.kill()  # its watcher restarts it
+                failures = 0
 
     async def _start_envoy(self) -> None:
         socket = self.admin
@@ -192,3 +254,12 @@ class Unit:
         if self.envoy is not None:
             await self.envoy.stop(self.settings.stop_timeout_s)
         self.state = ReplicaState.STOPPED
+
+
+async def answered(send: Callable[[], Awaitable[httpx.Response]]) -> bool:
+    """`send` got an HTTP answer of any status in time."""
+    try:
+        await send()
+    except httpx.HTTPError:
+        return False
+    return True

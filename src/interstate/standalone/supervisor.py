@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT_S = 60.0
 HELLO_TIMEOUT_S = 60.0  # a control plane that cannot load its state and listen by then is replaced
 RESUME_TIMEOUT_S = 120.0
+PING_EVERY_S = 0.5  # the control plane's liveness: asked this often ...
+PING_TIMEOUT_S = 1.0  # ... and silent past this, the admin API is answered 503 for it
 
 
 def describe_exit(code: int | None) -> str:
@@ -74,6 +76,7 @@ class Supervisor:
         self._started_mesh = False
         self.admin_sock = admin_port.bind(settings.host, settings.admin_port)  # held for the mesh's life
         self.away = AwayAnswer(self.admin_sock)
+        self._silenced: str | None = None  # why we killed the last control plane, if we did
 
     # ---- what an earlier supervisor left running -------------------------------------------
     def adopt(self, found: list[adoption.Found]) -> None:
@@ -118,7 +121,8 @@ class Supervisor:
             if self.stopping:
                 return
             self.away.start()  # until the next one serves: 503 at once, and the port stays ours
-            last_exit = describe_exit(code)
+            last_exit = self._silenced or describe_exit(code)
+            self._silenced = None
             if time.monotonic() - began >= self.settings.restart_reset_s:
                 backoff = self.settings.control_plane_backoff_s
             self.restarts += 1
@@ -173,11 +177,53 @@ class Supervisor:
                 self._announce(facts)
             else:
                 await asyncio.wait_for(channel.request("resume"), RESUME_TIMEOUT_S)
-            await reading
+            watching = asyncio.create_task(self._watch_liveness(channel, child), name="control plane liveness")
+            try:
+                await reading
+            finally:
+                watching.cancel()
         finally:
             self.channel = None
             reading.cancel()
             await channel.close()
+
+    async def _watch_liveness(self, channel: Channel, child: Child) -> None:
+        """Ask the control plane every `PING_EVERY_S` for an answer within `PING_TIMEOUT_S`. One
+        that does not answer (stopped, hung) is reported, the admin API is answered 503 for it,
+        and past `control_plane_unresponsive_restart_s` it is killed (and restarted like one that
+        died). The data plane serves on meanwhile."""
+        silent_since: float | None = None
+        limit = self.settings.control_plane_unresponsive_restart_s
+        while True:
+            await asyncio.sleep(PING_EVERY_S)
+            try:
+                await asyncio.wait_for(channel.request("ping"), PING_TIMEOUT_S)
+            except TimeoutError:
+                now = time.monotonic()
+                if silent_since is None:
+                    silent_since = now - PING_TIMEOUT_S
+                    log.warning("the control plane (pid %s) does not answer; the admin API answers 503", child.pid)
+                    self.say(
+                        f"interstate: the control plane (pid {child.pid}) does not answer; "
+                        f"restarting it if it is still silent after {limit:g}s (the data plane serves on)"
+                    )
+                silent = now - silent_since
+                self.away.start(
+                    f"the control plane (pid {child.pid}) has not answered for {silent:.0f}s; it is restarted "
+                    f"after {limit:g}s; the data plane serves on; try again in a moment"
+                )
+                if silent >= limit:
+                    log.error("the control plane did not answer for %.0fs: restarting it", silent)
+                    self._silenced = f"did not answer for {silent:.0f}s and was killed"
+                    await child.kill()  # its channel ends, and keep_control_plane restarts it
+                    return
+                continue
+            except InterstateError:
+                return  # the channel is gone: keep_control_plane takes it from here
+            if silent_since is not None:
+                silent_since = None
+                await self.away.stop()  # it accepts on the admin socket again itself
+                log.warning("the control plane answers again")
 
     def _announce(self, facts: dict[str, Any]) -> None:
         host = self.settings.host
