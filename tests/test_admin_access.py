@@ -203,3 +203,46 @@ def test_the_cli_needs_the_token_and_says_where_it_looked(tmp_path: Path) -> Non
     assert link.exit_code == 0 and link.output.startswith(f"http://127.0.0.1:{PORT}/dashboard?login=")
     code = link.output.strip().split("login=")[1]
     assert access.Gate(access.read_token(tmp_path / access.TOKEN_FILE)).redeem(code)
+
+
+def test_a_request_head_that_never_ends_is_cut_off_and_a_real_request_still_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 25: uvicorn waited forever for a head that trickles (its keep-alive timer stops at the
+    first byte). The admin API closes a connection whose head is not whole in time, like the
+    ingress does, and serves everyone else meanwhile."""
+    import socket
+
+    from interstate.api import protocol
+
+    monkeypatch.setattr(protocol, "HEAD_TIMEOUT_S", 0.5)
+
+    async def run() -> None:
+        _, fake, http = fake_mesh()
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.setblocking(False)
+        server = admin.AdminServer(admin.create_app(cast(Any, fake)), listener, gate(tmp_path))
+        await server.start()
+        try:
+            loop = asyncio.get_running_loop()
+            slow = [socket.create_connection((server.host, server.port)) for _ in range(3)]
+            slow[0].sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line: never ends
+            slow[1].sendall(b"GE")  # a byte at a time, and then nothing
+            started = loop.time()
+            for conn in slow:
+                conn.setblocking(False)
+                assert await asyncio.wait_for(loop.sock_recv(conn, 100), 5) == b""  # closed unanswered
+            assert loop.time() - started < 3
+            async with httpx.AsyncClient(base_url=server.url, trust_env=False) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                await asyncio.sleep(0.8)  # a kept-alive connection's next head has its deadline too
+                assert (await client.get("/healthz")).status_code == 200  # (a fresh connection if closed)
+            for conn in slow:
+                conn.close()
+        finally:
+            await server.stop()
+            await http.aclose()
+
+    asyncio.run(run())

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from interstate import audit
-from interstate.api import dashboard
+from interstate.api import dashboard, protocol
 from interstate.api.guard import Guard, allowed_hosts
 from interstate.config.loader import decode_sources
 from interstate.core.access import Gate
@@ -249,7 +249,10 @@ class AdminServer:
         self.sock = sock
         self.host, self.port = sock.getsockname()[:2]
         guarded = Guard(app, gate, allowed_hosts(self.host, self.port))
-        self.server = _QuietServer(uvicorn.Config(guarded, log_level="warning", lifespan="off", access_log=False))
+        config = uvicorn.Config(
+            guarded, log_level="warning", lifespan="off", access_log=False, http=protocol.BoundedH11Protocol
+        )
+        self.server = _QuietServer(config)
         self._task: asyncio.Task[None] | None = None
 
     @property
