@@ -10,6 +10,7 @@ calls go to the healthy replica meanwhile. A stopped control plane gets the admi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -84,6 +85,23 @@ def test_a_stopped_replica_leaves_service_comes_back_and_is_restarted_past_its_l
         actions = [r["action"] for r in mesh.api("GET", "/audit").json() if r["target"] == ["stats-1"]]
         assert actions.count("replica.unresponsive") == 2 and "replica.answers" in actions
         assert "replica.restart" in actions
+
+        # every replica hung: a fast 503 that says why, not a wait until the caller's timeout
+        pids = [replica(mesh, name)["app"]["pid"] for name in ("stats-0", "stats-1")]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for(lambda: mesh.status()["services"]["stats"]["ready"] == 0, timeout=5, what="no stats ready")
+            outbound = replica(mesh, "results-0")["sidecar"]["outbound"]
+            with httpx.Client(proxy=f"http://127.0.0.1:{outbound}", timeout=10, trust_env=False) as client:
+                asked = time.monotonic()
+                answer = client.get("http://stats:8080/stats")
+                assert time.monotonic() - asked < 1.0
+            assert answer.status_code == 503 and "no healthy upstream" in answer.text
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):  # restarted meanwhile
+                    os.kill(pid, signal.SIGCONT)
 
 
 def test_a_stopped_control_plane_gets_a_quick_503_and_is_restarted_past_its_limit(tmp_path: Path) -> None:
