@@ -30,7 +30,7 @@ from interstate.core.control import INGRESS_SERIES, MeshControl
 from interstate.core.status import AutoscalingStatus, IdentityStatus, MeshStatus, to_json
 from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import HorizontalPodAutoscaler
-from interstate.telemetry import envoy_admin
+from interstate.telemetry import envoy_admin, rates
 from interstate.telemetry.envoys import Ejection, read_stats_json
 from interstate.xds.server import NodeSync
 
@@ -38,8 +38,6 @@ MIN_INTERVAL_S = 0.9  # a page polling every second gets a fresh sample each tim
 WINDOW_S = 60.0  # how much history a sparkline shows
 MAX_GAP_S = 10.0  # a previous read older than this is a new baseline, not the start of a rate
 READ_TIMEOUT_S = 1.0
-INBOUND_STATS = r"^http\.inbound(_plaintext)?\.downstream_(rq_total|rq_5xx|rq_time)$"
-INGRESS_STATS = r"^http\.ingress\.downstream_(rq_total|rq_5xx|rq_time)$"
 INGRESS = INGRESS_SERIES  # the ingress's series (no workload can be named so)
 PAGE_HEADERS = {
     # everything the page needs is in it: no other origin, no other file
@@ -159,12 +157,8 @@ class RateTracker:
                 continue
             elapsed = now - last.at
             before = last.reading
-            if reading.total < before.total or reading.errors < before.errors:
-                total, errors = reading.total, reading.errors  # restarted: everything it counted is new
-            else:
-                total, errors = reading.total - before.total, reading.errors - before.errors
-            rps += total / elapsed
-            errors_per_s += errors / elapsed
+            rps += rates.per_second(before.total, reading.total, elapsed)
+            errors_per_s += rates.per_second(before.errors, reading.errors, elapsed)
             measured += 1
         self._last[series] = current
         if not measured:
@@ -392,7 +386,10 @@ class Dashboard:
         status = mesh.status()
         admins = [a for a in mesh.envoy_admins() if a.series in status.services or a.series == INGRESS]
         ingress = next((a for a in admins if a.series == INGRESS), None)
-        reads = [(a.series, a.name, a.socket, INGRESS_STATS if a.series == INGRESS else INBOUND_STATS) for a in admins]
+        reads = [
+            (a.series, a.name, a.socket, rates.INGRESS_STATS if a.series == INGRESS else rates.INBOUND_STATS)
+            for a in admins
+        ]
 
         async def read_all() -> tuple[float, list[Reading | None]]:
             readings = await asyncio.gather(

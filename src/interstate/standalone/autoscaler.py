@@ -39,12 +39,12 @@ from interstate.model.autoscaler import CpuUtilization, HorizontalPodAutoscaler,
 from interstate.model.index import MeshConfig, MeshIndex
 from interstate.model.workload import cpu_millicores
 from interstate.standalone.protocol import UnitStatus as Replica
+from interstate.telemetry import rates
 from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
 
 MIN_PERIOD_S = 1.0
-INBOUND_REQUESTS = r"^http\.inbound(_plaintext)?\.downstream_rq_total$"
 KEEP_DECISIONS = 20
 
 
@@ -93,8 +93,8 @@ class Sampler:
             if last is None or now <= last.at:
                 continue
             elapsed = now - last.at
-            if requests is not None and last.requests is not None and requests >= last.requests:
-                rps[replica.name] = (requests - last.requests) / elapsed
+            if requests is not None and last.requests is not None:
+                rps[replica.name] = rates.per_second(last.requests, requests, elapsed)  # an Envoy restart too
             if cpu_request_m and cpu_s is not None and last.cpu_s is not None and pid == last.pid:
                 used = max(0.0, cpu_s - last.cpu_s) / elapsed  # cores
                 cpu[replica.name] = 100.0 * used * 1000 / cpu_request_m
@@ -109,7 +109,7 @@ class Sampler:
         if replica.admin is None:
             return None
         try:
-            stats = await read_stats(self.http, replica.admin, INBOUND_REQUESTS)
+            stats = await read_stats(self.http, replica.admin, rates.INBOUND_REQUESTS)
         except (httpx.HTTPError, ValueError):
             return None
         return sum(stats.values()) if stats else None
