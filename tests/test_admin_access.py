@@ -25,6 +25,7 @@ from interstate.api import admin
 from interstate.api.guard import SMALL_BODY, Guard, allowed_hosts
 from interstate.config import limits
 from interstate.core import access
+from interstate.errors import ConfigError, Issue, PermanentError, Rejected, TemporaryError, UnknownService
 
 PORT = 15000
 BASE = f"http://127.0.0.1:{PORT}"
@@ -244,5 +245,72 @@ def test_a_request_head_that_never_ends_is_cut_off_and_a_real_request_still_serv
         finally:
             await server.stop()
             await http.aclose()
+
+    asyncio.run(run())
+
+
+EXAMPLE_WORKLOAD = """\
+apiVersion: mesh.codifyhq.io/v1
+kind: Workload
+metadata: {name: results}
+spec: {port: 8080, run: {command: [python, app.py]}}
+"""
+
+
+ISSUE = Issue("m.yaml", 1, "Workload results", "spec.replicas", "too many")
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (TemporaryError("the control plane is busy"), 503),
+        (PermanentError("refused"), 409),
+        (UnknownService("no service 'ballots'"), 404),
+        (Rejected({"sidecar~stats-0": ["bad listener"]}), 409),
+        (ConfigError([ISSUE]), 422),
+    ],
+    ids=["temporary", "permanent", "unknown-service", "rejected", "config"],
+)
+def test_the_same_error_gives_the_same_status_on_every_route_that_changes_the_mesh(
+    tmp_path: Path, error: Exception, status: int
+) -> None:
+    """Issue 22: a TemporaryError was 503 for scale but 409 for fault and split."""
+
+    class Failing(RecordingMesh):
+        mesh_dir = tmp_path
+
+        async def apply(self, config: Any, actor: str = "") -> dict[str, Any]:
+            raise error
+
+        async def scale(self, service: str, replicas: int, autoscaler: bool = False, actor: str = "") -> dict[str, Any]:
+            raise error
+
+        async def set_fault(self, service: str, fault: Any, actor: str = "") -> dict[str, Any]:
+            raise error
+
+        async def set_split(self, service: str, weights: dict[str, int], actor: str = "") -> dict[str, Any]:
+            raise error
+
+    async def run() -> None:
+        _, fake, http = fake_mesh()
+        mesh = Failing(fake.replicas, fake.ingress)
+        mesh.changes = []
+        door = gate(tmp_path)
+        app = Guard(admin.create_app(cast(Any, mesh)), door, allowed_hosts("127.0.0.1", PORT))
+        calls = [
+            ("/apply", {"sources": {"m.yaml": EXAMPLE_WORKLOAD}}),
+            ("/services/results/scale", {"replicas": 2}),
+            ("/services/results/fault", {"fault": {"abort": {"percent": 50}}}),
+            ("/services/results/split", {"weights": {"results": 100}}),
+        ]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+            answers = [await client.post(path, json=body, headers=bearer(door)) for path, body in calls]
+        await http.aclose()
+        assert [a.status_code for a in answers] == [status] * len(calls), [a.text for a in answers]
+        assert all(a.json()["error"] for a in answers)
+        if isinstance(error, Rejected):
+            assert all(a.json()["nacks"] == error.nacks for a in answers)
+        if isinstance(error, ConfigError):
+            assert all(a.json()["issues"][0]["field"] == "spec.replicas" for a in answers)
 
     asyncio.run(run())

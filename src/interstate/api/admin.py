@@ -44,7 +44,7 @@ from interstate.config.loader import decode_sources
 from interstate.core.access import Gate
 from interstate.core.control import INGRESS_SERIES, MeshControl
 from interstate.core.status import to_json
-from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, UnknownService
+from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, TemporaryError, UnknownService
 from interstate.model.traffic_policy import Fault
 from interstate.telemetry import envoy_admin
 from interstate.telemetry.envoys import read_stats
@@ -87,17 +87,42 @@ def actor(request: Request) -> str:
     return str(getattr(request.state, "actor", "admin-api"))
 
 
-async def change(call: Awaitable[dict[str, Any]]) -> Response:
-    """Run a change of the running mesh; its errors as statuses (404 unknown service, 409 refused
-    or rejected by Envoy, with the NACKs)."""
+# What each error of the tree (`interstate.errors`) is to an HTTP client, said once: the first
+# class along the error's own that is listed here.
+STATUSES: tuple[tuple[type[InterstateError], int], ...] = (
+    (ConfigError, 422),  # the mesh given is invalid: every issue, nothing changed
+    (UnknownService, 404),
+    (Rejected, 409),  # Envoy refused the new configuration: the NACKs
+    (PermanentError, 409),  # refused as asked: asking again fails the same way
+    (TemporaryError, 503),  # asking again later may succeed (the control plane is restarting)
+    (InterstateError, 500),
+)
+
+
+def status_of(exc: InterstateError) -> int:
+    return next(status for kind, status in STATUSES if isinstance(exc, kind))
+
+
+def error_response(exc: InterstateError, then: str = "") -> Response:
+    """`exc` as the admin API answers it on every route: its status, its words (with `then`, what
+    became of the mesh, when the error does not say so itself), and what it carries (the issues
+    of a ConfigError, the NACKs of a Rejected)."""
+    body: dict[str, Any] = {"error": str(exc)}
+    if isinstance(exc, ConfigError):
+        body = {"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}
+    elif isinstance(exc, Rejected):
+        body["nacks"] = exc.nacks
+    elif then:
+        body["error"] += f"; {then}"
+    return JSONResponse(body, status_of(exc))
+
+
+async def change(call: Awaitable[dict[str, Any]], then: str = "") -> Response:
+    """Run a change of the running mesh; its errors as `error_response` says."""
     try:
         result = await call
-    except UnknownService as exc:
-        return JSONResponse({"error": str(exc)}, 404)
-    except Rejected as exc:
-        return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
     except InterstateError as exc:
-        return JSONResponse({"error": str(exc)}, 409)
+        return error_response(exc, then)
     return JSONResponse(result)
 
 
@@ -124,16 +149,11 @@ def create_app(mesh: MeshControl) -> Starlette:
             mesh.audit.record(
                 actor(request), "config.apply.rejected", target, audit.error_detail(exc), audit.refused(exc)
             )
-            return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
-        try:
-            changes = await mesh.apply(config, actor=actor(request))
-        except ConfigError as exc:
-            return JSONResponse({"error": "invalid mesh; nothing changed", "issues": issues_json(exc)}, 422)
-        except Rejected as exc:
-            return JSONResponse({"error": str(exc), "nacks": exc.nacks}, 409)
-        except InterstateError as exc:
-            return JSONResponse({"error": f"{exc}; the previous mesh is back in force"}, 409)
-        return JSONResponse({"applied": True, **changes})
+            return error_response(exc)
+        return await change(applied(config, actor(request)), then="the previous mesh is back in force")
+
+    async def applied(config: Any, who: str) -> dict[str, Any]:
+        return {"applied": True, **(await mesh.apply(config, actor=who))}
 
     async def scale(request: Request) -> Response:
         name = request.path_params["name"]
@@ -144,15 +164,10 @@ def create_app(mesh: MeshControl) -> Starlette:
             return JSONResponse({"error": 'expected JSON {"replicas": n}'}, 400)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
             return JSONResponse({"error": f"replicas: {replicas!r} is not valid; use an integer 0..1000"}, 422)
-        try:
-            changes = await mesh.scale(name, replicas, actor=actor(request))
-        except UnknownService as exc:
-            return JSONResponse({"error": str(exc)}, 404)
-        except PermanentError as exc:
-            return JSONResponse({"error": str(exc)}, 409)
-        except InterstateError as exc:
-            return JSONResponse({"error": str(exc)}, 503)
-        return JSONResponse({"service": name, "replicas": replicas, **changes})
+        return await change(scaled(name, replicas, actor(request)))
+
+    async def scaled(name: str, replicas: int, who: str) -> dict[str, Any]:
+        return {"service": name, "replicas": replicas, **(await mesh.scale(name, replicas, actor=who))}
 
     async def fault(request: Request) -> Response:
         """Body: {"fault": the TrafficPolicy `fault` section, or null to end the rehearsal}."""
