@@ -84,6 +84,7 @@ class StandaloneMesh:
         self.ports.declare(config)
         self.budget = settings.max_replicas or budget.derived()  # replicas of the mesh at most
         self.units: dict[str, UnitStatus] = {}
+        self._index: tuple[MeshConfig, dict[str, tuple[Endpoint, ...]], MeshIndex] | None = None
         self._next_index: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self.http = envoy_admin.client()  # Envoy admins by socket, apps by TCP
@@ -113,12 +114,20 @@ class StandaloneMesh:
     # ---- views -----------------------------------------------------------------------------
     @property
     def index(self) -> MeshIndex:
-        endpoints: dict[str, list[Endpoint]] = {}
+        """The mesh now, its config and the endpoints of its ready replicas: the push context
+        that pushes, status and changes read. Built again only when either changed (reading it
+        costs a pass over the units), so every read between two changes shares one index and the
+        routes it has compiled (`MeshIndex.derived`)."""
+        found: dict[str, list[Endpoint]] = {}
         for unit in self.units.values():
             ep = endpoint_of(unit, self.settings.host)
             if ep is not None:
-                endpoints.setdefault(ep.service, []).append(ep)
-        return MeshIndex(self.config).with_endpoints({k: tuple(sorted(v)) for k, v in endpoints.items()})
+                found.setdefault(ep.service, []).append(ep)
+        endpoints = {k: tuple(sorted(v)) for k, v in sorted(found.items())}
+        known = self._index
+        if known is None or known[0] is not self.config or known[1] != endpoints:
+            known = self._index = (self.config, endpoints, MeshIndex(self.config).with_endpoints(endpoints))
+        return known[2]
 
     @property
     def mesh_dir(self) -> Path:
