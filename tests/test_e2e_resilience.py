@@ -467,7 +467,8 @@ def test_a_retry_budget_bounds_the_attempts_on_a_failing_upstream(mesh: Mesh) ->
 
     budgeted, refused = attempts("budgeted", 200, 10)
     print(f"200 failing requests, 10 at once: {budgeted} attempts with a 20% budget")
-    assert budgeted <= 200 * 1.2 and refused > 0
+    # many at once: up to percent / (100 - percent) more (above); 218-242 seen on a 2-core machine
+    assert budgeted <= 200 * 1.25 and refused > 0  # without the budget: 800
 
     alone, refused = attempts("budgeted", 5, 1)
     assert (alone, refused) == (5 * 4, 0)  # the minConcurrency floor, not the percentage, applies
