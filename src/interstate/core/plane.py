@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -101,20 +101,26 @@ class ControlPlane:
                 self.cache.remove(node_id)
         return changed
 
-    async def rotation(self, on_due: Callable[[], None]) -> None:
+    async def rotation(
+        self,
+        on_due: Callable[[], None],
+        now: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """Call `on_due` (which pushes) whenever a certificate reaches half its life; the push
-        re-issues it, and only its SDS resource changes. Runs until cancelled."""
+        re-issues it, and only its SDS resource changes. Runs until cancelled. `now` and `sleep`:
+        the clock (tests give a virtual one)."""
         while True:
             due = None if self.identity is None else self.identity.certs.next_rotation()
-            wait = 1.0 if due is None else (due - utcnow()).total_seconds()
-            await asyncio.sleep(min(max(wait, 0.05), ROTATION_CHECK_MAX_S))
-            if due is not None and utcnow() >= due:
+            wait = 1.0 if due is None else (due - now()).total_seconds()
+            await sleep(min(max(wait, 0.05), ROTATION_CHECK_MAX_S))
+            if due is not None and now() >= due:
                 try:
                     on_due()
                 except Exception:  # rotation must go on whatever one push hit
                     log.exception("rotating certificates failed; trying again in 1s")
                 if self.identity is not None and self.identity.certs.next_rotation() == due:
-                    await asyncio.sleep(1.0)  # the push did not re-issue it: do not spin
+                    await sleep(1.0)  # the push did not re-issue it: do not spin
 
     # ---- has every Envoy taken it? ---------------------------------------------------------
     async def settle(self, node_ids: list[str], timeout: float = SETTLE_TIMEOUT_S) -> None:
