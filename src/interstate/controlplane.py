@@ -2,15 +2,18 @@
 it wires them together, as `up` wires the supervisor).
 
 Started (and restarted, when it dies) by `standalone.supervisor` as
-`python -m interstate.controlplane RUN_DIR FD`, where FD is its end of a private
-socket pair to the supervisor. It reads its settings and the mesh config from the run folder
+`python -m interstate.controlplane RUN_DIR FD LOG_LEVEL ADMIN_FD`: FD is its end of a private
+socket pair to the supervisor, ADMIN_FD the admin API's listening socket (the supervisor holds it
+for the mesh's life). It reads its settings and the mesh config from the run folder
 (`standalone.state`), and answers the supervisor:
 - `hello` (every start): adopt the units the supervisor runs, start the core (CA, ADS on the
   mesh's fixed xDS port) and the admin API on its fixed port;
 - `start_mesh` (first start only): start every replica and the ingress, answer with the ready facts;
 - `resume` (after a restart): serve the same snapshots (same content, same versions: no Envoy
   sees a change), record the restart in the audit trail, then carry on;
-- `shutdown`: stop the mesh's units and itself.
+- `shutdown`: stop the mesh's units and itself;
+- `ping`: answered at once (the supervisor's liveness check: one that goes unanswered gets the
+  admin API answered 503 for it, and past its limit a restart).
 It exits when the supervisor goes away. Calls core, standalone.mesh and api.
 """
 

@@ -1,7 +1,7 @@
 """Follow one HTTP request through a proxy's compiled resources, the way Envoy would route it.
 
 Tests phrase compiler behaviour as calls ("results -> http://stats:8080/x reaches outbound|stats")
-instead of comparing proto shapes, and `interstate explain` can print the same `Outcome`. Reads a
+instead of comparing proto shapes (as Istio's pilot simulation tests do). Reads a
 `ProxyResources` from `compile`; pure, no I/O. Covers what we compile: listener -> HTTP connection
 manager -> RDS -> virtual host (Envoy's domain rules) -> first matching route -> cluster, endpoints.
 """

@@ -14,7 +14,7 @@ namespace labelled so), the patch:
   admin on 127.0.0.1). By default it is a *native side-car* (an init container with
   `restartPolicy: Always`, Kubernetes 1.29+): it is started, and ready (startup probe), before the
   app containers, and stopped after them, which is the order standalone mode keeps
-  (`standalone/mesh.py` `app_environment`). `native_sidecar=False` appends it to `containers` instead, for older
+  (`standalone/units.py` `app_environment`). `native_sidecar=False` appends it to `containers` instead, for older
   clusters (then nothing holds the apps until Envoy is ready);
 - adds one volume: the projected service-account token Envoy shows the control plane (audience
   `interstate-xds`, an hour, rotated by the kubelet). Workload certificates come over SDS, so
@@ -276,7 +276,7 @@ def service_account(spec: Mapping[str, Any]) -> str:
 
 
 def app_env(outbound_port: int) -> dict[str, str]:
-    """What every app container gets: the same contract as standalone (`standalone/mesh.py` `app_environment`)."""
+    """What every app container gets: the same contract as standalone (`standalone/units.py` `app_environment`)."""
     proxy = f"http://127.0.0.1:{outbound_port}"
     no_proxy = ",".join(LOOPBACK)
     return {"HTTP_PROXY": proxy, "http_proxy": proxy, "NO_PROXY": no_proxy, "no_proxy": no_proxy}

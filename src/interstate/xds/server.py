@@ -9,9 +9,10 @@ version ACKed. Rules (see DESIGN.md, "Protocol facts that bite"):
   state again even when nothing changed (xDS "Resource warming"), unless that is a rejected version;
 - a request with a stale nonce is ignored;
 - a NACK (nonce matches, error_detail set) is logged, counted and passed to `on_nack` (the
-  supervisor's audit trail), the last ACKed version stays in force, and the rejected version
-  is not sent again (the next new version will be);
-- on a snapshot change, types are sent in make-before-break order: CDS, EDS, LDS, RDS.
+  core records it in the audit trail), the last ACKed version stays in force, and the rejected
+  version is not sent again (the next new version will be);
+- on a snapshot change, types are sent in make-before-break order (`resources.ORDER`): SDS,
+  CDS, EDS, LDS, RDS.
 Responses are pre-serialized bytes from the snapshot; only the nonce is added per stream.
 
 A client may be hostile (`XdsLimits`): what one stream holds is bounded (requests read ahead, names
