@@ -51,10 +51,16 @@ def gate(tmp_path: Path) -> access.Gate:
     return access.Gate(token, access.token_actor(token_file))
 
 
-def scenario(tmp_path: Path, body: Callable[[httpx.AsyncClient, access.Gate, RecordingMesh], Awaitable[None]]) -> None:
+def scenario(
+    tmp_path: Path,
+    body: Callable[[httpx.AsyncClient, access.Gate, RecordingMesh], Awaitable[None]],
+    kind: type[RecordingMesh] = RecordingMesh,
+) -> None:
+    """`body` against the admin API (behind its guard) of a fake mesh of `kind`."""
+
     async def run() -> None:
         _, fake, http = fake_mesh()
-        mesh = RecordingMesh(fake.replicas, fake.ingress)
+        mesh = kind(fake.replicas, fake.ingress)
         mesh.changes = []
         door = gate(tmp_path)
         app = Guard(admin.create_app(cast(Any, mesh)), door, allowed_hosts("127.0.0.1", PORT))
@@ -291,21 +297,14 @@ def test_the_same_error_gives_the_same_status_on_every_route_that_changes_the_me
         async def set_split(self, service: str, weights: dict[str, int], actor: str = "") -> dict[str, Any]:
             raise error
 
-    async def run() -> None:
-        _, fake, http = fake_mesh()
-        mesh = Failing(fake.replicas, fake.ingress)
-        mesh.changes = []
-        door = gate(tmp_path)
-        app = Guard(admin.create_app(cast(Any, mesh)), door, allowed_hosts("127.0.0.1", PORT))
+    async def body(client: httpx.AsyncClient, door: access.Gate, mesh: RecordingMesh) -> None:
         calls = [
             ("/apply", {"sources": {"m.yaml": EXAMPLE_WORKLOAD}}),
             ("/services/results/scale", {"replicas": 2}),
             ("/services/results/fault", {"fault": {"abort": {"percent": 50}}}),
             ("/services/results/split", {"weights": {"results": 100}}),
         ]
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
-            answers = [await client.post(path, json=body, headers=bearer(door)) for path, body in calls]
-        await http.aclose()
+        answers = [await client.post(path, json=payload, headers=bearer(door)) for path, payload in calls]
         assert [a.status_code for a in answers] == [status] * len(calls), [a.text for a in answers]
         assert all(a.json()["error"] for a in answers)
         if isinstance(error, Rejected):
@@ -313,4 +312,4 @@ def test_the_same_error_gives_the_same_status_on_every_route_that_changes_the_me
         if isinstance(error, ConfigError):
             assert all(a.json()["issues"][0]["field"] == "spec.replicas" for a in answers)
 
-    asyncio.run(run())
+    scenario(tmp_path, body, Failing)
