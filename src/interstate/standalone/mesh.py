@@ -82,7 +82,7 @@ class StandaloneMesh:
         self.ports = PortAllocator(settings.host)
         self.ports.take_all(mesh_ports(settings))
         self.ports.declare(config)
-        self.budget = settings.max_replicas or budget.derived()  # replicas of the mesh at most
+        self.max_replicas = settings.max_replicas or budget.derived()  # replicas of the mesh at most
         self.units: dict[str, UnitStatus] = {}
         self._index: tuple[MeshConfig, dict[str, tuple[Endpoint, ...]], MeshIndex] | None = None
         self._next_index: dict[str, int] = {}
@@ -377,7 +377,7 @@ class StandaloneMesh:
             preflight.check(config, self.settings.mesh_dir)
             preflight.check_ports(config, self.ports.owners_but_declared(), self.ports.declared(), self.settings.host)
             config = keep_autoscaled(previous, config)
-            budget.check(config, self.budget)
+            budget.check(config, self.max_replicas)
             header, new_header = MeshIndex(previous).mesh.policy_header, MeshIndex(config).mesh.policy_header
             if new_header != header and self.units:
                 raise PermanentError(
@@ -421,12 +421,17 @@ class StandaloneMesh:
         async with self._lock:
             workload = self.workload(service)
             wanted = budget.counts(self.config) | {service: replicas}
-            if sum(wanted.values()) > self.budget:
+            if sum(wanted.values()) > self.max_replicas:
                 if not autoscaler:
-                    raise PermanentError(f"{service}: {replicas} replicas refused: {budget.over(wanted, self.budget)}")
-                replicas = budget.clamp(service, replicas, wanted, self.budget)
+                    raise PermanentError(
+                        f"{service}: {replicas} replicas refused: {budget.over(wanted, self.max_replicas)}"
+                    )
+                replicas = budget.clamp(service, replicas, wanted, self.max_replicas)
                 log.warning(
-                    "autoscaler: %s clamped to %d replicas by the replica budget (%d)", service, replicas, self.budget
+                    "autoscaler: %s clamped to %d replicas by the replica budget (%d)",
+                    service,
+                    replicas,
+                    self.max_replicas,
                 )
             spec = workload.spec.model_copy(update={"replicas": replicas})
             previous = self.config
@@ -683,7 +688,9 @@ class StandaloneMesh:
             self.boundary.summary(),
             self.autoscaler.status(),
             self.logs.use(),
-            budget.status(self.config, self.budget, [(u.app_pid, u.envoy_pid) for us in replicas.values() for u in us]),
+            budget.status(
+                self.config, self.max_replicas, [(u.app_pid, u.envoy_pid) for us in replicas.values() for u in us]
+            ),
         )
 
     def _access_log_writer(self, path: Path) -> str | None:
