@@ -128,7 +128,7 @@ def validate(path: str) -> None:
 )
 @click.option(
     "--restart-unresponsive",
-    default="5s",
+    default="10s",
     show_default=True,
     help="Restart a replica's app or Envoy that has not answered its liveness check for this long "
     "(it leaves service after 2 missed checks, ~2 s).",

@@ -50,7 +50,7 @@ class Settings:
     # Liveness: a unit that stops answering (a hung app or Envoy) leaves EDS within a few seconds
     # and is restarted after this long unresponsive; a control plane that stops answering gets
     # the admin API answered 503 for it at once, and is restarted after this long.
-    unit_unresponsive_restart_s: float = 5.0
+    unit_unresponsive_restart_s: float = 10.0
     control_plane_unresponsive_restart_s: float = 30.0
     max_replicas: int = 0  # replicas of the whole mesh at most; 0: what the machine's memory allows
     run_id: str = ""  # this mesh run (`up.take_over`): bootstrap certificates of no other run are accepted
