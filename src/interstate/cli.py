@@ -41,6 +41,17 @@ def _client(admin: str, token_file: str) -> AdminClient:
         raise AssertionError from None  # _fail exits
 
 
+def _duration(flag: str, text: str, at_least: timedelta) -> timedelta:
+    """A duration flag's value (`30s`, `5m`), or exit with a usage error naming the flag."""
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        _fail(f"{flag}: {exc}", EXIT_USAGE)
+    if value < at_least:
+        _fail(f"{flag}: {text} is too short; at least {at_least.total_seconds():g}s", EXIT_USAGE)
+    return value
+
+
 def _fail(message: str, code: int = EXIT_FAILURE) -> None:
     click.echo(message, err=True)
     sys.exit(code)
@@ -190,31 +201,14 @@ def up(
     config = _load(path, mesh_dir.resolve())
     if (ca_cert is None) != (ca_key is None):
         _fail("--ca-cert and --ca-key go together", EXIT_USAGE)
-    try:
-        ttl = parse_duration(cert_ttl)
-    except ValueError as exc:
-        _fail(f"--cert-ttl: {exc}", EXIT_USAGE)
-    if ttl < MIN_CERT_TTL:
-        _fail(f"--cert-ttl: {cert_ttl} is too short; at least {MIN_CERT_TTL.total_seconds():.0f}s", EXIT_USAGE)
-    try:
-        period = parse_duration(autoscale_period).total_seconds()
-    except ValueError as exc:
-        _fail(f"--autoscale-period: {exc}", EXIT_USAGE)
-    if period < 1:
-        _fail(f"--autoscale-period: {autoscale_period} is too short; at least 1s", EXIT_USAGE)
-    try:
-        cp_delay = parse_duration(control_plane_restart_delay).total_seconds()
-    except ValueError as exc:
-        _fail(f"--control-plane-restart-delay: {exc}", EXIT_USAGE)
-    unresponsive: dict[str, float] = {}
-    for flag, text in (
-        ("--restart-unresponsive", restart_unresponsive),
-        ("--control-plane-restart-unresponsive", control_plane_restart_unresponsive),
-    ):
-        try:
-            unresponsive[flag] = parse_duration(text).total_seconds()
-        except ValueError as exc:
-            _fail(f"{flag}: {exc}", EXIT_USAGE)
+    durations = {
+        "--cert-ttl": (cert_ttl, MIN_CERT_TTL),
+        "--autoscale-period": (autoscale_period, timedelta(seconds=1)),
+        "--control-plane-restart-delay": (control_plane_restart_delay, timedelta(0)),
+        "--restart-unresponsive": (restart_unresponsive, timedelta(0)),
+        "--control-plane-restart-unresponsive": (control_plane_restart_unresponsive, timedelta(0)),
+    }
+    ttl, period, cp_delay, unit_silence, cp_silence = (_duration(flag, *given) for flag, given in durations.items())
     settings = Settings(
         mesh_dir=mesh_dir.resolve(),
         run_dir=Path(run_dir or DEFAULT_RUN_DIR).resolve(),
@@ -228,14 +222,14 @@ def up(
         ca_key=Path(ca_key).resolve() if ca_key else None,
         ca_bundle=Path(ca_bundle).resolve() if ca_bundle else None,
         cert_ttl=ttl,
-        autoscale_period_s=period,
-        control_plane_backoff_s=cp_delay,
+        autoscale_period_s=period.total_seconds(),
+        control_plane_backoff_s=cp_delay.total_seconds(),
         log_max_bytes=int(log_max_mb * 1024 * 1024),
         log_keep=log_keep,
         max_ingress_connections=max_ingress_connections,
         max_replicas=max_replicas or 0,
-        unit_unresponsive_restart_s=unresponsive["--restart-unresponsive"],
-        control_plane_unresponsive_restart_s=unresponsive["--control-plane-restart-unresponsive"],
+        unit_unresponsive_restart_s=unit_silence.total_seconds(),
+        control_plane_unresponsive_restart_s=cp_silence.total_seconds(),
     )
     if auto_ports:
         settings = settings.auto_ports()
