@@ -46,13 +46,10 @@ from interstate.core.control import INGRESS_SERIES, MeshControl
 from interstate.core.status import to_json
 from interstate.errors import ConfigError, InterstateError, PermanentError, Rejected, TemporaryError, UnknownService
 from interstate.model.traffic_policy import Fault
-from interstate.telemetry import envoy_admin
+from interstate.telemetry import envoy_admin, rates
 from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
-
-INGRESS_PREFIX = "http.ingress.downstream_rq_"
-INGRESS_REQUESTS = r"^http\.ingress\.downstream_rq_(total|completed|2xx)$"
 
 
 def issues_json(error: ConfigError) -> list[dict[str, Any]]:
@@ -222,10 +219,10 @@ def create_app(mesh: MeshControl) -> Starlette:
         if ingress is None:
             return JSONResponse({"error": "the mesh has no ingress running"}, 503)
         try:
-            stats = await read_stats(envoys, ingress.socket, INGRESS_REQUESTS)
+            stats = await read_stats(envoys, ingress.socket, rates.INGRESS_REQUESTS)
         except (httpx.HTTPError, ValueError) as exc:
             return JSONResponse({"error": f"the ingress Envoy does not answer ({exc})"}, 503)
-        return JSONResponse({name.removeprefix(INGRESS_PREFIX): value for name, value in stats.items()})
+        return JSONResponse({name.removeprefix(rates.INGRESS_PREFIX): value for name, value in stats.items()})
 
     envoys = envoy_admin.client()  # reads Envoy admins (their sockets): the dashboard, the ingress
     board = dashboard.Dashboard(mesh, http=envoys)

@@ -28,6 +28,7 @@ from interstate.telemetry.envoys import read_stats
 
 log = logging.getLogger(__name__)
 
+PROBE_TIMEOUT_S = 1.0  # one readiness probe while a child starts
 LIVENESS_EVERY_S = 1.0
 LIVENESS_TIMEOUT_S = 1.0
 LIVENESS_RECHECK_S = 0.25  # after a failed check, the next one comes sooner
@@ -125,16 +126,14 @@ class Unit:
         (a TCP connect proves nothing: the kernel accepts for a hung process). Any answer, an
         error status too, proves it alive: failing requests are the outlier detection's business."""
         silent = [c.name for c in (self.envoy, self.app) if c is not None and stopped(c.pid)]
-        checks: list[tuple[str, Callable[[], Awaitable[httpx.Response]]]] = []
-        socket = self.admin
-        if self.envoy is not None and socket is not None:
-            checks.append(
-                (self.envoy.name, lambda: envoy_admin.get(self.http, socket, "/ready", timeout=LIVENESS_TIMEOUT_S))
+        checks = [
+            (child.name, ask)
+            for child, ask in (
+                (self.envoy, self._ask_envoy(LIVENESS_TIMEOUT_S)),
+                (self.app, self._ask_app(LIVENESS_TIMEOUT_S)),
             )
-        app = self.spec.app
-        if self.app is not None and app is not None and app.probe_path is not None:
-            url = f"http://127.0.0.1:{app.port}{app.probe_path}"
-            checks.append((self.app.name, lambda: self.http.get(url, timeout=LIVENESS_TIMEOUT_S)))
+            if child is not None and ask is not None
+        ]
         answers = await asyncio.gather(*(answered(check) for _, check in checks))
         return silent + [name for (name, _), ok in zip(checks, answers, strict=True) if not ok and name not in silent]
 
@@ -175,22 +174,33 @@ class Unit:
                         await child.kill()  # its watcher restarts it
                 failures = 0
 
-    async def _start_envoy(self) -> None:
+    def _ask_envoy(self, timeout: float) -> Callable[[], Awaitable[httpx.Response]] | None:
+        """GET its Envoy's /ready over the admin socket (readiness and liveness both ask it)."""
         socket = self.admin
-        assert self.envoy is not None and socket is not None
+        if self.envoy is None or socket is None:
+            return None
+        return lambda: envoy_admin.get(self.http, socket, "/ready", timeout=timeout)
+
+    def _ask_app(self, timeout: float) -> Callable[[], Awaitable[httpx.Response]] | None:
+        """GET its app's probe path; None when the workload names none."""
+        app = self.spec.app
+        if self.app is None or app is None or app.probe_path is None:
+            return None
+        url = f"http://127.0.0.1:{app.port}{app.probe_path}"
+        return lambda: self.http.get(url, timeout=timeout)
+
+    async def _start_envoy(self) -> None:
+        ask = self._ask_envoy(PROBE_TIMEOUT_S)
+        assert self.envoy is not None and ask is not None
         await self.envoy.start()
-        ready = http_probe(lambda: envoy_admin.get(self.http, socket, "/ready", timeout=1.0))
-        await wait_ready(self.envoy, ready, self.settings.ready_timeout_s)
+        await wait_ready(self.envoy, http_probe(ask), self.settings.ready_timeout_s)
 
     async def _start_app(self) -> None:
         assert self.app is not None and self.spec.app is not None
         app = self.spec.app
         await self.app.start()
-        if app.probe_path is not None:
-            url = f"http://127.0.0.1:{app.port}{app.probe_path}"
-            check = http_probe(lambda: self.http.get(url, timeout=1.0))
-        else:
-            check = tcp_probe("127.0.0.1", app.port)
+        ask = self._ask_app(PROBE_TIMEOUT_S)
+        check = http_probe(ask) if ask is not None else tcp_probe("127.0.0.1", app.port)
         await wait_ready(self.app, check, app.ready_timeout_s)
 
     async def _watch(self, kind: str, child: Child, start: Callable[[], Awaitable[None]]) -> None:

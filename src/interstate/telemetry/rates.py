@@ -2,7 +2,8 @@
 
 A counter read twice gives what happened between the reads; a counter that went back means its
 Envoy restarted, and what it counts now all happened since (as Prometheus' `rate()` takes a
-reset). `INBOUND_REQUESTS` is the stat a side-car counts its replica's requests in.
+reset). The stat patterns the mesh reads live here too: a side-car's inbound requests (dashboard,
+autoscaler), the ingress's (dashboard, and the admin API's counts for a rehearsal).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 INBOUND_REQUESTS = r"^http\.inbound(_plaintext)?\.downstream_rq_total$"
 INBOUND_STATS = r"^http\.inbound(_plaintext)?\.downstream_(rq_total|rq_5xx|rq_time)$"
 INGRESS_STATS = r"^http\.ingress\.downstream_(rq_total|rq_5xx|rq_time)$"
+INGRESS_PREFIX = "http.ingress.downstream_rq_"
+INGRESS_REQUESTS = r"^http\.ingress\.downstream_rq_(total|completed|2xx)$"  # what a rehearsal counts
 
 
 def counted(before: int, after: int) -> int:
