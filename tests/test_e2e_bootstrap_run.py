@@ -9,6 +9,7 @@ is served (the second run's side-cars run on theirs, or it would not be ready).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -26,8 +27,12 @@ NODE = "sidecar~stats-0"
 
 
 def bootstrap_of(run_dir: Path) -> tuple[bytes, bytes]:
-    folder = run_dir / "certs"
-    return (folder / "sidecar-stats-0.crt").read_bytes(), (folder / "sidecar-stats-0.key").read_bytes()
+    """The certificate and key files the side-car's SDS file names (as its Envoy reads them)."""
+    sds = json.loads((run_dir / "certs" / "sidecar-stats-0.xds-client.json").read_text())
+    files = sds["resources"][0]["tls_certificate"]
+    return Path(files["certificate_chain"]["filename"]).read_bytes(), Path(
+        files["private_key"]["filename"]
+    ).read_bytes()
 
 
 async def first_answer(port: int, bundle: bytes, chain: bytes, key: bytes) -> str:

@@ -4,16 +4,27 @@ traffic lose no request. (The rotation loop's timing is tested on a virtual cloc
 
 Rotation is a push of new SDS secrets only: listeners and clusters keep their versions, open
 connections stay up, and each Envoy's admin /certs shows the serial the control plane issued.
+Bootstrap certificates (the xDS connection's) live as long and are renewed on disk: each Envoy
+reloads its own, and once the first ones have expired a restarted control plane still gets
+every Envoy back.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
+import httpx
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, envoy_admin, running_mesh
+from cryptography import x509
+from mesh_runner import EXAMPLE, Load, MeshRun, envoy_admin, running_mesh, wait_for
+
+from interstate.ca.authority import utcnow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,6 +47,26 @@ def envoy_admins(mesh: MeshRun) -> dict[str, str]:
     return out
 
 
+def bootstrap_certificates(mesh: MeshRun, nodes: list[str]) -> dict[str, x509.Certificate]:
+    """Each node's bootstrap certificate, as its SDS file names it now."""
+    out = {}
+    for node in nodes:
+        sds = json.loads((mesh.run_dir / "certs" / f"{node.replace('~', '-')}.xds-client.json").read_text())
+        chain = Path(sds["resources"][0]["tls_certificate"]["certificate_chain"]["filename"])
+        out[node] = x509.load_pem_x509_certificate(chain.read_bytes())
+    return out
+
+
+def every_envoy_connected(mesh: MeshRun, restarts: int) -> bool:
+    try:
+        status = mesh.status()
+    except (httpx.HTTPError, ValueError):
+        return False  # the control plane is still restarting
+    replicas = [r for s in status["services"].values() for r in s["replicas"]]
+    xds = [r.get("xds") for r in replicas] + [status["ingress"].get("xds")]
+    return status["control_plane"]["restarts"] == restarts and all(x and x["streams"] >= 1 for x in xds)
+
+
 def listener_and_cluster_versions(mesh: MeshRun) -> dict[str, tuple[str, str]]:
     status = mesh.status()
     out = {}
@@ -53,6 +84,7 @@ def test_rotations_under_traffic_lose_no_request(tmp_path: Path) -> None:
     with running_mesh(fixed, tmp_path / "run", "--cert-ttl", "1m") as mesh:
         versions_before = listener_and_cluster_versions(mesh)
         admins = envoy_admins(mesh)
+        first_bootstraps = bootstrap_certificates(mesh, list(admins))
         seen: dict[str, set[str]] = {node: set() for node in admins}
         with Load(mesh.ingress + "/results", workers=2, max_s=150) as load:
             deadline = time.monotonic() + 120
@@ -73,3 +105,14 @@ def test_rotations_under_traffic_lose_no_request(tmp_path: Path) -> None:
         for node, admin in admins.items():
             assert current[node] in serials_in_envoy(admin), node
         assert listener_and_cluster_versions(mesh) == versions_before
+
+        # Bootstrap certificates: renewed on disk, reloaded by every Envoy without a restart.
+        bootstraps = bootstrap_certificates(mesh, list(admins))
+        for node, admin in admins.items():
+            assert bootstraps[node].serial_number != first_bootstraps[node].serial_number, node
+            assert f"{bootstraps[node].serial_number:x}" in serials_in_envoy(admin), node
+        # Once the first ones have expired, only the renewed ones can open an xDS stream.
+        expired_at: datetime = max(c.not_valid_after_utc for c in first_bootstraps.values())
+        time.sleep(max(0.0, (expired_at - utcnow()).total_seconds() + 1))
+        os.kill(mesh.status()["control_plane"]["pid"], signal.SIGKILL)
+        wait_for(lambda: every_envoy_connected(mesh, 1), timeout=30, what="every Envoy back on the new control plane")

@@ -496,12 +496,11 @@ def test_envoy_accepts_the_bootstrap(xds_tls: bool, envoy: Path, authority: Auth
         files = {"crt": issued.chain_pem, "key": issued.key_pem, "ca": authority.bundle_pem}
         for suffix, text in files.items():
             (tmp_path / f"proxy.{suffix}").write_text(text)
-        tls = XdsTls(
-            str(tmp_path / "proxy.crt"),
-            str(tmp_path / "proxy.key"),
-            str(tmp_path / "proxy.ca"),
-            spiffe.system_id("interstate.local", "control-plane"),
+        sds = tmp_path / "proxy.xds-client.json"
+        sds.write_text(
+            json.dumps(bootstrap.xds_client_secret(str(tmp_path / "proxy.crt"), str(tmp_path / "proxy.key")))
         )
+        tls = XdsTls(str(sds), str(tmp_path / "proxy.ca"), spiffe.system_id("interstate.local", "control-plane"))
     config = bootstrap.build(
         "sidecar~results-0",
         "results",

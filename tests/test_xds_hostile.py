@@ -54,7 +54,7 @@ from interstate.ca.authority import Authority, Issued, utcnow
 from interstate.compile import bootstrap, names
 from interstate.compile.proxy import Proxy
 from interstate.config.loader import decode_sources
-from interstate.core.identity import BOOTSTRAP_TTL, XDS_SERVER_NAME, IdentitySettings
+from interstate.core.identity import SERVER_TTL, XDS_SERVER_NAME, IdentitySettings
 from interstate.core.plane import ControlPlane
 from interstate.model.index import Endpoint, MeshIndex
 from interstate.xds import resources as rt
@@ -102,7 +102,7 @@ class Target:
     def certificate(self, node_id: str, authority: Authority | None = None) -> Issued:
         """A bootstrap certificate as `interstate up` hands each Envoy (CN = the node ID)."""
         return (authority or self.authority).issue(
-            spiffe.xds_client_id(TD, node_id), BOOTSTRAP_TTL, utcnow(), common_name=node_id
+            spiffe.xds_client_id(TD, node_id), SERVER_TTL, utcnow(), common_name=node_id
         )
 
     def credentials(self, cert: Issued | None) -> grpc.ChannelCredentials:

@@ -27,7 +27,7 @@ from interstate.ca import spiffe
 from interstate.ca.authority import Authority, Issued, utcnow
 from interstate.compile import names
 from interstate.compile.proxy import Credentials, Proxy
-from interstate.core.identity import BOOTSTRAP_TTL, XDS_SERVER_NAME
+from interstate.core.identity import SERVER_TTL, XDS_SERVER_NAME
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.server import AdsServer
@@ -49,9 +49,7 @@ class Pki:
     def bootstrap(self, node_id: str, service: str, authority: Authority | None = None) -> Issued:
         """The certificate an Envoy connects to the control plane with (CN = its node ID)."""
         authority = authority or self.authority
-        return authority.issue(
-            spiffe.xds_client_id(TRUST_DOMAIN, node_id), BOOTSTRAP_TTL, utcnow(), common_name=node_id
-        )
+        return authority.issue(spiffe.xds_client_id(TRUST_DOMAIN, node_id), SERVER_TTL, utcnow(), common_name=node_id)
 
 
 def svid(authority: Authority, service: str) -> Credentials:
@@ -63,7 +61,7 @@ def svid(authority: Authority, service: str) -> Credentials:
 def pki() -> Pki:
     now = utcnow()
     authority = Authority.create(TRUST_DOMAIN, now)
-    server = authority.issue(spiffe.control_plane_id(TRUST_DOMAIN), BOOTSTRAP_TTL, now, dns_names=(XDS_SERVER_NAME,))
+    server = authority.issue(spiffe.control_plane_id(TRUST_DOMAIN), SERVER_TTL, now, dns_names=(XDS_SERVER_NAME,))
     return Pki(authority, server, svid(authority, "results"), svid(authority, "stats"))
 
 

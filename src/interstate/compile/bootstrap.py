@@ -19,12 +19,33 @@ RECONNECT = {"retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"
 @dataclass(frozen=True)
 class XdsTls:
     """Mutual TLS to the control plane: the proxy's bootstrap certificate (its common name is
-    the node ID, which the control plane checks) and the control plane's expected identity."""
+    the node ID, which the control plane checks) and the control plane's expected identity.
+    `sds_path` is a file-based SDS resource (`xds_client_secret`) naming the certificate and
+    key files; Envoy reloads them whenever a new version of that file is moved into place, so
+    the certificate is rotated on disk without restarting Envoy."""
 
-    cert_path: str
-    key_path: str
+    sds_path: str
     ca_path: str
     server_identity: str
+
+
+XDS_CLIENT_SECRET = "xds_client"
+
+
+def xds_client_secret(cert_path: str, key_path: str) -> dict[str, Any]:
+    """The content of `XdsTls.sds_path`: one SDS Secret with the bootstrap certificate's files."""
+    return {
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": XDS_CLIENT_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": {"filename": cert_path},
+                    "private_key": {"filename": key_path},
+                },
+            }
+        ]
+    }
 
 
 def build(
@@ -135,10 +156,13 @@ def build(
                         "tls_maximum_protocol_version": "TLSv1_3",
                     },
                     "alpn_protocols": ["h2"],  # gRPC servers insist on it
-                    "tls_certificates": [
+                    "tls_certificate_sds_secret_configs": [
                         {
-                            "certificate_chain": {"filename": xds_tls.cert_path},
-                            "private_key": {"filename": xds_tls.key_path},
+                            "name": XDS_CLIENT_SECRET,
+                            "sds_config": {
+                                "path_config_source": {"path": xds_tls.sds_path},
+                                "resource_api_version": "V3",
+                            },
                         }
                     ],
                     "validation_context": {

@@ -107,20 +107,24 @@ class ControlPlane:
         now: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        """Call `on_due` (which pushes) whenever a certificate reaches half its life; the push
-        re-issues it, and only its SDS resource changes. Runs until cancelled. `now` and `sleep`:
-        the clock (tests give a virtual one)."""
+        """Whenever a certificate reaches half its life: renew the bootstrap certificates due
+        (on disk, where their Envoys reload them) and call `on_due` (which pushes); the push
+        re-issues workload certificates due, and only their SDS resources change. Runs until
+        cancelled. `now` and `sleep`: the clock (tests give a virtual one)."""
         while True:
-            due = None if self.identity is None else self.identity.certs.next_rotation()
+            due = None if self.identity is None else self.identity.next_rotation()
             wait = 1.0 if due is None else (due - now()).total_seconds()
             await sleep(min(max(wait, 0.05), ROTATION_CHECK_MAX_S))
-            if due is not None and now() >= due:
+            if self.identity is not None and due is not None and now() >= due:
                 try:
+                    renewed = self.identity.renew_bootstraps(now())
+                    if renewed:
+                        log.info("renewed the bootstrap certificates of %d Envoys", len(renewed))
                     on_due()
                 except Exception:  # rotation must go on whatever one push hit
                     log.exception("rotating certificates failed; trying again in 1s")
-                if self.identity is not None and self.identity.certs.next_rotation() == due:
-                    await sleep(1.0)  # the push did not re-issue it: do not spin
+                if self.identity.next_rotation() == due:
+                    await sleep(1.0)  # nothing was re-issued: do not spin
 
     # ---- has every Envoy taken it? ---------------------------------------------------------
     async def settle(self, node_ids: list[str], timeout: float = SETTLE_TIMEOUT_S) -> None:

@@ -601,6 +601,8 @@ class StandaloneMesh:
 
     def _forget(self, spec: UnitSpec) -> None:
         self.units.pop(spec.name, None)
+        if spec.proxy is not None and self.core.identity is not None:
+            self.core.identity.forget_bootstrap(spec.proxy.node_id)
         self.ports.release(*(p for p in spec.ports() if p != self.settings.ingress_port))  # the mesh's for good
 
     def _nodes(self) -> list[str]:
