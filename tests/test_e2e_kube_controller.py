@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import socket
 from pathlib import Path
@@ -39,6 +40,7 @@ from helpers_xds import EnvoyProcess, free_port, metric, run, upstream, wait_unt
 from interstate.ca.authority import Authority, utcnow
 from interstate.core.identity import IdentitySettings
 from interstate.core.plane import ControlPlane
+from interstate.core.status import ReplicaState, to_json
 from interstate.kube import inject
 from interstate.kube.bootstrap import ProxyPorts
 from interstate.kube.controller import ENDPOINT_SLICES, PODS, Controller, ControllerSettings
@@ -107,7 +109,12 @@ def injected_pod(name: str, service: str, app_port: int, pod_ip: str, settings: 
     )
     assert report.injected, report
     pod = jsonpatch.apply_patch(pod, patch)
-    pod["status"] = {"phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}
+    pod["status"] = {
+        "phase": "Running",
+        "podIP": pod_ip,
+        "podIPs": [{"ip": pod_ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
     return pod
 
 
@@ -220,6 +227,20 @@ def test_injected_side_cars_get_svids_from_the_controller_and_talk_mutual_tls(
                             )
                             # the Mesh CR's policy header, stamped by the caller's side-car
                             assert seen["headers"][POLICY_HEADER] == "FEC-F101"
+
+                            # status comes from the core, as in standalone mode: pods as replicas,
+                            # their side-cars' xDS sync, and what results' side-car saw of stats
+                            status = controller.status()
+                            [stats_replica] = status.services["stats"].replicas
+                            assert (stats_replica.name, stats_replica.state) == (STATS_POD, ReplicaState.READY)
+                            assert stats_replica.sidecar is not None and stats_replica.sidecar.node == STATS_NODE
+                            assert stats_replica.xds is not None and stats_replica.xds.streams >= 1
+                            assert status.services["stats"].ready == 1 and status.services["results"].ready == 1
+                            assert status.services["results"].policy == "FEC-F101"
+                            seen_of_stats = (await controller.resilience())["stats"]
+                            assert seen_of_stats.callers == [RESULTS_NODE]
+                            assert seen_of_stats.counters["requests"] >= 1, seen_of_stats
+                            assert json.dumps(to_json(status.with_resilience({"stats": seen_of_stats})))
 
                             inbound_stats = await callee.stats(rf"^listener\.{STATS_IP}_{inbound}\.ssl\.")
                             assert inbound_stats[f"listener.{STATS_IP}_{inbound}.ssl.handshake"] >= 1, inbound_stats

@@ -14,6 +14,7 @@ import yaml
 
 from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources, load, read_sources
+from interstate.core.status import ReplicaState
 from interstate.errors import ConfigError
 from interstate.kube import cluster
 from interstate.kube.bootstrap import ProxyPorts
@@ -287,3 +288,31 @@ def test_only_the_workloads_own_service_account_gets_its_side_car_and_certificat
     relabelled = copy.deepcopy(honest)
     relabelled["metadata"]["labels"] = {"app": "stats"}
     assert "runs as service account 'results'" in str(cluster.proxy_of(relabelled, config, PORTS))
+
+
+def test_pods_as_replicas_for_status() -> None:
+    """Status in Kubernetes mode: each labelled pod is a replica, ready when its Ready condition
+    is true, draining once deleted, stopped once finished; an injected pod's side-car is read at
+    its ready port (the proxy container's `mesh-ready`, else the default) on its pod IP."""
+    pods = copy.deepcopy(fixture("pods.json"))
+    results = next(p for p in pods if p["metadata"]["name"] == "results-5f7d8-x2x9q")
+    assert cluster.replica_state(results) is ReplicaState.STARTING  # no Ready condition yet
+    results["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    assert cluster.replica_state(results) is ReplicaState.READY
+    assert cluster.replica_state({**results, "metadata": {**results["metadata"], "deletionTimestamp": "x"}}) is (
+        ReplicaState.DRAINING
+    )
+    assert cluster.replica_state({"status": {"phase": "Succeeded"}}) is ReplicaState.STOPPED
+    assert cluster.metrics_url(results, PORTS) == "http://127.0.0.21:15021"
+    declared = copy.deepcopy(results)
+    declared["spec"]["initContainers"] = [  # the native side-car, as the injector writes it
+        {"name": "interstate-proxy", "ports": [{"name": "mesh-ready", "containerPort": 25021}]}
+    ]
+    assert cluster.metrics_url(declared, PORTS) == "http://127.0.0.21:25021"
+    assert cluster.metrics_url({"status": {}}, PORTS) is None
+
+    replicas = cluster.replicas(pods, {}, PORTS)
+    [replica] = replicas["results"]
+    assert (replica.name, replica.state, replica.xds) == ("results-5f7d8-x2x9q", ReplicaState.READY, None)
+    assert replica.sidecar is not None and replica.sidecar.node == "sidecar~results-5f7d8-x2x9q.elections"
+    assert cluster.replica_names(pods, PORTS)["127.0.0.21:15006"] == "results-5f7d8-x2x9q"

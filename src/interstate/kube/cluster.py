@@ -49,17 +49,20 @@ from urllib.parse import urlsplit
 
 from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources
+from interstate.core.status import ReplicaState, ReplicaStatus, SidecarProcess
 from interstate.kube.bootstrap import ProxyPorts
 from interstate.kube.inject import (
     INJECTED_ANNOTATION,
     LOOPBACK,
     PROXY_CONTAINER,
     PROXY_ENV,
+    READY_PORT_NAME,
     SERVICE_LABELS,
     service_account,
 )
 from interstate.model.index import Endpoint, MeshConfig
 from interstate.model.workload import Workload
+from interstate.xds.server import NodeSync
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"  # the slice / container port preferred when there are several
@@ -290,3 +293,79 @@ def _app_port(pod: Mapping[str, Any]) -> int | None:
     named = [p for p in tcp if p.get("name") == PORT_NAME]
     chosen = (named or tcp or [None])[0]
     return None if chosen is None else int(chosen["containerPort"])
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+def replica_state(pod: Mapping[str, Any]) -> ReplicaState:
+    """A pod as a replica: draining once deleted, stopped once finished, ready when its Ready
+    condition is true (the kubelet's verdict, which includes the side-car's startup probe)."""
+    metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if metadata.get("deletionTimestamp"):
+        return ReplicaState.DRAINING
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return ReplicaState.STOPPED
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or [] if isinstance(c, Mapping)}
+    return ReplicaState.READY if conditions.get("Ready") == "True" else ReplicaState.STARTING
+
+
+def metrics_url(pod: Mapping[str, Any], ports: ProxyPorts = DEFAULT_PORTS) -> str | None:
+    """Where the side-car of an injected pod serves `/stats/prometheus`: its ready port (the
+    proxy container's port `mesh-ready`, else `ports.ready`) at the pod IP; None without an IP."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    proxy = [c for c in (pod.get("spec") or {}).get("initContainers") or [] if c.get("name") == PROXY_CONTAINER]
+    proxy += [c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == PROXY_CONTAINER]
+    declared = [p for c in proxy for p in c.get("ports") or [] if p.get("name") == READY_PORT_NAME]
+    port = int(declared[0]["containerPort"]) if declared else ports.ready
+    host = f"[{ip}]" if ":" in str(ip) else str(ip)
+    return f"http://{host}:{port}"
+
+
+def _restarts(pod: Mapping[str, Any], container: str) -> int:
+    status = pod.get("status") or {}
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    return sum(int(s.get("restartCount") or 0) for s in statuses if s.get("name") == container)
+
+
+def replicas(
+    pods: Iterable[Mapping[str, Any]], xds: Mapping[str, NodeSync], ports: ProxyPorts = DEFAULT_PORTS
+) -> dict[str, list[ReplicaStatus]]:
+    """{service: its pods as replicas, by name}: every pod with a service label, its side-car
+    (when injected) with its node, ports, metrics URL and restarts, and its xDS sync."""
+    out: dict[str, list[ReplicaStatus]] = {}
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        service = next((str(labels[key]) for key in SERVICE_LABELS if labels.get(key)), None)
+        if service is None:
+            continue
+        sidecar = None
+        node = node_id(pod)
+        if INJECTED_ANNOTATION in (metadata.get("annotations") or {}):
+            sidecar = SidecarProcess(
+                None,
+                node,
+                ports.inbound,
+                _outbound_port(pod) or ports.outbound,
+                metrics_url(pod, ports) or "",
+                "",
+                _restarts(pod, PROXY_CONTAINER),
+            )
+        name = str(metadata.get("name"))
+        version = str(labels.get("version") or "v1")
+        replica = ReplicaStatus(name, replica_state(pod), version, None, sidecar, xds.get(node) if sidecar else None)
+        out.setdefault(service, []).append(replica)
+    return {service: sorted(found, key=lambda r: r.name) for service, found in sorted(out.items())}
+
+
+def replica_names(pods: Iterable[Mapping[str, Any]], ports: ProxyPorts = DEFAULT_PORTS) -> dict[str, str]:
+    """{"pod IP:inbound port": pod name}: how callers' ejections name the replica they ejected."""
+    out = {}
+    for pod in pods:
+        ip = (pod.get("status") or {}).get("podIP")
+        if ip and INJECTED_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {}):
+            out[f"{ip}:{ports.inbound}"] = str((pod.get("metadata") or {}).get("name"))
+    return out

@@ -29,6 +29,10 @@ between side-cars is mutual TLS.
   last good config stays in force (endpoints and pods still update under it). Fixing the object
   (or deleting it) makes the next push take the new config.
 - A snapshot that fails its consistency check is logged and not pushed.
+- **Status** (`status()`, `resilience()`) is the core's (`core.observe`), fed with what the
+  cluster says: each labelled pod is a replica (ready when its Ready condition is), its
+  side-car's xDS sync from the ADS server, and what callers saw read from each injected pod's
+  metrics port (`/stats/prometheus` on its ready port), as of the last push.
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 
 import httpx
 from prometheus_client import Counter
 
 from interstate.ca import spiffe
+from interstate.ca.authority import utcnow
+from interstate.core import observe
 from interstate.core.plane import ControlPlane
+from interstate.core.status import ControlPlaneInfo, MeshStatus, Resilience, XdsSummary
 from interstate.errors import ConfigError, InterstateError, Issue, PermanentError, TemporaryError
 from interstate.kube import cluster, crds
 from interstate.kube.bootstrap import ProxyPorts
@@ -50,6 +58,7 @@ from interstate.kube.tokenreview import PodIdentity, ReviewSettings, TokenReview
 from interstate.kube.watch import ApiSettings, ResourceType, Watcher
 from interstate.model.index import MeshConfig, MeshIndex
 from interstate.model.mesh import Mesh
+from interstate.telemetry import envoys
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,10 @@ class Controller:
         self.config: MeshConfig | None = None  # the last good config
         self.rejected: list[Issue] = []  # why the cluster's current CRs are not in force ([] = they are)
         self.pushes = 0  # completed pushes (tests wait on it)
+        self.index: MeshIndex | None = None  # what the last push compiled from
+        self._pods: list[dict[str, object]] = []  # the pods of the last push
+        self._since = ""
+        self._http: httpx.AsyncClient | None = None  # reads side-cars' metrics for status
         self.serving = asyncio.Event()  # set once the core's ADS server listens (`core.port`)
         self._mesh_types = mesh_resource_types()
         self._config_dirty = True
@@ -105,6 +118,8 @@ class Controller:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self._client = self.settings.api.client()
+        self._http = httpx.AsyncClient(trust_env=False)
+        self._since = utcnow().isoformat()
         for resource in (PODS, ENDPOINT_SLICES, *self._mesh_types):
             watcher = Watcher(self._client, resource, self._changed, self.settings.api)
             self._watchers[resource] = watcher
@@ -124,6 +139,9 @@ class Controller:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     # ---- changes ---------------------------------------------------------------------------
     def _changed(self, resource: ResourceType) -> None:
@@ -220,9 +238,36 @@ class Controller:
             log.error("push refused, nothing changed: %s", exc)
             return
         self.claims = claims
+        self.index, self._pods = index, pods
         self._log_unentitled()
         log.debug("push: %d side-cars, %d snapshots changed", len(proxies), changed)
         self.pushes += 1
+
+    # ---- status ----------------------------------------------------------------------------
+    def status(self) -> MeshStatus:
+        """The mesh as of the last push: per service its pods as replicas, with their side-cars'
+        xDS sync (`core.observe.services`); empty before the first push."""
+        xds = self.core.ads.status()
+        services = {}
+        if self.index is not None:
+            services = observe.services(self.index, cluster.replicas(self._pods, xds, self.settings.ports))
+        return MeshStatus(
+            services, XdsSummary(self.core.port, len(xds)), ControlPlaneInfo(os.getpid(), since=self._since)
+        )
+
+    async def resilience(self) -> dict[str, Resilience]:
+        """Per service, what its callers' side-cars saw, read from their pods' metrics ports."""
+        index, http = self.index, self._http
+        if index is None or http is None:
+            return {}
+        pods = {cluster.node_id(pod): pod for pod in self._pods}
+        callers = [
+            observe.Caller(proxy, envoys.Caller(proxy.node_id, url))
+            for proxy in cluster.proxies(self._pods, index.config, self.settings.ports)
+            if (url := cluster.metrics_url(pods[proxy.node_id], self.settings.ports)) is not None
+        ]
+        replica_at = cluster.replica_names(self._pods, self.settings.ports)
+        return await observe.resilience(http, index, callers, replica_at)
 
     # ---- who may have which identity -------------------------------------------------------
     def _bind(self, node_id: str, pod: PodIdentity) -> str | None:

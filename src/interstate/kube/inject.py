@@ -61,6 +61,7 @@ from interstate.model.workload import INJECT_ANNOTATION, INJECT_VALUES, POLICY_A
 
 INJECTED_ANNOTATION = f"{API_GROUP}/injected"
 PROXY_CONTAINER = "interstate-proxy"
+READY_PORT_NAME = "mesh-ready"  # the side-car's port for the kubelet's probes and metrics
 TOKEN_VOLUME = "interstate-xds-token"
 TOKEN_DIR = "/var/run/secrets/interstate/xds"
 TOKEN_FILE = "token"
@@ -245,7 +246,7 @@ def proxy_container(service: str, settings: InjectSettings, node_metadata: dict[
         ],
         "ports": [
             {"name": "mesh-inbound", "containerPort": ports.inbound, "protocol": "TCP"},
-            {"name": "mesh-ready", "containerPort": ports.ready, "protocol": "TCP"},
+            {"name": READY_PORT_NAME, "containerPort": ports.ready, "protocol": "TCP"},
         ],
         "resources": {"requests": requests},
         "readinessProbe": ready(periodSeconds=2, failureThreshold=3),

@@ -195,6 +195,16 @@ class Fault(Strict):
             raise ValueError("give abort, delay or both")
         return self
 
+    def describe(self) -> str:
+        """In words, for status and the audit trail: "20% of calls get 503 (by the callers' side-cars)"."""
+        parts = []
+        if self.abort is not None:
+            parts.append(f"{self.abort.percent}% of calls get {self.abort.status}")
+        if self.delay is not None:
+            parts.append(f"{self.delay.percent}% delayed {self.delay.fixed_delay.total_seconds():g}s")
+        where = "by the service's own side-cars" if self.at is FaultAt.SERVICE else "by the callers' side-cars"
+        return ", ".join(parts) + f" ({where})"
+
 
 class TrafficPolicySpec(Strict):
     destination: Destination

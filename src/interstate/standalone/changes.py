@@ -9,18 +9,8 @@ from __future__ import annotations
 
 from interstate.model.base import Metadata
 from interstate.model.index import MeshConfig, MeshIndex
-from interstate.model.traffic_policy import Destination, Fault, FaultAt, TrafficPolicy, TrafficPolicySpec
+from interstate.model.traffic_policy import Destination, Fault, TrafficPolicy, TrafficPolicySpec
 from interstate.model.traffic_split import Backend, TrafficSplit, TrafficSplitSpec
-
-
-def describe_fault(fault: Fault) -> str:
-    parts = []
-    if fault.abort is not None:
-        parts.append(f"{fault.abort.percent}% of calls get {fault.abort.status}")
-    if fault.delay is not None:
-        parts.append(f"{fault.delay.percent}% delayed {fault.delay.fixed_delay.total_seconds():g}s")
-    where = "by the service's own side-cars" if fault.at is FaultAt.SERVICE else "by the callers' side-cars"
-    return ", ".join(parts) + f" ({where})"
 
 
 def with_fault(config: MeshConfig, service: str, fault: Fault | None) -> MeshConfig:

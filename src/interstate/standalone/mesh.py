@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from interstate import audit
 from interstate.ca.authority import utcnow
-from interstate.compile import Proxy, Role, bootstrap, names, passthrough, policy_context
+from interstate.compile import Proxy, Role, bootstrap, passthrough, policy_context
+from interstate.core import observe
 from interstate.core.control import INGRESS_SERIES, EnvoyAdmin
 from interstate.core.plane import ControlPlane
 from interstate.core.status import (
@@ -31,7 +32,6 @@ from interstate.core.status import (
     MeshStatus,
     ReplicaState,
     Resilience,
-    ServiceStatus,
     SupervisorInfo,
     XdsSummary,
 )
@@ -339,7 +339,7 @@ class StandaloneMesh:
     async def set_fault(self, service: str, fault: Fault | None, actor: str = audit.SYSTEM) -> dict[str, Any]:
         if fault is None:
             return await self._recorded(actor, "fault.clear", service, {}, self._set_fault(service, None))
-        detail = {"fault": changes.describe_fault(fault)}
+        detail = {"fault": fault.describe()}
         return await self._recorded(actor, "fault.set", service, detail, self._set_fault(service, fault))
 
     async def set_split(self, service: str, weights: dict[str, int], actor: str = audit.SYSTEM) -> dict[str, Any]:
@@ -613,46 +613,22 @@ class StandaloneMesh:
         return [u for u in self.units.values() if u.spec.envoy is not None and u.state is not ReplicaState.STOPPED]
 
     async def resilience(self) -> dict[str, Resilience]:
-        """Per service, what its callers' Envoys saw: retries (and those the budget refused),
-        overflows, timeouts, who is ejected now and since when, recent failures in words.
-        Ejections of hosts that are no replica any more (removed by an apply) are not listed."""
+        """Per service, what its callers' Envoys saw (`core.observe.resilience`)."""
+        callers = [
+            observe.Caller(
+                u.spec.proxy,
+                envoys_t.Caller(
+                    u.spec.proxy.node_id, admin, Path(u.spec.envoy.requests_log), Path(u.spec.envoy.outlier_log)
+                ),
+            )
+            for u in self.envoys()
+            if u.spec.proxy is not None and u.spec.envoy is not None and (admin := u.admin) is not None
+        ]
         index = self.index
         replica_at = {
             f"{ep.address}:{ep.port}": f"{ep.service}-{ep.replica}" for eps in index.endpoints.values() for ep in eps
         }
-        out: dict[str, Resilience] = {}
-        for service in index.workloads:
-            cluster = names.outbound_cluster(service)
-            callers = [
-                envoys_t.Caller(
-                    u.spec.proxy.node_id, url, Path(u.spec.envoy.requests_log), Path(u.spec.envoy.outlier_log)
-                )
-                for u in self.envoys()
-                if u.spec.proxy is not None
-                and u.spec.envoy is not None
-                and (url := u.admin) is not None
-                and service in index.callees(u.spec.proxy.caller)
-            ]
-            if not callers:
-                continue
-            counts = await asyncio.gather(*(envoys_t.counters(self.http, c, cluster) for c in callers))
-            totals = {key: sum(c.get(key, 0) for c in counts) for key in envoys_t.COUNTERS}
-            ejected = [
-                dataclasses.replace(e, replica=replica_at[e.host])
-                for c in callers
-                for e in envoys_t.ejections(c, cluster)
-                if e.host in replica_at
-            ]
-            policy = index.traffic_policies.get(service)
-            fault = policy.spec.fault if policy else None
-            out[service] = Resilience(
-                [c.node for c in callers],
-                totals,
-                ejected,
-                envoys_t.recent_failures(callers, cluster),
-                None if fault is None else changes.describe_fault(fault),
-            )
-        return out
+        return await observe.resilience(self.http, index, callers, replica_at)
 
     def certificates(self) -> IdentityStatus | None:
         identity = self.core.identity
@@ -660,18 +636,14 @@ class StandaloneMesh:
 
     def status(self) -> MeshStatus:
         xds = self.core.ads.status()
-        services = {}
         replicas = self.replicas
-        for name, workload in self.index.workloads.items():
-            units = replicas.get(name, [])
-            services[name] = ServiceStatus(
-                workload.spec.replicas,
-                sum(1 for u in units if u.state is ReplicaState.READY),
-                workload.injected,
-                self.index.policy_for(workload),
-                self.index.mtls_mode(workload).value if workload.injected else "DISABLED (not injected)",
-                [replica_status(u, xds.get(u.spec.proxy.node_id) if u.spec.proxy else None) for u in units],
-            )
+        services = observe.services(
+            self.index,
+            {
+                name: [replica_status(u, xds.get(u.spec.proxy.node_id) if u.spec.proxy else None) for u in units]
+                for name, units in replicas.items()
+            },
+        )
         ingress = self.ingress
         ingress_status = None
         if ingress is not None and ingress.spec.envoy is not None and ingress.spec.proxy is not None:

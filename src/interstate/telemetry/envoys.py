@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from interstate.telemetry import envoy_admin
 from interstate.telemetry.flags import GRPC_CODES, GRPC_FAILURES, explain, grpc_code
@@ -38,10 +39,15 @@ ACCESS_LOG_TAIL_BYTES = 256 * 1024
 
 @dataclass(frozen=True)
 class Caller:
+    """A proxy that calls services, and where to read what it saw: `admin` is its admin socket
+    (standalone), or the base URL of a port that serves only `/stats/prometheus` (a Kubernetes
+    pod's ready port); its outlier event log and access log, where they are files this process
+    can read (None: not known here, so no ejections or failures in words from it)."""
+
     node: str
-    admin: str  # its admin socket
-    access_log: Path
-    outlier_log: Path
+    admin: str
+    access_log: Path | None = None
+    outlier_log: Path | None = None
 
 
 async def read_stats_json(http: httpx.AsyncClient, socket: str, pattern: str, timeout: float = 2.0) -> Any:
@@ -62,12 +68,30 @@ async def read_stats(http: httpx.AsyncClient, socket: str, pattern: str) -> dict
 
 
 async def counters(http: httpx.AsyncClient, caller: Caller, cluster: str) -> dict[str, int]:
+    """The caller's `COUNTERS` for `cluster`; {} when its Envoy cannot say."""
     prefix = f"cluster.{cluster}."
     try:
+        if caller.admin.startswith(("http://", "https://")):
+            return await _prometheus_counters(http, caller.admin, cluster)
         stats = await read_stats(http, caller.admin, f"^cluster\\.{_re(cluster)}\\.")
     except (httpx.HTTPError, ValueError):
         return {}
     return {key: stats.get(prefix + name, 0) for key, name in COUNTERS.items()}
+
+
+async def _prometheus_counters(http: httpx.AsyncClient, base_url: str, cluster: str) -> dict[str, int]:
+    """`COUNTERS` for `cluster` from Envoy's Prometheus text: stat `cluster.<c>.<name>` is the
+    sample `envoy_cluster_<name with . as _>{envoy_cluster_name="<c>"}`."""
+    response = await http.get(f"{base_url}/stats/prometheus", timeout=2.0)
+    response.raise_for_status()
+    wanted = {"envoy_cluster_" + name.replace(".", "_"): key for key, name in COUNTERS.items()}
+    out = dict.fromkeys(COUNTERS, 0)
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            key = wanted.get(sample.name)
+            if key is not None and sample.labels.get("envoy_cluster_name") == cluster:
+                out[key] = int(sample.value)
+    return out
 
 
 def _re(text: str) -> str:
@@ -105,6 +129,8 @@ def _outlier_events(caller: Caller, cluster: str) -> list[dict[str, Any]]:
     """The caller's outlier events for `cluster`, in order. An ejection Envoy did not enforce
     (`"enforced": false`) changed nothing and is left out; an UNEJECT, which Envoy logs with
     `"enforced": false` too, is kept: it ends an ejection."""
+    if caller.outlier_log is None:
+        return []
     try:
         lines = caller.outlier_log.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
@@ -200,7 +226,9 @@ def recent_failures(callers: Iterable[Caller], cluster: str, limit: int = 5) -> 
     return sorted(groups.values(), key=lambda g: g.last, reverse=True)[:limit]
 
 
-def _tail_json(path: Path) -> list[dict[str, Any]]:
+def _tail_json(path: Path | None) -> list[dict[str, Any]]:
+    if path is None:
+        return []
     try:
         with path.open("rb") as handle:
             handle.seek(0, 2)
