@@ -123,14 +123,21 @@ async def change(call: Awaitable[dict[str, Any]], then: str = "") -> Response:
     return JSONResponse(result)
 
 
-def create_app(mesh: MeshControl) -> Starlette:
-    async def healthz(request: Request) -> Response:
+class _Routes:
+    """The admin API's handlers over one mesh (`create_app` routes to them)."""
+
+    def __init__(self, mesh: MeshControl) -> None:
+        self.mesh = mesh
+        self.envoys = envoy_admin.client()  # reads Envoy admins (their sockets): the dashboard, the ingress
+        self.board = dashboard.Dashboard(mesh, http=self.envoys)
+
+    async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
-    async def status(request: Request) -> Response:
-        return JSONResponse(to_json(mesh.status().with_resilience(await mesh.resilience())))
+    async def status(self, request: Request) -> Response:
+        return JSONResponse(to_json(self.mesh.status().with_resilience(await self.mesh.resilience())))
 
-    async def apply(request: Request) -> Response:
+    async def apply(self, request: Request) -> Response:
         try:
             body = await json_body(request)
             sources = body["sources"]
@@ -139,20 +146,20 @@ def create_app(mesh: MeshControl) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"sources": {"file name": "yaml text"}}'}, 400)
         try:
-            config = decode_sources(sources, mesh.mesh_dir)
+            config = decode_sources(sources, self.mesh.mesh_dir)
         except ConfigError as exc:
             log.warning("apply rejected: %d issue(s); the running mesh is unchanged", len(exc.issues))
             target = sorted({i.resource or i.file for i in exc.issues})
-            mesh.audit.record(
+            self.mesh.audit.record(
                 actor(request), "config.apply.rejected", target, audit.error_detail(exc), audit.refused(exc)
             )
             return error_response(exc)
-        return await change(applied(config, actor(request)), then="the previous mesh is back in force")
+        return await change(self.applied(config, actor(request)), then="the previous mesh is back in force")
 
-    async def applied(config: Any, who: str) -> dict[str, Any]:
-        return {"applied": True, **(await mesh.apply(config, actor=who))}
+    async def applied(self, config: Any, who: str) -> dict[str, Any]:
+        return {"applied": True, **(await self.mesh.apply(config, actor=who))}
 
-    async def scale(request: Request) -> Response:
+    async def scale(self, request: Request) -> Response:
         name = request.path_params["name"]
         try:
             body = await json_body(request)
@@ -161,12 +168,12 @@ def create_app(mesh: MeshControl) -> Starlette:
             return JSONResponse({"error": 'expected JSON {"replicas": n}'}, 400)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1000:
             return JSONResponse({"error": f"replicas: {replicas!r} is not valid; use an integer 0..1000"}, 422)
-        return await change(scaled(name, replicas, actor(request)))
+        return await change(self.scaled(name, replicas, actor(request)))
 
-    async def scaled(name: str, replicas: int, who: str) -> dict[str, Any]:
-        return {"service": name, "replicas": replicas, **(await mesh.scale(name, replicas, actor=who))}
+    async def scaled(self, name: str, replicas: int, who: str) -> dict[str, Any]:
+        return {"service": name, "replicas": replicas, **(await self.mesh.scale(name, replicas, actor=who))}
 
-    async def fault(request: Request) -> Response:
+    async def fault(self, request: Request) -> Response:
         """Body: {"fault": the TrafficPolicy `fault` section, or null to end the rehearsal}."""
         name = request.path_params["name"]
         try:
@@ -179,9 +186,9 @@ def create_app(mesh: MeshControl) -> Starlette:
             spec = None if body is None else Fault.model_validate(body, by_alias=True, by_name=False)
         except ValidationError as exc:
             return invalid("fault", exc)
-        return await change(mesh.set_fault(name, spec, actor=actor(request)))
+        return await change(self.mesh.set_fault(name, spec, actor=actor(request)))
 
-    async def split(request: Request) -> Response:
+    async def split(self, request: Request) -> Response:
         """Body: {"weights": {"backend": percent, ...}} (integers summing to 100)."""
         name = request.path_params["name"]
         try:
@@ -191,56 +198,56 @@ def create_app(mesh: MeshControl) -> Starlette:
         except (ValueError, KeyError, TypeError):
             return JSONResponse({"error": 'expected JSON {"weights": {"results": 90, "results-v2": 10}}'}, 400)
         try:
-            return await change(mesh.set_split(name, weights, actor=actor(request)))
+            return await change(self.mesh.set_split(name, weights, actor=actor(request)))
         except ValidationError as exc:
             return invalid("split", exc)
 
-    async def certs(request: Request) -> Response:
-        certs = mesh.certificates()
+    async def certs(self, request: Request) -> Response:
+        certs = self.mesh.certificates()
         if certs is None:
             return JSONResponse({"error": "the control plane is starting"}, 503)
         return JSONResponse(to_json(certs))
 
-    async def metrics(request: Request) -> Response:
-        mesh.refresh_metrics()
-        return Response(generate_latest(mesh.registry), media_type="text/plain; version=0.0.4")
+    async def metrics(self, request: Request) -> Response:
+        self.mesh.refresh_metrics()
+        return Response(generate_latest(self.mesh.registry), media_type="text/plain; version=0.0.4")
 
-    async def audit_trail(request: Request) -> Response:
+    async def audit_trail(self, request: Request) -> Response:
         """The audit records after ?since=SEQ (default: all), as a JSON list."""
         try:
             since = int(request.query_params.get("since", "0"))
         except ValueError:
             return JSONResponse({"error": "since: expected a record number (seq), e.g. /audit?since=12"}, 400)
-        return JSONResponse(audit.read(mesh.audit.path, since))
+        return JSONResponse(audit.read(self.mesh.audit.path, since))
 
-    async def ingress_requests(request: Request) -> Response:
+    async def ingress_requests(self, request: Request) -> Response:
         """The ingress Envoy's own request counters (what `interstate rehearse` counts with)."""
-        ingress = next((a for a in mesh.envoy_admins() if a.series == INGRESS_SERIES), None)
+        ingress = next((a for a in self.mesh.envoy_admins() if a.series == INGRESS_SERIES), None)
         if ingress is None:
             return JSONResponse({"error": "the mesh has no ingress running"}, 503)
         try:
-            stats = await read_stats(envoys, ingress.socket, rates.INGRESS_REQUESTS)
+            stats = await read_stats(self.envoys, ingress.socket, rates.INGRESS_REQUESTS)
         except (httpx.HTTPError, ValueError) as exc:
             return JSONResponse({"error": f"the ingress Envoy does not answer ({exc})"}, 503)
         return JSONResponse({name.removeprefix(rates.INGRESS_PREFIX): value for name, value in stats.items()})
 
-    envoys = envoy_admin.client()  # reads Envoy admins (their sockets): the dashboard, the ingress
-    board = dashboard.Dashboard(mesh, http=envoys)
 
+def create_app(mesh: MeshControl) -> Starlette:
+    api = _Routes(mesh)
     return Starlette(
         routes=[
-            Route("/healthz", healthz),
-            Route("/status", status),
-            Route("/apply", apply, methods=["POST"]),
-            Route("/services/{name}/scale", scale, methods=["POST"]),
-            Route("/services/{name}/fault", fault, methods=["POST"]),
-            Route("/services/{name}/split", split, methods=["POST"]),
-            Route("/certs", certs),
-            Route("/metrics", metrics),
-            Route("/audit", audit_trail),
-            Route("/ingress/requests", ingress_requests),
+            Route("/healthz", api.healthz),
+            Route("/status", api.status),
+            Route("/apply", api.apply, methods=["POST"]),
+            Route("/services/{name}/scale", api.scale, methods=["POST"]),
+            Route("/services/{name}/fault", api.fault, methods=["POST"]),
+            Route("/services/{name}/split", api.split, methods=["POST"]),
+            Route("/certs", api.certs),
+            Route("/metrics", api.metrics),
+            Route("/audit", api.audit_trail),
+            Route("/ingress/requests", api.ingress_requests),
             Route("/dashboard", dashboard.page),
-            Route("/dashboard/data", board.endpoint),
+            Route("/dashboard/data", api.board.endpoint),
         ]
     )
 

@@ -27,10 +27,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from interstate.ca.authority import utcnow
 from interstate.core.control import INGRESS_SERIES, MeshControl
-from interstate.core.status import AutoscalingStatus, IdentityStatus, MeshStatus, to_json
+from interstate.core.status import AutoscalingStatus, IdentityStatus, MeshStatus, ServiceStatus, to_json
 from interstate.core.status import ReplicaState as State
 from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.telemetry import envoy_admin, rates
+from interstate.telemetry.boundary import BoundarySummary
 from interstate.telemetry.envoys import Ejection, read_stats_json
 from interstate.xds.server import NodeSync
 
@@ -266,65 +267,23 @@ def assemble(
     """The page's JSON. `status` is `MeshControl.status()` with its `resilience()`, `services`
     the traffic per workload (ignored for one without side-cars), `certs` the identity's status
     (None while starting), `autoscaled` {workload: its HorizontalPodAutoscaler's name}."""
-    rows = []
-    proxies = []
-    for name, facts in status.services.items():
-        ready = [r.name for r in facts.replicas if r.state is State.READY]
-        seen = facts.resilience
-        traffic = services.get(name)
-        rows.append(
-            {
-                "name": name,
-                "ready": facts.ready,
-                "desired": facts.desired,
-                "injected": facts.injected,
-                "policy": facts.policy,
-                "replicas": [
-                    {
-                        "name": r.name,
-                        "state": r.state.value,
-                        "restarts": (r.app.restarts if r.app else 0) + (r.sidecar.restarts if r.sidecar else 0),
-                    }
-                    for r in facts.replicas
-                ],
-                "traffic": None if traffic is None or not facts.injected else traffic.json(),
-                "circuit": None if seen is None else circuit(seen.ejected, ready, seen.callers),
-                "fault": None if seen is None else seen.fault,
-                "autoscaler": _autoscaler(autoscaled.get(name), status.autoscaling),
-            }
-        )
-        for r in facts.replicas:
-            if r.sidecar is not None and r.state is not State.STOPPED:
-                proxies.append({"node": r.sidecar.node, "service": name, **xds_state(r.xds)})
+    rows = [
+        _service_row(name, facts, services.get(name), autoscaled, status) for name, facts in status.services.items()
+    ]
+    proxies = [
+        {"node": r.sidecar.node, "service": name, **xds_state(r.xds)}
+        for name, facts in status.services.items()
+        for r in facts.replicas
+        if r.sidecar is not None and r.state is not State.STOPPED
+    ]
     if status.ingress is not None:
         proxies.append({"node": ingress_node, "service": "ingress", **xds_state(status.ingress.xds)})
-    boundary = status.boundary
-    coverage = boundary.policy_coverage
-    requests = sum(c.requests for c in coverage.values())
-    with_policy = sum(c.with_policy for c in coverage.values())
-    stripped = boundary.headers_stripped
     cert_rows = [] if certs is None else sorted(certs.certs, key=lambda c: c.rotates_in_s)
     return {
         "at": at.isoformat(timespec="seconds"),
         "window_s": WINDOW_S,
         "services": rows,
-        "mesh": {
-            "ingress": None if ingress is None else ingress.json(),
-            "policy_coverage": {
-                "requests": requests,
-                "with_policy": with_policy,
-                "share": None if not requests else round(with_policy / requests, 4),
-                "by_service": to_json(coverage),
-            },
-            "headers_stripped": {"total": sum(s.count for s in stripped), "by_header": to_json(stripped)},
-            "policy_headers": dict(boundary.policy_headers),
-            "undeclared_hosts": sum(u.count for u in boundary.undeclared_hosts),
-            "xds": {
-                "proxies": len(proxies),
-                "synced": sum(1 for p in proxies if p["state"] == "synced"),
-                "nacks": sum(1 for p in proxies if p["state"] == "nack"),
-            },
-        },
+        "mesh": _mesh_wide(status.boundary, ingress, proxies),
         "xds": proxies,
         "certs": None
         if certs is None
@@ -335,6 +294,58 @@ def assemble(
                 {"node": c.node, "spiffe_id": c.spiffe_id, "not_after": c.not_after, "rotates_in_s": c.rotates_in_s}
                 for c in cert_rows
             ],
+        },
+    }
+
+
+def _service_row(
+    name: str, facts: ServiceStatus, traffic: Traffic | None, autoscaled: Mapping[str, str], status: MeshStatus
+) -> dict[str, Any]:
+    """One service of the page: its replicas, traffic, circuit, fault and autoscaler."""
+    ready = [r.name for r in facts.replicas if r.state is State.READY]
+    seen = facts.resilience
+    return {
+        "name": name,
+        "ready": facts.ready,
+        "desired": facts.desired,
+        "injected": facts.injected,
+        "policy": facts.policy,
+        "replicas": [
+            {
+                "name": r.name,
+                "state": r.state.value,
+                "restarts": (r.app.restarts if r.app else 0) + (r.sidecar.restarts if r.sidecar else 0),
+            }
+            for r in facts.replicas
+        ],
+        "traffic": None if traffic is None or not facts.injected else traffic.json(),
+        "circuit": None if seen is None else circuit(seen.ejected, ready, seen.callers),
+        "fault": None if seen is None else seen.fault,
+        "autoscaler": _autoscaler(autoscaled.get(name), status.autoscaling),
+    }
+
+
+def _mesh_wide(boundary: BoundarySummary, ingress: Traffic | None, proxies: list[dict[str, Any]]) -> dict[str, Any]:
+    """The page's mesh-wide figures: the ingress's traffic, policy coverage, stripped headers, xDS."""
+    coverage = boundary.policy_coverage
+    requests = sum(c.requests for c in coverage.values())
+    with_policy = sum(c.with_policy for c in coverage.values())
+    stripped = boundary.headers_stripped
+    return {
+        "ingress": None if ingress is None else ingress.json(),
+        "policy_coverage": {
+            "requests": requests,
+            "with_policy": with_policy,
+            "share": None if not requests else round(with_policy / requests, 4),
+            "by_service": to_json(coverage),
+        },
+        "headers_stripped": {"total": sum(s.count for s in stripped), "by_header": to_json(stripped)},
+        "policy_headers": dict(boundary.policy_headers),
+        "undeclared_hosts": sum(u.count for u in boundary.undeclared_hosts),
+        "xds": {
+            "proxies": len(proxies),
+            "synced": sum(1 for p in proxies if p["state"] == "synced"),
+            "nacks": sum(1 for p in proxies if p["state"] == "nack"),
         },
     }
 
