@@ -6,6 +6,7 @@ teardown kills whatever survived, so a failing test never leaves Envoys behind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -93,6 +94,13 @@ class MeshRun:
         authority = self.authority()
         issued = authority.issue(workload_id(trust_domain, service), timedelta(hours=1), utcnow())
         return tls_client(self.run_dir, issued.chain_pem, issued.key_pem, authority.bundle_pem)
+
+    def bootstrap_files(self, node: str) -> tuple[Path, Path]:
+        """The bootstrap (xDS client) certificate and key files of `node`, as its SDS file names
+        them now (they carry the certificate's serial and change at each renewal)."""
+        sds = json.loads((self.run_dir / "certs" / f"{node.replace('~', '-')}.xds-client.json").read_text())
+        files = sds["resources"][0]["tls_certificate"]
+        return Path(files["certificate_chain"]["filename"]), Path(files["private_key"]["filename"])
 
     @property
     def token_file(self) -> Path:

@@ -39,7 +39,7 @@ from interstate.core.status import ReplicaState as State
 from interstate.telemetry import envoy_admin
 from interstate.telemetry.boundary import BoundarySummary, Coverage, Stripped, Undeclared
 from interstate.telemetry.envoys import Ejection
-from interstate.xds.server import Nack, NodeSync, TypeSync
+from interstate.xds.sync import Nack, NodeSync, TypeSync
 
 AT = datetime(2026, 11, 3, 19, 0, tzinfo=UTC)
 

@@ -9,13 +9,12 @@ is served (the second run's side-cars run on theirs, or it would not be ready).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import grpc
 import pytest
 from helpers_xds import TlsAdsClient, run
-from mesh_runner import EXAMPLE, running_mesh
+from mesh_runner import EXAMPLE, MeshRun, running_mesh
 
 from interstate.ca import spiffe
 from interstate.compile import names
@@ -26,13 +25,9 @@ pytestmark = pytest.mark.e2e
 NODE = "sidecar~stats-0"
 
 
-def bootstrap_of(run_dir: Path) -> tuple[bytes, bytes]:
-    """The certificate and key files the side-car's SDS file names (as its Envoy reads them)."""
-    sds = json.loads((run_dir / "certs" / "sidecar-stats-0.xds-client.json").read_text())
-    files = sds["resources"][0]["tls_certificate"]
-    return Path(files["certificate_chain"]["filename"]).read_bytes(), Path(
-        files["private_key"]["filename"]
-    ).read_bytes()
+def bootstrap_of(mesh: MeshRun) -> tuple[bytes, bytes]:
+    chain, key = mesh.bootstrap_files(NODE)
+    return chain.read_bytes(), key.read_bytes()
 
 
 async def first_answer(port: int, bundle: bytes, chain: bytes, key: bytes) -> str:
@@ -50,12 +45,12 @@ async def first_answer(port: int, bundle: bytes, chain: bytes, key: bytes) -> st
 
 def test_a_bootstrap_certificate_of_an_earlier_run_is_refused(tmp_path: Path) -> None:
     ca = tmp_path / "ca"
-    with running_mesh(EXAMPLE, tmp_path / "first", "--ca-dir", str(ca)):
-        old_chain, old_key = bootstrap_of(tmp_path / "first")
+    with running_mesh(EXAMPLE, tmp_path / "first", "--ca-dir", str(ca)) as first:
+        old_chain, old_key = bootstrap_of(first)
     with running_mesh(EXAMPLE, tmp_path / "second", "--ca-dir", str(ca)) as second:
         port = second.status()["xds"]["port"]
         bundle = (tmp_path / "second" / "certs" / "bundle.pem").read_bytes()
-        new_chain, new_key = bootstrap_of(tmp_path / "second")
+        new_chain, new_key = bootstrap_of(second)
         assert old_chain != new_chain
         refused = run(first_answer(port, bundle, old_chain, old_key))
         assert refused.startswith("PERMISSION_DENIED: ") and "not issued by this run" in refused, refused

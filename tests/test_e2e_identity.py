@@ -392,8 +392,8 @@ class TestAccessPolicy:
 
     def test_a_bootstrap_certificate_is_not_a_workload_identity(self, policy_mesh: MeshRun, tmp_path: Path) -> None:
         # The xDS-only certificate of results-0, as written for its Envoy.
-        certs = policy_mesh.run_dir / "certs"
-        chain, key = (certs / "sidecar-results-0.crt").read_text(), (certs / "sidecar-results-0.key").read_text()
+        chain_file, key_file = policy_mesh.bootstrap_files("sidecar~results-0")
+        chain, key = chain_file.read_text(), key_file.read_text()
         ctx = context(tmp_path, policy_mesh.authority().bundle_pem, chain, key)
         car = sidecar(policy_mesh, "stats")
         before = counter(car["admin"], APP_REQUESTS)

@@ -11,7 +11,6 @@ every Envoy back.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -49,12 +48,7 @@ def envoy_admins(mesh: MeshRun) -> dict[str, str]:
 
 def bootstrap_certificates(mesh: MeshRun, nodes: list[str]) -> dict[str, x509.Certificate]:
     """Each node's bootstrap certificate, as its SDS file names it now."""
-    out = {}
-    for node in nodes:
-        sds = json.loads((mesh.run_dir / "certs" / f"{node.replace('~', '-')}.xds-client.json").read_text())
-        chain = Path(sds["resources"][0]["tls_certificate"]["certificate_chain"]["filename"])
-        out[node] = x509.load_pem_x509_certificate(chain.read_bytes())
-    return out
+    return {node: x509.load_pem_x509_certificate(mesh.bootstrap_files(node)[0].read_bytes()) for node in nodes}
 
 
 def every_envoy_connected(mesh: MeshRun, restarts: int) -> bool:

@@ -35,8 +35,9 @@ from interstate.compile.proxy import Proxy
 from interstate.errors import Rejected
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
-from interstate.xds.server import AdsServer, Nack
+from interstate.xds.server import AdsServer
 from interstate.xds.snapshot import Snapshot
+from interstate.xds.sync import Nack
 
 pytestmark = pytest.mark.e2e
 

@@ -33,7 +33,7 @@ from interstate.model.autoscaler import HorizontalPodAutoscaler
 from interstate.telemetry import envoy_admin, rates
 from interstate.telemetry.boundary import BoundarySummary
 from interstate.telemetry.envoys import Ejection, read_stats_json
-from interstate.xds.server import NodeSync
+from interstate.xds.sync import NodeSync
 
 MIN_INTERVAL_S = 0.9  # a page polling every second gets a fresh sample each time; others share it
 WINDOW_S = 60.0  # how much history a sparkline shows

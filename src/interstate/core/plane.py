@@ -135,12 +135,7 @@ class ControlPlane:
 
     async def wait_connected(self, node_ids: list[str], timeout: float) -> bool:
         """Wait (bounded) until every node in `node_ids` has an ADS stream open."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not set(node_ids) <= self.ads.connected_nodes():
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        return await self.ads.wait_connected(node_ids, timeout)
 
     async def wait_acked(self, node_ids: list[str], type_url: str, timeout: float) -> bool:
         return await self.ads.wait_acked(node_ids, type_url, timeout)

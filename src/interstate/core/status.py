@@ -17,7 +17,7 @@ from typing import Any
 
 from interstate.telemetry.boundary import BoundarySummary
 from interstate.telemetry.envoys import Ejection, FailureGroup
-from interstate.xds.server import NodeSync
+from interstate.xds.sync import NodeSync
 
 
 class ReplicaState(enum.StrEnum):

@@ -62,7 +62,7 @@ from interstate.kube.inject import (
 )
 from interstate.model.index import Endpoint, MeshConfig
 from interstate.model.workload import Workload
-from interstate.xds.server import NodeSync
+from interstate.xds.sync import NodeSync
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"  # the slice / container port preferred when there are several

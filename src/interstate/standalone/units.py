@@ -16,7 +16,7 @@ from interstate.core.status import AppProcess, ReplicaState, ReplicaStatus, Side
 from interstate.model.index import Endpoint
 from interstate.model.workload import Workload
 from interstate.standalone.protocol import UnitStatus
-from interstate.xds.server import NodeSync
+from interstate.xds.sync import NodeSync
 
 
 def app_environment(workload: Workload, replica: int, app_port: int, outbound_port: int | None) -> dict[str, str]:

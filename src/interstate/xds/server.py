@@ -26,12 +26,13 @@ handshake time and reaps dead connections with keepalive pings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -43,6 +44,7 @@ from interstate.errors import TemporaryError
 from interstate.xds import resources as rt
 from interstate.xds.cache import SnapshotCache
 from interstate.xds.snapshot import Snapshot, response
+from interstate.xds.sync import Nack, NodeSync, Request, StreamState, classify, node_syncs
 
 log = logging.getLogger(__name__)
 
@@ -111,55 +113,32 @@ class _Malformed:
         self.error = error
 
 
-@dataclass
-class Nack:
-    version: str
-    message: str
-    at: float
+class _Progress:
+    """Wakes whoever waits on the streams (`wait_acked`, `wait_settled`, `wait_connected`) when
+    they move on: an ACK, a NACK, a stream that proved its node or closed. An event swapped at
+    each notice (not an asyncio.Condition: notices come from code that holds no lock); waiters
+    also look again every `RECHECK_S`, for what changes only in the snapshot cache."""
 
+    RECHECK_S = 0.5
 
-@dataclass(frozen=True)
-class TypeSync:
-    """What one node has of one resource type: the version sent, the version ACKed, and the
-    NACK in force (None once Envoy accepted a later version)."""
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
 
-    sent: str
-    acked: str
-    nack: Nack | None
+    def notify(self) -> None:
+        old, self._event = self._event, asyncio.Event()
+        old.set()
 
-
-@dataclass(frozen=True)
-class NodeSync:
-    """One node's xDS state: its open streams and, per short type name (CDS, EDS, ...), its sync."""
-
-    streams: int
-    types: dict[str, TypeSync]
-
-
-@dataclass
-class TypeState:
-    subscribed: bool = False
-    names: frozenset[str] | None = None  # None = wildcard
-    nonce: str = ""
-    sent: tuple[str, frozenset[str] | None] | None = None  # (version, names) last sent
-    acked: str = ""
-    nack: Nack | None = None
-    answered: bool = False  # the response with `nonce` has been ACKed or NACKed
-
-
-@dataclass
-class StreamState:
-    node_id: str = ""
-    peer: str = ""
-    opened: float = field(default_factory=time.time)
-    types: dict[str, TypeState] = field(default_factory=lambda: {t: TypeState() for t in rt.ORDER})
-    counter: int = 0
-    serial: int = 0  # the stream's number on this server: its nonces are its own
-    unknown_types: int = 0  # requests for types not served (logged once per stream)
-
-    def next_nonce(self) -> str:
-        self.counter += 1
-        return f"{self.serial}.{self.counter}"
+    async def until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait (bounded) until `predicate()` holds; whether it did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event.wait(), min(remaining, self.RECHECK_S))
+        return True
 
 
 class AdsServer:
@@ -204,6 +183,7 @@ class AdsServer:
             registry=self.registry,
         )
         self.authenticate: Authenticator | None = None
+        self._progress = _Progress()
         self.connected = Gauge("interstate_xds_connected_streams", "open ADS streams", registry=self.registry)
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -247,15 +227,7 @@ class AdsServer:
     def status(self) -> dict[str, NodeSync]:
         """Per node: open streams, and per type the version sent, ACKed, and the NACK in force
         (cleared once Envoy accepts a later version; the counter keeps the history)."""
-        streams: dict[str, int] = {}
-        types: dict[str, dict[str, TypeSync]] = {}
-        for state in self._streams.values():
-            streams[state.node_id] = streams.get(state.node_id, 0) + 1
-            of_node = types.setdefault(state.node_id, {})
-            for type_url, ts in state.types.items():
-                if ts.subscribed:
-                    of_node[rt.SHORT[type_url]] = TypeSync(ts.sent[0] if ts.sent else "", ts.acked, ts.nack)
-        return {node: NodeSync(n, types[node]) for node, n in streams.items()}
+        return node_syncs(self._streams.values())
 
     def connected_nodes(self) -> set[str]:
         """Nodes with an authenticated stream open."""
@@ -296,7 +268,7 @@ class AdsServer:
                 if not ts.subscribed:
                     continue
                 want = snap.version(type_url)
-                if ts.nack is not None and ts.nack.version == want:
+                if ts.nack is not None and ts.rejected(want):
                     nacked.setdefault(stream.node_id, []).append(f"{rt.SHORT[type_url]}: {ts.nack.message}")
                 elif ts.acked != want:
                     pending.add(stream.node_id)
@@ -305,23 +277,21 @@ class AdsServer:
     async def wait_settled(self, node_ids: list[str], timeout: float) -> dict[str, list[str]]:
         """Wait (bounded) until every connected node answered its current snapshot; return the
         NACKs, if any, by node."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pending, nacked = self.rejections(node_ids)
-            if not pending or time.monotonic() >= deadline:
-                return nacked
-            await asyncio.sleep(0.01)
+        await self._progress.until(lambda: not self.rejections(node_ids)[0], timeout)
+        return self.rejections(node_ids)[1]
 
     async def wait_acked(self, node_ids: list[str], type_url: str, timeout: float) -> bool:
         """Wait until every connected node in `node_ids` ACKed its current `type_url` version."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def acked() -> bool:
             connected = {s.node_id for s in self._streams.values()}
-            if all(self.acked(n, type_url) for n in node_ids if n in connected):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
+            return all(self.acked(n, type_url) for n in node_ids if n in connected)
+
+        return await self._progress.until(acked, timeout)
+
+    async def wait_connected(self, node_ids: list[str], timeout: float) -> bool:
+        """Wait (bounded) until every node in `node_ids` has a stream open that proved it."""
+        return await self._progress.until(lambda: set(node_ids) <= self.connected_nodes(), timeout)
 
     @staticmethod
     async def _certificate_proves(context: grpc.aio.ServicerContext, node_id: str) -> str | None:
@@ -392,6 +362,7 @@ class AdsServer:
             reader.cancel()
             self._streams.pop(id(state), None)
             self.connected.dec()
+            self._progress.notify()
             log.info("ADS stream closed: %s (%s)", state.node_id or "?", state.peer)
 
     async def _first_request(
@@ -422,6 +393,7 @@ class AdsServer:
                 f"{self.limits.max_streams_per_node} are served per node",
             )
         state.node_id = claimed  # only now does the stream count as this node's
+        self._progress.notify()
         log.info("ADS stream opened: %s (%s)", state.node_id, state.peer)
 
     async def _serve(
@@ -520,59 +492,67 @@ class AdsServer:
                 log.warning("%s asked for unsupported type %s", state.node_id, clip(type_url, 200))
             return
         ts = state.types[type_url]
-        short = rt.SHORT[type_url]
         names = None if type_url in rt.WILDCARD else frozenset(request.resource_names)
-        if request.response_nonce:
-            if request.response_nonce != ts.nonce:
-                self.stale.labels(short).inc()
-                log.debug("%s %s: stale nonce %s ignored", state.node_id, short, clip(request.response_nonce, 64))
+        kind = classify(ts, request.response_nonce, request.HasField("error_detail"))
+        if kind is Request.STALE:
+            self.stale.labels(rt.SHORT[type_url]).inc()
+            log.debug(
+                "%s %s: stale nonce %s ignored", state.node_id, rt.SHORT[type_url], clip(request.response_nonce, 64)
+            )
+            return
+        if kind is Request.NACK:
+            self._nack(state, type_url, request, names)
+            return
+        if kind is Request.ACK:
+            self._ack(state, type_url)
+            if names == ts.names:  # a plain ACK: send only if the snapshot moved on meanwhile
+                await self._send_if_new(state, type_url, context)
                 return
-            if ts.answered:
-                # Envoy answers each response once; another request for the same nonce means its
-                # watches changed (e.g. an updated EDS cluster is warming) and it needs the
-                # resources again. Not a new ACK or NACK, so not counted as one.
-                snap = self.cache.get(state.node_id)
-                rejected = ts.nack is not None and snap is not None and ts.nack.version == snap.version(type_url)
-                if rejected and names == ts.names:
-                    return  # never resend a rejected version
-                log.debug("%s %s: re-requested at nonce %s", state.node_id, short, ts.nonce)
-            else:
-                ts.answered = True
-                version = ts.sent[0] if ts.sent else ""
-                if request.HasField("error_detail"):
-                    message = clip(request.error_detail.message, self.limits.max_text_chars)
-                    again = ts.nack is not None and (ts.nack.version, ts.nack.message) == (version, message)
-                    ts.nack = Nack(version, message, time.time())
-                    self.nacks.labels(short).inc()
-                    ts.names = names if names is not None else ts.names
-                    if again:  # the same rejection of the same version: reported already
-                        log.debug("%s rejected %s version %s again", state.node_id, short, version)
-                        return
-                    log.error(
-                        "%s rejected %s version %s (keeps %s): %s",
-                        state.node_id,
-                        short,
-                        version,
-                        clip(request.version_info, 64) or "none",
-                        message,
-                    )
-                    if self.on_nack is not None:
-                        try:
-                            self.on_nack(state.node_id, short, version, message)
-                        except Exception:  # a failing listener must not end the stream
-                            log.exception("NACK callback failed")
-                    return
-                ts.acked = version  # what this nonce carried, not what the client says it holds
-                ts.nack = None  # a later version was accepted; the NACK stays in the counter
-                self.acks.labels(short).inc()
-                if names == ts.names:
-                    # A plain ACK. Send only if the snapshot moved on while this was in flight.
-                    await self._send_if_new(state, type_url, context)
-                    return
+        elif kind is Request.RE_REQUEST:
+            # Envoy answers each response once; another request for the same nonce means its
+            # watches changed (e.g. an updated EDS cluster is warming) and it needs the resources
+            # again. Not a new ACK or NACK, so not counted as one.
+            snap = self.cache.get(state.node_id)
+            if snap is not None and ts.rejected(snap.version(type_url)) and names == ts.names:
+                return  # never resend a rejected version
+            log.debug("%s %s: re-requested at nonce %s", state.node_id, rt.SHORT[type_url], ts.nonce)
         # First request, reconnect, changed subscription or re-request: answer with current state.
         ts.subscribed = True
         ts.names = names
         await self._send(state, type_url, context)
+
+    def _ack(self, state: StreamState, type_url: str) -> None:
+        ts = state.types[type_url]
+        ts.answered = True
+        ts.acked = ts.sent[0] if ts.sent else ""  # what this nonce carried, not what the client says it holds
+        ts.nack = None  # a later version was accepted; the NACK stays in the counter
+        self.acks.labels(rt.SHORT[type_url]).inc()
+        self._progress.notify()
+
+    def _nack(
+        self, state: StreamState, type_url: str, request: discovery_pb2.DiscoveryRequest, names: frozenset[str] | None
+    ) -> None:
+        """Envoy rejected the version last sent: keep the NACK in force, count it, and report it
+        (log and `on_nack`) unless it is the same rejection of the same version again."""
+        ts, short = state.types[type_url], rt.SHORT[type_url]
+        ts.answered = True
+        version = ts.sent[0] if ts.sent else ""
+        message = clip(request.error_detail.message, self.limits.max_text_chars)
+        again = ts.nack is not None and (ts.nack.version, ts.nack.message) == (version, message)
+        ts.nack = Nack(version, message, time.time())
+        self.nacks.labels(short).inc()
+        ts.names = names if names is not None else ts.names
+        self._progress.notify()
+        if again:
+            log.debug("%s rejected %s version %s again", state.node_id, short, version)
+            return
+        kept = clip(request.version_info, 64) or "none"
+        log.error("%s rejected %s version %s (keeps %s): %s", state.node_id, short, version, kept, message)
+        if self.on_nack is not None:
+            try:
+                self.on_nack(state.node_id, short, version, message)
+            except Exception:  # a failing listener must not end the stream
+                log.exception("NACK callback failed")
 
     async def _push_changes(self, state: StreamState, context: grpc.aio.ServicerContext) -> None:
         for type_url in rt.ORDER:
@@ -584,13 +564,8 @@ class AdsServer:
         snap = self.cache.get(state.node_id)
         if snap is None or ts.sent == (snap.version(type_url), ts.names):
             return
-        if (
-            ts.nack is not None
-            and ts.nack.version == snap.version(type_url)
-            and ts.sent
-            and ts.sent[0] == ts.nack.version
-        ):
-            return  # never resend a rejected version
+        if ts.rejected(snap.version(type_url)) and ts.sent and ts.sent[0] == snap.version(type_url):
+            return  # never resend a rejected version (to these or other names)
         await self._send(state, type_url, context, snap)
 
     async def _send(
