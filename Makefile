@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install tools test-tools clean
+.PHONY: demo test lint bench install tools test-tools kube-tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,15 @@ test-tools: tools
 	@$(call apt_install,command -v chromium && command -v chromedriver,chromium chromium-driver)
 	@$(call apt_install,command -v redis-server && command -v redis-cli,redis-server)
 
+# etcd, kube-apiserver and kube-controller-manager of tests/test_kube_real_cluster.py, built from
+# the Go modules of tests/kube/tools (once; reused while go.sum stays the same).
+kube-tools:
+	bash tests/kube/tools/build.sh
+
 demo: $(STAMP) tools
 	$(BIN)/interstate up examples/election-night
 
-test: $(STAMP) test-tools lint
+test: $(STAMP) test-tools kube-tools lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
