@@ -360,7 +360,7 @@ async def _eventually(http: httpx.AsyncClient, server: str, timeout: float = 5.0
     return False
 
 
-def test_the_xds_server_waits_for_a_valid_mesh_and_retries_a_busy_port(tmp_path: Path) -> None:
+def test_the_xds_server_waits_for_a_valid_config_with_a_mesh_and_retries_a_busy_port(tmp_path: Path) -> None:
     async def body() -> None:
         async with fake_apiserver(tmp_path) as api:
             broken = workload("results", {"port": "eighty"})
@@ -383,14 +383,20 @@ def test_the_xds_server_waits_for_a_valid_mesh_and_retries_a_busy_port(tmp_path:
                 assert await wait_until(lambda: bool(controller.rejected), 5)
                 assert not controller.serving.is_set() and core.identity is None
 
-                # valid now, but the port is taken: retried (with back-off) until it is free
+                # valid now, but no Mesh resource says the trust domain: still no xDS server
                 api.emit(WORKLOADS, "MODIFIED", workload("results", {"port": 8080}))
+                assert await wait_until(lambda: "mesh" in controller.problems(), 5), controller.problems()
+                assert not controller.serving.is_set() and core.identity is None
+
+                # a Mesh, but the port is taken: retried (with back-off) until it is free
+                api.emit(MESHES, "ADDED", mesh())
                 assert await wait_until(lambda: core.identity is not None, 5)
                 assert not controller.serving.is_set()
                 busy.close()
                 await asyncio.wait_for(controller.serving.wait(), 10)
                 assert core.port == xds_port and controller.pushes >= 1
-                assert core.identity is not None and core.identity.trust_domain == "interstate.local"
+                assert core.identity is not None and core.identity.trust_domain == TRUST_DOMAIN
+                assert controller.problems() == {}
             finally:
                 busy.close()
                 await controller.stop()

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from interstate.cli import main
 from interstate.config import load
 from interstate.config.loader import decode_sources
-from interstate.kube import autoscale
+from interstate.kube import autoscale, install
 from interstate.model import HorizontalPodAutoscaler
 from interstate.model.index import MeshConfig
 
@@ -333,3 +333,28 @@ def test_the_command_refuses_a_bad_namespace_and_notes_an_empty_mesh(tmp_path: P
     assert "no HorizontalPodAutoscaler" in empty.stderr
     assert bad.exit_code == 2
     assert "--namespace: 'Not_OK' is not a namespace name" in bad.stderr
+
+
+def test_the_install_manifests_are_valid_kubernetes_objects_with_least_privilege_rbac() -> None:
+    """`interstate manifests install`: every object passes Kubernetes' own schemas (strict); the
+    controller's ClusterRole grants reads and TokenReview creation only, never a wildcard. (The
+    real API server accepts them whole: tests/test_e2e_kube_real.py.)"""
+    objects = install.manifests("interstate-system")
+    for obj in objects:
+        if obj["kind"] != "CustomResourceDefinition":
+            kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    [role] = [o for o in objects if o["kind"] == "ClusterRole"]
+    verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
+    assert verbs == {"list", "watch", "create"}
+    assert all("*" not in rule["resources"] and "*" not in rule["apiGroups"] for rule in role["rules"])
+    [creates] = [rule for rule in role["rules"] if "create" in rule["verbs"]]
+    assert creates == {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    kinds = [o["kind"] for o in objects]
+    assert kinds.index("Namespace") < kinds.index("ServiceAccount")  # in the order to apply
+
+
+def test_the_install_command_prints_them() -> None:
+    result = CliRunner().invoke(main, ["manifests", "install", "--namespace", "mesh-system"])
+    assert result.exit_code == 0, result.output
+    printed = list(yaml.safe_load_all(result.output))
+    assert printed == install.manifests("mesh-system")

@@ -610,6 +610,16 @@ def manifests_crds() -> None:
     click.echo(yaml.safe_dump_all(crds.crds(), sort_keys=False), nl=False)
 
 
+@manifests.command("install")
+@click.option("--namespace", default="interstate-system", show_default=True, help="Namespace of the control plane.")
+def manifests_install(namespace: str) -> None:
+    """The mesh's objects for `kubectl apply -f -`: its CRDs, namespace, and the controller's
+    ServiceAccount with least-privilege RBAC (the Deployment, webhooks and ingress are to follow)."""
+    from interstate.kube import install
+
+    click.echo(yaml.safe_dump_all(install.manifests(namespace), sort_keys=False), nl=False)
+
+
 @manifests.command("webhook")
 @click.option(
     "--ca-bundle",

@@ -7,9 +7,9 @@ them to `core.plane.ControlPlane.push`, exactly as standalone mode does: each si
 X.509-SVID over SDS (rotated at half life: `ControlPlane.rotation` wakes the loop) and every hop
 between side-cars is mutual TLS.
 
-- The core's ADS server is started by the controller, once the first valid mesh config is known:
-  the CA and every certificate name the trust domain of the cluster's `Mesh` resource, which is
-  not known before. Side-cars that start earlier retry (Envoy backs off) and are served then. ADS
+- The core's ADS server is started by the controller, once the first valid mesh config with a
+  `Mesh` resource is known: the CA and every certificate name the trust domain of that
+  resource, which is not known before (and cannot change while side-cars hold certificates). Side-cars that start earlier retry (Envoy backs off) and are served then. ADS
   is TLS with the server certificate only; each stream is authenticated by
   `kube.tokenreview.TokenReviewer` (the pod's service-account token, checked by the API server).
   A port that cannot be bound is logged and retried.
@@ -23,7 +23,11 @@ between side-cars is mutual TLS.
 - A Mesh that changes `trustDomain` while serving is refused like an invalid CR (the running
   mesh's certificates name it): the last good config stays, `rejected` says why.
 - Nothing is pushed before every collection has been listed once: a half-read cluster would
-  look like a mesh without workloads or endpoints.
+  look like a mesh without workloads or endpoints. A collection the API server does not serve
+  (404: its CRD is not installed) counts as listed and empty, and is watched once it appears;
+  one it refuses (RBAC: 403) holds the push back, and `problems()` and the log name it, the
+  verb and the account, until it can be read (fail closed: a mesh read without its
+  AccessPolicies would be less strict than the one declared).
 - Custom resources are validated together, like a folder of mesh files: when any is invalid,
   every issue is logged (naming `namespace/name`, kind and field), `rejected` holds them, and the
   last good config stays in force (endpoints and pods still update under it). Fixing the object
@@ -104,6 +108,7 @@ class Controller:
         self.index: MeshIndex | None = None  # what the last push compiled from
         self._pods: list[dict[str, object]] = []  # the pods of the last push
         self._since = ""
+        self._awaiting_mesh = False  # no Mesh resource yet (logged once)
         self._http: httpx.AsyncClient | None = None  # reads side-cars' metrics for status
         self.serving = asyncio.Event()  # set once the core's ADS server listens (`core.port`)
         self._mesh_types = mesh_resource_types()
@@ -149,13 +154,28 @@ class Controller:
             self._config_dirty = True
         self._wake.set()
 
+    def problems(self) -> dict[str, str]:
+        """{collection: why it cannot be read now}: not listed yet (RBAC, the API server down) or
+        not served (its CRD is not installed, read as no objects). Empty when all is read."""
+        out = {r.path: w.problem for r, w in self._watchers.items() if w.problem is not None}
+        if self._awaiting_mesh and not self.serving.is_set():
+            out["mesh"] = "no Mesh resource yet: its spec.trustDomain names the CA and every certificate"
+        return out
+
     async def _loop(self) -> None:
-        await asyncio.gather(*(w.synced.wait() for w in self._watchers.values()))
-        log.info("cluster listed: %s", ", ".join(f"{len(w.store)} {r.plural}" for r, w in self._watchers.items()))
+        listed = False
         while True:
             await self._wake.wait()
             await asyncio.sleep(self.settings.debounce_s)
             self._wake.clear()
+            unread = [r.path for r, w in self._watchers.items() if not w.synced.is_set()]
+            if unread:  # a half-read cluster would look like a mesh without workloads or endpoints
+                continue
+            if not listed:
+                listed = True
+                log.info(
+                    "cluster listed: %s", ", ".join(f"{len(w.store)} {r.plural}" for r, w in self._watchers.items())
+                )
             if self.serving.is_set() or await self._serve():
                 self.push()
 
@@ -165,6 +185,14 @@ class Controller:
         self._refresh_config()
         if self.config is None:
             log.warning("no valid mesh config from the cluster yet; the xDS server waits for one")
+            return False
+        if not self.config.of_kind(Mesh):
+            if not self._awaiting_mesh:
+                log.warning(
+                    "no Mesh resource in the cluster yet: its trust domain names the CA and every certificate; "
+                    "the xDS server waits for one"
+                )
+            self._awaiting_mesh = True
             return False
         trust_domain = MeshIndex(self.config).mesh.trust_domain
         settings = self.settings

@@ -12,6 +12,11 @@ Used by `kube/controller.py`; calls the API server with httpx. The protocol is K
 3. `410 Gone` (as the HTTP status of the watch, or an `ERROR` event with code 410) means RV is
    too old: list again. Any other failure (connection refused, 5xx, 401/403 while RBAC is being
    fixed) is logged and retried from step 1 with exponential back-off.
+4. `404` on the list: the API server does not serve the kind (its CRD is not installed). The
+   store is empty, which is the truth, and counts as listed (`synced`, `absent`); the list is
+   tried again with back-off, so the kind is watched once its CRD appears. A 401 or 403 is not
+   listed: `problem` says which collection cannot be read and why (the verb and the account
+   RBAC refused), until a retry succeeds.
 
 `on_change(resource)` is called (synchronously, on the event loop) after every change of a
 store, including a re-list that found something different. Authentication is a bearer token,
@@ -119,6 +124,8 @@ class Watcher:
     resource_version: str = ""
     synced: asyncio.Event = field(default_factory=asyncio.Event)  # set after the first list
     lists: int = 0  # how many times the collection was listed (a 410 makes one more)
+    problem: str | None = None  # why the collection cannot be listed or watched now (None: it can)
+    absent: bool = False  # the API server does not serve the kind (404): no CRD installed
 
     def objects(self) -> list[dict[str, Any]]:
         return [self.store[key] for key in sorted(self.store)]
@@ -129,13 +136,20 @@ class Watcher:
         while True:
             try:
                 await self._list()
+                if self.absent:
+                    await asyncio.sleep(delay)  # not served: look again later, never watch
+                    delay = min(delay * 2, self.settings.max_backoff_s)
+                    continue
                 delay = self.settings.backoff_s
                 while True:
                     await self._watch()
             except Gone:
                 log.info("%s: resourceVersion %s expired (410 Gone); listing again", self._name, self.resource_version)
             except (httpx.HTTPError, TemporaryError, ValueError) as exc:
-                log.warning("%s: %s; retrying in %.1fs", self._name, _describe(exc), delay)
+                problem = _describe(exc)
+                if problem != self.problem:
+                    log.error("cannot read %s: %s; retrying in %.1fs", self._name, problem, delay)
+                self.problem = problem
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.max_backoff_s)
 
@@ -152,6 +166,9 @@ class Watcher:
                 params.pop("continue", None)
                 items.clear()
                 continue
+            if response.status_code == 404:
+                self._not_served()
+                return
             _raise_for_status(response)
             body = response.json()
             for item in body.get("items") or []:
@@ -163,7 +180,28 @@ class Watcher:
             params["continue"] = str(metadata["continue"])
         self.lists += 1
         self.resource_version = str(metadata.get("resourceVersion", ""))
-        changed = items != self.store
+        if self.problem is not None or self.absent:
+            log.info("%s: listed (%d objects)", self._name, len(items))
+        self.problem, self.absent = None, False
+        self._replace(items)
+
+    def _not_served(self) -> None:
+        if not self.absent:
+            log.warning(
+                "%s is not served by the API server (404): no objects of kind %s until its "
+                "CustomResourceDefinition is installed (`interstate manifests crds`)",
+                self._name,
+                self.resource.kind,
+            )
+        self.problem = (
+            f"not served by the API server (404): is the CustomResourceDefinition for {self.resource.kind} installed?"
+        )
+        self.absent = True
+        self._replace({})
+
+    def _replace(self, items: dict[Key, dict[str, Any]]) -> None:
+        """The store is `items` now; the first time, or when they differ, say so (`on_change`)."""
+        changed = items != self.store or not self.synced.is_set()
         self.store = items
         self.synced.set()
         if changed:

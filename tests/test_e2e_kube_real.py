@@ -1,0 +1,216 @@
+"""End to end against a real kube-apiserver, etcd and kube-controller-manager
+(tests/kube_control_plane.py): `interstate manifests install` is accepted whole, and the
+controller, running as the ServiceAccount those manifests create with exactly their RBAC, reads
+the cluster through the real list/watch protocol.
+
+What only a real API server could show (issue 24), and this does:
+- our CRD schemas are accepted (every CRD `Established`) and enforced (a TrafficPolicy whose
+  `spec.timeout` is a number is refused with 422 at create);
+- started before the CRDs exist, the controller names each mesh collection the API server does
+  not serve (404) and lists it once its CRD is installed;
+- with a ClusterRole that lacks one verb, it names the collection RBAC refuses (403, the verb
+  and its account) and pushes nothing: fail closed;
+- with its own RBAC, a pod that the test's stand-in kubelet marks Running and Ready becomes a
+  side-car snapshot in the core, and a replica in the core's status.
+Nothing connects to the pod's address (198.18.0.10): no network namespace is needed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from helpers_xds import free_port, run
+from kube_control_plane import ControlPlane, running_control_plane
+
+from interstate.core.identity import IdentitySettings
+from interstate.core.plane import ControlPlane as Core
+from interstate.core.status import ReplicaState
+from interstate.kube import crds, install
+from interstate.kube.controller import Controller, ControllerSettings, mesh_resource_types
+from interstate.kube.inject import INJECTED_ANNOTATION
+from interstate.kube.watch import ApiSettings
+from interstate.model.base import API_GROUP
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]  # a first build of the binaries
+
+SYSTEM = "interstate-system"
+NAMESPACE = "elections"
+POD = "stats-6d9f7c-abcde"
+NODE = f"sidecar~{POD}.{NAMESPACE}"
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", *crds.CLUSTER_SCOPED}
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    with running_control_plane(tmp_path_factory.mktemp("kube")) as plane:
+        yield plane
+
+
+def collection(obj: dict[str, Any]) -> str:
+    """The REST path objects of `obj`'s kind are created at."""
+    group_version, kind = obj["apiVersion"], obj["kind"]
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    plural = crds.plural_of(kind) if group_version.startswith(API_GROUP) else kind.lower() + "s"
+    namespace = obj["metadata"].get("namespace")
+    return f"{root}/namespaces/{namespace}/{plural}" if kind not in CLUSTER_SCOPED else f"{root}/{plural}"
+
+
+def create(api: httpx.Client, obj: dict[str, Any]) -> dict[str, Any]:
+    response = api.post(collection(obj), json=obj)
+    assert response.status_code == 201, (obj["kind"], obj["metadata"]["name"], response.text)
+    created: dict[str, Any] = response.json()
+    return created
+
+
+async def until(what: str, check: Callable[[], T | None], timeout: float = 30) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+def established(api: httpx.Client, name: str) -> bool:
+    response = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+    conditions = response.json().get("status", {}).get("conditions", []) if response.status_code == 200 else []
+    return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+
+def controller_for(cluster: ControlPlane, tmp: Path, account: str) -> tuple[Controller, Core]:
+    token = cluster.token_for(SYSTEM, account)
+    api = ApiSettings(cluster.url, token=token, ca_file=Path(cluster.ca_file), backoff_s=0.2, max_backoff_s=1.0)
+    core = Core(IdentitySettings(tmp / "certs", tmp / "ca"), tmp / "audit.jsonl")
+    settings = ControllerSettings(api, xds_host="127.0.0.1", xds_port=free_port())
+    return Controller(settings, core), core
+
+
+def stats_pod() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": POD,
+            "namespace": NAMESPACE,
+            "labels": {"app": "stats"},
+            "annotations": {INJECTED_ANNOTATION: "test"},
+        },
+        "spec": {
+            "serviceAccountName": "stats",
+            "nodeName": "node-1",  # bound, as a scheduler would
+            "containers": [
+                {"name": "stats", "image": "example/stats:1", "ports": [{"name": "http", "containerPort": 8080}]}
+            ],
+        },
+    }
+
+
+def kubelet_reports_running(api: httpx.Client, name: str, ip: str) -> None:
+    """What the test kubelet writes through the status subresource: Running, its IP, Ready."""
+    status = {
+        "phase": "Running",
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
+    response = api.patch(
+        f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status",
+        json={"status": status},
+        headers={"content-type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_the_controller_reads_a_real_cluster_with_the_rbac_of_its_own_manifests(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    everything = install.manifests(SYSTEM)
+    definitions = [o for o in everything if o["kind"] == "CustomResourceDefinition"]
+    mesh_paths = {r.path for r in mesh_resource_types()}
+
+    async def body() -> None:
+        with cluster.client() as api:
+            for obj in everything:
+                if obj["kind"] != "CustomResourceDefinition":
+                    create(api, obj)
+            controller, core = controller_for(cluster, tmp_path / "one", install.CONTROLLER)
+            await controller.start()
+            try:
+                # no CRDs yet: every mesh collection named as not served, nothing else
+                problems = await until("404s", lambda: mesh_paths <= (p := controller.problems()).keys() and p)
+                assert all("404" in problems[path] for path in mesh_paths), problems
+                assert set(problems) == {*mesh_paths, "mesh"}, problems  # and no Mesh: no xDS yet
+                assert not controller.serving.is_set()
+                for obj in definitions:
+                    create(api, obj)
+                for obj in definitions:
+                    await until(
+                        f"{obj['metadata']['name']} established", lambda o=obj: established(api, o["metadata"]["name"])
+                    )
+                await until("every collection listed", lambda: set(controller.problems()) == {"mesh"})
+
+                # the real CRD schema refuses a malformed TrafficPolicy at create
+                create(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+                bad = {
+                    "apiVersion": f"{API_GROUP}/v1",
+                    "kind": "TrafficPolicy",
+                    "metadata": {"name": "stats-breaker", "namespace": NAMESPACE},
+                    "spec": {"destination": {"service": "stats"}, "timeout": 5},
+                }
+                refused = api.post(collection(bad), json=bad)
+                assert refused.status_code == 422 and "spec.timeout" in refused.text, refused.text
+
+                # a workload and its pod: a snapshot for the side-car, a replica in the status
+                create(
+                    api,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ServiceAccount",
+                        "metadata": {"name": "stats", "namespace": NAMESPACE},
+                    },
+                )
+                mesh = {"apiVersion": f"{API_GROUP}/v1", "kind": "Mesh", "metadata": {"name": "fec"}}
+                create(api, {**mesh, "spec": {"trustDomain": "fec.gov.local"}})
+                workload = {"apiVersion": f"{API_GROUP}/v1", "kind": "Workload"}
+                create(api, {**workload, "metadata": {"name": "stats", "namespace": NAMESPACE}, "spec": {"port": 8080}})
+                create(api, stats_pod())
+                kubelet_reports_running(api, POD, "198.18.0.10")
+                await until("a snapshot for the pod's side-car", lambda: core.cache.get(NODE))
+                assert controller.problems() == {}
+                assert core.identity is not None and core.identity.trust_domain == "fec.gov.local"
+                [replica] = controller.status().services["stats"].replicas
+                assert (replica.name, replica.state) == (POD, ReplicaState.READY)
+            finally:
+                await controller.stop()
+
+            # a ClusterRole without `list` on one mesh kind: named, and nothing pushed
+            limited = install.controller_rbac(SYSTEM)
+            for obj in limited:
+                obj["metadata"]["name"] = "interstate-limited"
+            limited[1]["rules"].append({"apiGroups": [API_GROUP], "resources": ["trafficpolicies"], "verbs": ["watch"]})
+            limited[1]["rules"][2]["resources"].remove("trafficpolicies")
+            limited[2]["roleRef"]["name"] = "interstate-limited"
+            limited[2]["subjects"][0]["name"] = "interstate-limited"
+            for obj in limited:
+                create(api, obj)
+            controller, core = controller_for(cluster, tmp_path / "two", "interstate-limited")
+            await controller.start()
+            try:
+                problems = await until("a 403", lambda: controller.problems())
+                [(path, why)] = problems.items()
+                assert path.endswith("/trafficpolicies") and "403" in why and "cannot list" in why, problems
+                assert "system:serviceaccount:interstate-system:interstate-limited" in why, why
+                await asyncio.sleep(1.0)  # every other collection has been listed by now
+                assert controller.pushes == 0 and core.cache.nodes() == []
+            finally:
+                await controller.stop()
+
+    run(body(), timeout=180)
