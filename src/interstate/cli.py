@@ -233,7 +233,7 @@ def up(
     )
     if auto_ports:
         settings = settings.auto_ports()
-    from interstate.up import run  # grpc/Envoy parts only for `up`
+    from interstate.standalone.up import run  # grpc/Envoy parts only for `up`
 
     def say(line: str) -> None:
         click.echo(line)

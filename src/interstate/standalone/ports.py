@@ -5,7 +5,7 @@ and outbound) and each workload's `spec.localPorts` (shared by that workload's r
 taken here; fresh ones come from the kernel (bind to 0) and are never handed out twice, nor a
 port a workload declared. `conflicts` says which declared local ports someone else owns, naming
 both, so `preflight` refuses them before anything binds (Envoy binds without SO_REUSEPORT too:
-`compile.listeners.listener`). Called by `standalone.mesh` and `interstate.up`.
+`compile.listeners.listener`). Called by `standalone.mesh` and `standalone.up`.
 """
 
 from __future__ import annotations

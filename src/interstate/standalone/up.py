@@ -1,6 +1,6 @@
 """`interstate up`: fix the mesh's ports, save its settings and config in the run folder, then
-hand over to the standalone supervisor until Ctrl-C or SIGTERM. An edge like the CLI (which
-alone calls it).
+hand over to the standalone supervisor until Ctrl-C or SIGTERM. Standalone logic, called only
+by the CLI.
 
 When an earlier `interstate up` on the same run folder was killed, its apps and Envoys are still
 serving: this one adopts them (`standalone.adoption`), keeping the ports the mesh was started
