@@ -213,6 +213,12 @@ def envoy_admin(socket: str, path: str, method: str = "GET", **params: str) -> h
         return client.request(method, "http://envoy-admin" + path, params=params)
 
 
+def envoy_certificates(socket: str) -> list[dict[str, Any]]:
+    """Every certificate an Envoy holds (its admin `/certs`: SVIDs and the xDS client's)."""
+    data = envoy_admin(socket, "/certs").json()
+    return [cert for entry in data.get("certificates", []) for cert in entry.get("cert_chain", [])]
+
+
 def envoy_stats(socket: str, pattern: str) -> dict[str, int]:
     response = envoy_admin(socket, "/stats", filter=pattern, format="json")
     return {s["name"]: int(s["value"]) for s in response.json()["stats"] if "value" in s}

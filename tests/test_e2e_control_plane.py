@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_admin, running_mesh, wait_for
+from mesh_runner import EXAMPLE, Load, MeshRun, alive, cli, envoy_certificates, running_mesh, wait_for
 
 from interstate import audit
 
@@ -61,11 +61,6 @@ def synced_with(mesh: MeshRun, before: dict[str, dict[str, str]], restarts: int)
         return status if acked_versions(status) == before else None
     except (KeyError, TypeError):
         return None  # an Envoy not reconnected yet
-
-
-def envoy_certificates(socket: str) -> list[dict[str, Any]]:
-    data = envoy_admin(socket, "/certs").json()
-    return [cert for entry in data.get("certificates", []) for cert in entry.get("cert_chain", [])]
 
 
 def test_a_killed_control_plane_is_restarted_and_no_request_fails(tmp_path: Path) -> None:

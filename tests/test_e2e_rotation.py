@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from mesh_runner import EXAMPLE, Load, MeshRun, envoy_admin, running_mesh, wait_for
+from mesh_runner import EXAMPLE, Load, MeshRun, envoy_certificates, running_mesh, wait_for
 
 from interstate.ca.authority import utcnow
 
@@ -31,12 +31,7 @@ ROTATIONS = 2
 
 
 def serials_in_envoy(socket: str) -> set[str]:
-    data = envoy_admin(socket, "/certs").json()
-    return {
-        cert["serial_number"].lower().lstrip("0")
-        for entry in data.get("certificates", [])
-        for cert in entry.get("cert_chain", [])
-    }
+    return {cert["serial_number"].lower().lstrip("0") for cert in envoy_certificates(socket)}
 
 
 def envoy_admins(mesh: MeshRun) -> dict[str, str]:

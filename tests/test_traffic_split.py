@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 from envoy.config.route.v3 import route_components_pb2 as rc
 
 from interstate.compile import Proxy, compile_proxy
 from interstate.config.loader import decode_sources
 from interstate.errors import ConfigError
-from interstate.model.index import MeshIndex
+from interstate.model.index import Endpoint, MeshIndex
+from interstate.simulate import simulate
 
 BASE = """\
 apiVersion: mesh.codifyhq.io/v1
@@ -126,3 +129,27 @@ def test_the_pinned_backend_must_be_one_of_the_backends() -> None:
     with pytest.raises(ConfigError) as caught:
         index(SPLIT.replace("backend: results-v2}", "backend: newsroom}"))
     assert [i.field for i in caught.value.issues] == ["spec.pin.backend"]
+
+
+def test_as_calls_a_split_sends_nine_in_ten_to_results_and_the_pinned_header_to_the_canary() -> None:
+    """The split simulated as requests (`simulate` draws a weighted cluster as Envoy does): of
+    100 evenly spread draws, 90 reach results' endpoints and 10 results-v2's, whatever the
+    method; the pin header always reaches the canary."""
+    endpoints = {
+        "results": (Endpoint("results", 0, "127.0.0.1", 15001),),
+        "results-v2": (Endpoint("results-v2", 0, "127.0.0.1", 15011),),
+    }
+    idx = MeshIndex(decode_sources({"mesh.yaml": BASE + SPLIT}), endpoints)
+    resources = compile_proxy(idx, Proxy.sidecar("newsroom", 0, inbound_port=1, outbound_port=2, app_port=3))
+    for method in ("GET", "POST"):
+        reached = Counter(
+            simulate(resources, "outbound", "results:8080", "/r", method, draw=n / 100).endpoints for n in range(100)
+        )
+        assert reached == {("127.0.0.1:15001",): 90, ("127.0.0.1:15011",): 10}, (method, reached)
+    one = simulate(resources, "outbound", "results:8080", "/r", draw=0.5)
+    assert one.split == (("outbound|results", 90), ("outbound|results-v2", 10)) and "split" in one.describe()
+    pinned = [
+        simulate(resources, "outbound", "results:8080", "/r", headers={"x-canary": "true"}, draw=n / 10)
+        for n in range(10)
+    ]
+    assert {o.cluster for o in pinned} == {"outbound|results-v2"} and not pinned[0].split

@@ -73,16 +73,17 @@ class Outcome:
     ejection: Ejection | None = None
     panic_threshold: float | None = None  # percent of healthy hosts; below it Envoy ignores health
     endpoints: tuple[str, ...] = ()
+    split: tuple[tuple[str, int], ...] = ()  # a weighted route's (cluster, weight); `cluster` is the one drawn
 
     def describe(self) -> str:
         if self.status is not None:
             why = f" ({self.flag})" if self.flag else ""
             body = f": {self.body.strip()}" if self.body else ""
             return f"{self.request}: Envoy answers {self.status}{why}{body}"
-        lines = [
-            f"{self.request}: route {self.route!r} of virtual host {self.virtual_host!r}",
-            f"  -> cluster {self.cluster}: {', '.join(self.endpoints)}",
-        ]
+        lines = [f"{self.request}: route {self.route!r} of virtual host {self.virtual_host!r}"]
+        if self.split:
+            lines.append("  split " + ", ".join(f"{name} {weight}" for name, weight in self.split))
+        lines.append(f"  -> cluster {self.cluster}: {', '.join(self.endpoints)}")
         lines += [f"  adds {k}: {v}" for k, v in self.headers_added.items()]
         lines.append(f"  timeout {_seconds(self.timeout)}" if self.timeout is not None else "  no total timeout")
         if self.retry is not None:
@@ -104,8 +105,13 @@ def simulate(
     path: str,
     method: str = "GET",
     headers: Mapping[str, str] | None = None,
+    draw: float = 0.0,
 ) -> Outcome:
-    """Route `method http://host/path` arriving on `listener`. LookupError if it is not there."""
+    """Route `method http://host/path` arriving on `listener`. LookupError if it is not there.
+    `draw` in [0, 1) is the random number a weighted route (a TrafficSplit) picks its cluster
+    by, as Envoy does: the first cluster whose running total of weights passes draw x total."""
+    if not 0.0 <= draw < 1.0:
+        raise ValueError(f"draw must be in [0, 1), got {draw}")
     if not path.startswith("/"):
         raise ValueError(f"path must start with '/', got {path!r}")
     manager = _connection_manager(_named(resources.listeners, listener, "listener"))
@@ -128,8 +134,15 @@ def simulate(
         body = response.body.inline_string or response.body.inline_bytes.decode()
         return Outcome(request, vhost.name, route.name, status=response.status, body=body)
     action = route.route
-    if not route.HasField("route") or action.WhichOneof("cluster_specifier") != "cluster":
-        raise NotImplementedError(f"route {route.name!r} is not a plain route to one cluster")
+    specifier = action.WhichOneof("cluster_specifier") if route.HasField("route") else None
+    split: tuple[tuple[str, int], ...] = ()
+    if specifier == "cluster":
+        chosen = action.cluster
+    elif specifier == "weighted_clusters":
+        split = tuple((w.name, w.weight.value) for w in action.weighted_clusters.clusters)
+        chosen = _drawn(split, draw)
+    else:
+        raise NotImplementedError(f"route {route.name!r} is not a route to a cluster or to weighted clusters")
     # Envoy applies route, then virtual host, then route configuration headers (or the reverse).
     groups = [route.request_headers_to_add, vhost.request_headers_to_add, config.request_headers_to_add]
     if config.most_specific_header_mutations_wins:
@@ -143,12 +156,13 @@ def simulate(
         request,
         vhost.name,
         route.name,
-        action.cluster,
+        chosen,
         headers_added=_add_headers({k.lower() for k in headers or {}}, options),
         timeout=_route_timeout(action),
         retry=retry,
+        split=split,
     )
-    cluster = next((c for c in resources.clusters if c.name == action.cluster), None)
+    cluster = next((c for c in resources.clusters if c.name == chosen), None)
     if cluster is None:
         return replace(outcome, status=503, flag="NC")
     lb = cluster.common_lb_config
@@ -163,6 +177,17 @@ def simulate(
     if not outcome.endpoints:
         return replace(outcome, status=503, body="no healthy upstream", flag="UH")
     return outcome
+
+
+def _drawn(split: tuple[tuple[str, int], ...], draw: float) -> str:
+    """The cluster a weighted route sends a request with random number `draw` to."""
+    total = sum(weight for _, weight in split)
+    point, running = draw * total, 0
+    for name, weight in split:
+        running += weight
+        if point < running:
+            return name
+    return split[-1][0]
 
 
 def select_virtual_host(config: route_pb2.RouteConfiguration, host: str) -> rc.VirtualHost | None:
