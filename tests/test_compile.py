@@ -26,7 +26,7 @@ from helpers_xds import make_credentials
 from interstate.compile import Proxy, ProxyResources, compile_proxy
 from interstate.config.loader import decode_sources
 from interstate.model.index import Endpoint, MeshIndex
-from interstate.simulate import Ejection, Outcome, Retry, simulate
+from interstate.simulate import EjectionRule, Outcome, Retry, simulate
 from interstate.xds import resources as rt
 from interstate.xds.snapshot import Snapshot
 
@@ -228,7 +228,7 @@ def test_by_default_only_idempotent_calls_are_retried_after_reaching_the_app() -
 def test_with_consecutive_errors_3_stats_is_ejected_after_3_5xx_for_30s_and_fails_fast() -> None:
     outcome = call(mesh(), "results", "http://stats:8080/x")
 
-    assert outcome.ejection == Ejection(
+    assert outcome.ejection == EjectionRule(
         consecutive_5xx=3,
         base_ejection_time=timedelta(seconds=30),
         interval=timedelta(seconds=1),
@@ -245,7 +245,7 @@ def test_the_traffic_policy_knobs_reach_envoy() -> None:
 
     outcome = call(mesh(MESH, RESULTS, STATS, breaker), "results", "http://stats:8080/x")
 
-    assert outcome.ejection == Ejection(7, timedelta(seconds=90), timedelta(milliseconds=250), 50)
+    assert outcome.ejection == EjectionRule(7, timedelta(seconds=90), timedelta(milliseconds=250), 50)
 
 
 @pytest.mark.parametrize(

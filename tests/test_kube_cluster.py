@@ -277,7 +277,7 @@ def test_only_the_workloads_own_service_account_gets_its_side_car_and_certificat
 
     # the claims the controller binds tokens to: every injected, labelled pod, refused or not
     claims = cluster.claims([honest, *refused.values(), *fixture("pods.json")[4:]], config)
-    assert claims["sidecar~results-5f7d8-x2x9q.elections"] == cluster.Claim(
+    assert claims["sidecar~results-5f7d8-x2x9q.elections"] == cluster.PodClaim(
         "results", ("elections", "results"), ("elections", "results")
     )
     assert claims["sidecar~results-impostor.intruders"].refusal == reasons["another namespace"]

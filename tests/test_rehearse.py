@@ -39,8 +39,8 @@ from interstate.rehearse.load import (
     run_hey,
 )
 from interstate.rehearse.report import PhaseWindow, Rehearsal, Sample, per_second, percentile, phase_stats
-from interstate.rehearse.runner import Runner, coverage_of, progress_line, sample_from_status
-from interstate.rehearse.scenario import SHORT, Fault, Phase, Scenario, workers_for
+from interstate.rehearse.runner import RehearsalRunner, coverage_of, progress_line, sample_from_status
+from interstate.rehearse.scenario import SHORT, Hiccup, Phase, Scenario, workers_for
 
 # What `hey -o csv` printed in a real run (rows come in the order requests finished)
 HEY_CSV = """response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset
@@ -135,12 +135,12 @@ def test_scenario_phases() -> None:
         ("cool-down", 10, 20, False),
     ]
     assert SHORT.phase_seconds <= 3 and SHORT.surge_rps <= 100
-    assert Fault().body() == {"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}
+    assert Hiccup().body() == {"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"baseline_rps": 0}, {"surge": 0.5}, {"phase_seconds": 0.5}, {"fault": Fault(percent=0)}, {"path": "results"}],
+    [{"baseline_rps": 0}, {"surge": 0.5}, {"phase_seconds": 0.5}, {"fault": Hiccup(percent=0)}, {"path": "results"}],
 )
 def test_scenario_refuses_nonsense(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -500,7 +500,7 @@ def test_runner_runs_every_phase_and_ends_the_fault(
 ) -> None:
     monkeypatch.setenv("FAKE_HEY_SLEEP", "0.5")
     said: list[str] = []
-    result = asyncio.run(Runner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), said.append, poll_every=0.2).run())
+    result = asyncio.run(RehearsalRunner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), said.append, poll_every=0.2).run())
     assert [w.name for w in result.phases] == ["baseline", "surge", "hiccup", "recovery", "cool-down"]
     assert [w.fault for w in result.phases] == [False, False, True, False, False]
     assert all(a.end <= b.start for a, b in zip(result.phases, result.phases[1:], strict=False))
@@ -523,7 +523,9 @@ def test_runner_ends_the_fault_when_hey_fails_in_the_hiccup(
 ) -> None:
     monkeypatch.setenv("FAKE_HEY_MODE", "fail-3rd")
     with pytest.raises(HeyFailed):
-        asyncio.run(Runner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), lambda line: None, poll_every=0.2).run())
+        asyncio.run(
+            RehearsalRunner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), lambda line: None, poll_every=0.2).run()
+        )
     assert [body for _, body in fake_mesh.faults] == [{"abort": {"percent": 50, "status": 503}, "at": "SERVICE"}, None]
     assert fake_mesh.fault is None
 
@@ -531,7 +533,7 @@ def test_runner_ends_the_fault_when_hey_fails_in_the_hiccup(
 def test_runner_refuses_to_start_over_an_existing_fault(fake_mesh: FakeMesh, fake_hey: Path) -> None:
     fake_mesh.fault = "abort 10%"
     with pytest.raises(Exception, match="already has a fault"):
-        asyncio.run(Runner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), lambda line: None).run())
+        asyncio.run(RehearsalRunner(fake_mesh.url, TOKEN, QUICK, str(fake_hey), lambda line: None).run())
     assert fake_mesh.faults == []
     assert not list(Path(os.environ["FAKE_HEY_DIR"]).iterdir())
 

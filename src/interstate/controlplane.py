@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 class RemoteRunner:
-    """The supervisor, as `standalone.mesh.Runner`, over the channel."""
+    """The supervisor, as `standalone.mesh.UnitRunner`, over the channel."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel

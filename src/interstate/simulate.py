@@ -46,7 +46,7 @@ class Retry:
 
 
 @dataclass(frozen=True)
-class Ejection:
+class EjectionRule:
     """Outlier detection as Envoy applies it: its defaults filled in where a field is unset."""
 
     consecutive_5xx: int
@@ -70,7 +70,7 @@ class Outcome:
     headers_added: Mapping[str, str] = field(default_factory=dict)
     timeout: timedelta | None = None
     retry: Retry | None = None
-    ejection: Ejection | None = None
+    ejection: EjectionRule | None = None
     panic_threshold: float | None = None  # percent of healthy hosts; below it Envoy ignores health
     endpoints: tuple[str, ...] = ()
     split: tuple[tuple[str, int], ...] = ()  # a weighted route's (cluster, weight); `cluster` is the one drawn
@@ -304,7 +304,7 @@ def _endpoints(resources: ProxyResources, cluster: cluster_pb2.Cluster) -> tuple
     return tuple(f"{a.address}:{a.port_value}" for a in addresses)
 
 
-def _ejection(cluster: cluster_pb2.Cluster) -> Ejection | None:
+def _ejection(cluster: cluster_pb2.Cluster) -> EjectionRule | None:
     if not cluster.HasField("outlier_detection"):
         return None
     od = cluster.outlier_detection
@@ -315,7 +315,7 @@ def _ejection(cluster: cluster_pb2.Cluster) -> Ejection | None:
     def span(name: str, default: int) -> timedelta:
         return _timedelta(getattr(od, name)) if od.HasField(name) else timedelta(seconds=default)
 
-    return Ejection(
+    return EjectionRule(
         number("consecutive_5xx", 5),
         span("base_ejection_time", 30),
         span("interval", 10),

@@ -32,7 +32,7 @@ Pure (dicts in, model out); called by `kube/controller.py` with what `kube/watch
   other pods reach this one (EndpointSlices), so it stays `ProxyPorts.inbound` for every pod.
 - **Who may carry a workload's identity.** A label is not a proof: any pod can say `app: results`.
   Workload `results`' certificate belongs to one service account, `results` in the namespace of
-  the Workload object (`Claim.entitled`), whose Kubernetes identity is
+  the Workload object (`PodClaim.entitled`), whose Kubernetes identity is
   `spiffe://<td>/ns/<namespace>/sa/results`, what the injector writes in the node metadata. A
   pod running as any other service account, or in another namespace, or labelled as a service
   that has no Workload, gets no Proxy (so no configuration and no certificate), and
@@ -166,7 +166,7 @@ Account = tuple[str, str]  # (namespace, service account): what a pod runs as, w
 
 
 @dataclass(frozen=True)
-class Claim:
+class PodClaim:
     """An injected pod's side-car as the workload it says it serves (its service label), the
     service account the pod runs as, and the one entitled to that workload's identity."""
 
@@ -205,7 +205,7 @@ def entitled(config: MeshConfig | None, service: str) -> Account | None:
     return (namespace, workload.name) if slash and namespace else None
 
 
-def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> Claim | None:
+def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> PodClaim | None:
     """The claim of an injected pod with a service label; None for any other pod."""
     metadata = pod.get("metadata") or {}
     labels = metadata.get("labels") or {}
@@ -215,10 +215,10 @@ def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> Claim | None:
     if service is None:
         return None
     account = (str(metadata.get("namespace") or ""), service_account(pod.get("spec") or {}))
-    return Claim(service, account, entitled(config, service))
+    return PodClaim(service, account, entitled(config, service))
 
 
-def claims(pods: Iterable[Mapping[str, Any]], config: MeshConfig | None) -> dict[str, Claim]:
+def claims(pods: Iterable[Mapping[str, Any]], config: MeshConfig | None) -> dict[str, PodClaim]:
     """{node ID: claim} of every injected pod with a service label."""
     found = ((node_id(pod), claim_of(pod, config)) for pod in pods)
     return {node: claim for node, claim in found if claim is not None}

@@ -13,7 +13,7 @@ between side-cars is mutual TLS.
   is TLS with the server certificate only; each stream is authenticated by
   `kube.tokenreview.TokenReviewer` (the pod's service-account token, checked by the API server).
   A port that cannot be bound is logged and retried.
-- A workload's identity goes only to its own service account (`kube.cluster.Claim`): a pod
+- A workload's identity goes only to its own service account (`kube.cluster.PodClaim`): a pod
   whose service account or namespace is not its Workload's gets no Proxy, so no configuration
   and no certificate (logged once), and `_bind` serves a stream only when the token's namespace
   and service account are the ones entitled to the workload its pod is labelled as: otherwise
@@ -95,7 +95,7 @@ class Controller:
         self.settings = settings
         self.core = core
         self.reviewer = TokenReviewer(settings.api, settings.review, bind=self._bind)
-        self.claims: dict[str, cluster.Claim] = {}  # node ID -> its pod's claim, as of the last push
+        self.claims: dict[str, cluster.PodClaim] = {}  # node ID -> its pod's claim, as of the last push
         self._audited_refusals: dict[str, str] = {}  # node ID -> the refusal last written to the audit trail
         self.identity_refusals = Counter(
             "interstate_xds_identity_refusals",

@@ -22,8 +22,8 @@ from interstate.client import admin_options, admin_token
 from interstate.errors import InterstateError
 from interstate.rehearse import report
 from interstate.rehearse.load import find_hey, requests_csv
-from interstate.rehearse.runner import Runner
-from interstate.rehearse.scenario import DEFAULT_HEADERS, DEFAULT_PATH, MAX_WORKER_QPS, SHORT, Fault, Scenario
+from interstate.rehearse.runner import RehearsalRunner
+from interstate.rehearse.scenario import DEFAULT_HEADERS, DEFAULT_PATH, MAX_WORKER_QPS, SHORT, Hiccup, Scenario
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 3
@@ -103,7 +103,7 @@ def rehearse(
             baseline_rps=baseline_rps if baseline_rps is not None else preset.baseline_rps,
             surge=surge if surge is not None else preset.surge,
             phase_seconds=phase_seconds if phase_seconds is not None else preset.phase_seconds,
-            fault=Fault(fault_service, fault_abort, fault_status),
+            fault=Hiccup(fault_service, fault_abort, fault_status),
             path=path,
             headers=headers or DEFAULT_HEADERS,
             max_worker_qps=max_worker_qps,
@@ -122,7 +122,7 @@ def rehearse(
     try:
         hey = find_hey(hey_path)
         say(f"rehearsal: {scenario.describe()}")
-        rehearsal = asyncio.run(Runner(admin, admin_token(token_file), scenario, hey, say).run())
+        rehearsal = asyncio.run(RehearsalRunner(admin, admin_token(token_file), scenario, hey, say).run())
     except InterstateError as exc:
         click.echo(f"rehearse: {exc}", err=True)
         sys.exit(EXIT_FAILURE)

@@ -73,7 +73,7 @@ class _Current:
     ingress: dict[str, int] | None
 
 
-class Runner:
+class RehearsalRunner:
     def __init__(
         self,
         admin: str,

@@ -24,7 +24,7 @@ MAX_WORKER_QPS = 5.0
 
 
 @dataclass(frozen=True)
-class Fault:
+class Hiccup:
     """The hiccup: `service`'s own side-cars fail `percent` % of its calls with `status`
     (`fault.at: SERVICE`), so its callers see real failures and their breakers may trip."""
 
@@ -66,7 +66,7 @@ class Scenario:
     baseline_rps: float = 10.0
     surge: float = 20.0  # the surge rate is baseline × surge
     phase_seconds: float = 20.0
-    fault: Fault = field(default_factory=Fault)
+    fault: Hiccup = field(default_factory=Hiccup)
     path: str = DEFAULT_PATH
     headers: tuple[str, ...] = DEFAULT_HEADERS
     max_worker_qps: float = MAX_WORKER_QPS

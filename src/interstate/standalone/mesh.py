@@ -3,7 +3,7 @@
 Runs in the control-plane process. Holds the mesh config (saved to the run folder after every
 change that took effect) and the units (replicas and the ingress) as the supervisor reports
 them. It decides what runs — replica counts, each unit's ports, command and Envoy bootstrap — and
-asks the supervisor (a `Runner`, over `standalone.protocol`) to start, drain and stop units;
+asks the supervisor (a `UnitRunner`, over `standalone.protocol`) to start, drain and stop units;
 endpoints and proxies of what runs go to the core (`core.plane.ControlPlane.push`), which
 compiles and serves them. Changes (apply, scale, fault, split) are all or nothing and recorded in
 the audit trail. Called by the admin API, the autoscaler and `interstate.controlplane`.
@@ -60,7 +60,7 @@ RECONNECT_WAIT_S = 5.0  # after a control-plane restart, how long Envoys get to 
 INGRESS = "ingress"
 
 
-class Runner(Protocol):
+class UnitRunner(Protocol):
     """What the control plane needs of the process supervisor."""
 
     async def start(self, spec: UnitSpec) -> UnitStatus: ...
@@ -70,7 +70,7 @@ class Runner(Protocol):
 
 class StandaloneMesh:
     def __init__(
-        self, settings: Settings, config: MeshConfig, core: ControlPlane, runner: Runner, info: ControlPlaneInfo
+        self, settings: Settings, config: MeshConfig, core: ControlPlane, runner: UnitRunner, info: ControlPlaneInfo
     ) -> None:
         self.settings = settings
         self.config = config
