@@ -386,7 +386,8 @@ def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
             ("replicas: 2", "replicas: 2\n  replica: 3"),
             2,
             "spec.replica",
-            "calls, localPorts, mtls, port, protocol, readinessProbe, replicas, requirePolicy, resources, run, version",
+            "calls, localPorts, mtls, port, protocol, readinessProbe, replicas, requirePolicy, resources, run, "
+            "serviceAccount, version",
         ),
         (
             ("consecutiveErrors: 3", "consecutive5xx: 3"),
@@ -402,10 +403,10 @@ def test_a_wrong_type_in_a_traffic_policy_is_reported() -> None:
             "baseEjectionTime, consecutiveErrors, consecutiveGatewayErrors, interval, maxEjectionPercent",
         ),
         (
-            ("  name: stats\n", "  name: stats\n  namespace: default\n"),
+            ("  name: stats\n", "  name: stats\n  uid: 1234\n"),
             3,
-            "metadata.namespace",
-            "annotations, labels, name",
+            "metadata.uid",
+            "annotations, labels, name, namespace",
         ),
     ],
 )

@@ -222,7 +222,7 @@ def test_injected_side_cars_get_svids_from_the_controller_and_talk_mutual_tls(
                             assert seen["server"] == "stats-app"
                             # the callee's side-car says who called, from the client certificate
                             assert (
-                                f"URI=spiffe://{TRUST_DOMAIN}/ns/default/sa/results"
+                                f"URI=spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/results"
                                 in seen["headers"]["x-forwarded-client-cert"]
                             )
                             # the Mesh CR's policy header, stamped by the caller's side-car
@@ -259,7 +259,7 @@ def test_injected_side_cars_get_svids_from_the_controller_and_talk_mutual_tls(
                             [svid] = [c for entry in certs for c in entry["cert_chain"]]
                             [ca] = [c for entry in certs for c in entry["ca_cert"]]
                             assert [s["uri"] for s in svid["subject_alt_names"]] == [
-                                f"spiffe://{TRUST_DOMAIN}/ns/default/sa/stats"
+                                f"spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/stats"
                             ]
                             assert int(svid["serial_number"], 16) == issued.serial
                             assert int(ca["serial_number"], 16) == root.serial_number

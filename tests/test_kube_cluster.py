@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from helpers_xds import make_credentials
 
+from interstate.compile import compile_proxy
 from interstate.compile.proxy import Proxy, Role
 from interstate.config.loader import decode_sources, load, read_sources
 from interstate.core.status import ReplicaState
@@ -19,7 +22,7 @@ from interstate.errors import ConfigError
 from interstate.kube import cluster
 from interstate.kube.bootstrap import ProxyPorts
 from interstate.model import Workload
-from interstate.model.index import Endpoint
+from interstate.model.index import Endpoint, MeshIndex
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "election-night"
@@ -49,7 +52,15 @@ def test_the_examples_mesh_files_as_custom_resources_give_the_same_mesh() -> Non
     from_cluster = cluster.mesh_config(objects)
     from_files = load(EXAMPLE)
     expected = sorted((r.ref, r) for r in from_files.resources if r.api_version.startswith("mesh.codifyhq.io/"))
-    assert sorted((r.ref, r) for r in from_cluster.resources) == expected
+
+    def without_namespace(r: Any) -> Any:  # the one thing a cluster adds: each object's namespace
+        return r.model_copy(update={"metadata": r.metadata.model_copy(update={"namespace": None})})
+
+    assert sorted((r.ref, without_namespace(r)) for r in from_cluster.resources) == expected
+    namespaced = [r for r in from_cluster.resources if r.kind != "Mesh"]
+    assert {r.metadata.namespace for r in namespaced} == {"elections"}
+    assert MeshIndex(from_cluster).account("stats") == ("elections", "stats")
+    assert MeshIndex(from_files).account("stats") == ("default", "stats")
     assert from_cluster.origin(from_cluster.resources[0])[0] in {cluster.object_name(o) for o in objects}
 
 
@@ -316,3 +327,25 @@ def test_pods_as_replicas_for_status() -> None:
     assert (replica.name, replica.state, replica.xds) == ("results-5f7d8-x2x9q", ReplicaState.READY, None)
     assert replica.sidecar is not None and replica.sidecar.node == "sidecar~results-5f7d8-x2x9q.elections"
     assert cluster.replica_names(pods, PORTS)["127.0.0.21:15006"] == "results-5f7d8-x2x9q"
+
+
+def test_callers_check_the_callees_namespaced_identity_and_a_workload_may_name_its_account() -> None:
+    """In a cluster a workload's SPIFFE ID is ns/<its Workload's namespace>/sa/<its account>:
+    the certificate the core issues names it and every caller's side-car checks it (issue 24).
+    `spec.serviceAccount` names another account than the workload's own name."""
+    objects = copy.deepcopy(fixture("mesh-crs.json"))
+    stats = next(o for o in objects if o["kind"] == "Workload" and o["metadata"]["name"] == "stats")
+    stats["spec"]["serviceAccount"] = "stats-reader"
+    index = MeshIndex(cluster.mesh_config(objects), {"stats": (Endpoint("stats", 0, "127.0.0.11", 15006),)})
+    assert index.account("stats") == ("elections", "stats-reader")
+    assert index.account("results") == ("elections", "results")
+    results = Proxy.sidecar("results", 0, inbound_port=1, outbound_port=2, app_port=3)
+    resources = compile_proxy(index, results, make_credentials("results"))
+    [to_stats] = [c for c in resources.clusters if c.name == "outbound|stats"]
+    context = tls_pb2.UpstreamTlsContext()
+    to_stats.transport_socket.typed_config.Unpack(context)
+    [san] = (
+        context.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names
+    )
+    assert san.matcher.exact == f"spiffe://{index.mesh.trust_domain}/ns/elections/sa/stats-reader"
+    assert cluster.entitled(index.config, "stats") == ("elections", "stats-reader")

@@ -59,7 +59,7 @@ WORKLOADS = "/apis/mesh.codifyhq.io/v1/workloads"
 TD = "fec.gov.local"
 NAMESPACE = "elections"
 RESULTS_ID = f"spiffe://{TD}/ns/{NAMESPACE}/sa/results"  # who may have results' identity
-RESULTS_SVID = f"spiffe://{TD}/ns/default/sa/results"  # the SVID URI every caller's side-car checks
+RESULTS_SVID = RESULTS_ID  # the SVID URI its certificate names and every caller's side-car checks
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ def test_a_workloads_identity_goes_to_its_own_service_account_only(
             # (`forged`'s pod object says elections/results; its token will disagree)
             assert c.issued() == {
                 HONEST.node: RESULTS_SVID,
-                STATS.node: f"spiffe://{TD}/ns/default/sa/stats",
+                STATS.node: f"spiffe://{TD}/ns/{NAMESPACE}/sa/stats",
                 FORGED.node: RESULTS_SVID,
             }
             for p in (INTRUDER, ELSEWHERE):  # logged once, with why, before any side-car connects
@@ -263,7 +263,7 @@ def test_a_workloads_identity_goes_to_its_own_service_account_only(
             async with stream(c, STATS) as stats:
                 await stats.send(rt.SECRET, names=["default", "ROOTCA"])
                 response = await stats.recv(5)
-                assert svid_uri(response) == f"spiffe://{TD}/ns/default/sa/stats"
+                assert svid_uri(response) == f"spiffe://{TD}/ns/{NAMESPACE}/sa/stats"
                 await stats.ack(response, names=["default", "ROOTCA"])
                 relabelled = {**c.pods[STATS.name], "metadata": {**c.pods[STATS.name]["metadata"]}}
                 relabelled["metadata"]["labels"] = {"app": "results"}

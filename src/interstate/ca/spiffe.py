@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-DEFAULT_NAMESPACE = "default"  # standalone mode has one namespace
+from interstate.model.base import DEFAULT_NAMESPACE
+
 _ID = re.compile(r"^spiffe://([a-z0-9.-]+)/ns/([a-z0-9-]+)/sa/([a-z0-9-]+)$")
 
 

@@ -24,6 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 
 from interstate.ca import spiffe
+from interstate.compile import tls
 from interstate.compile.common import pack
 from interstate.model.access_policy import INGRESS_CALLER, AccessPolicy
 from interstate.model.index import MeshIndex
@@ -53,10 +54,10 @@ def svid_filter() -> hcm_pb2.HttpFilter:
     return hcm_pb2.HttpFilter(name="envoy.filters.http.rbac", typed_config=pack(config))
 
 
-def caller_id(trust_domain: str, caller: str) -> str:
+def caller_id(index: MeshIndex, caller: str) -> str:
     if caller == INGRESS_CALLER:
-        return spiffe.system_id(trust_domain, "ingress")
-    return spiffe.workload_id(trust_domain, caller)
+        return spiffe.system_id(index.mesh.trust_domain, "ingress")
+    return tls.workload_id(index, caller)
 
 
 def prefix_regex(prefix: str, any_case: bool = False) -> str:
@@ -79,7 +80,6 @@ def access_filter(index: MeshIndex, service: str) -> hcm_pb2.HttpFilter | None:
     policies: tuple[AccessPolicy, ...] = index.access_policies.get(service, ())
     if not policies:
         return None
-    td = index.mesh.trust_domain
     rules: dict[str, rbac.Policy] = {}
     for policy in policies:
         for i, rule in enumerate(policy.spec.allow):
@@ -107,7 +107,7 @@ def access_filter(index: MeshIndex, service: str) -> hcm_pb2.HttpFilter | None:
             principals = [
                 rbac.Principal(
                     authenticated=rbac.Principal.Authenticated(
-                        principal_name=string_pb2.StringMatcher(exact=caller_id(td, caller))
+                        principal_name=string_pb2.StringMatcher(exact=caller_id(index, caller))
                     )
                 )
                 for caller in rule.from_

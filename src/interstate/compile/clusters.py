@@ -73,11 +73,11 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
     elif workload is not None and workload.spec.protocol is Protocol.TCP:  # bytes (`tcp`)
         http2 = False
         if secure and workload.injected:
-            cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service))
+            cluster.transport_socket.CopyFrom(tls.upstream(index, service))
     elif workload is not None and workload.injected:  # another proxy
         http2 = index.mesh.hop_protocol is HopProtocol.HTTP2
         if secure:
-            cluster.transport_socket.CopyFrom(tls.upstream(index.mesh.trust_domain, service, "h2" if http2 else ""))
+            cluster.transport_socket.CopyFrom(tls.upstream(index, service, "h2" if http2 else ""))
     else:  # an app without a side-car
         http2 = workload is not None and workload.spec.protocol.h2c
     options = protocol_options(http2, per_connection, websocket=http2 and external is None)

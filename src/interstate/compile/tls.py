@@ -17,6 +17,7 @@ from interstate.ca import spiffe
 from interstate.compile import names
 from interstate.compile.common import ads, pack
 from interstate.compile.proxy import Credentials
+from interstate.model.index import MeshIndex
 
 TLS = common_pb2.TlsParameters
 
@@ -41,14 +42,20 @@ def _common(san: string_pb2.StringMatcher) -> tls_pb2.CommonTlsContext:
 INBOUND_ALPN = ("h2", "http/1.1")
 
 
-def upstream(trust_domain: str, service: str, alpn: str = "") -> base_pb2.TransportSocket:
-    """Client side of a call to `service`: present our SVID, accept only `service`'s; ask for
-    `alpn` ("h2": HTTP/2) when given."""
-    expected = string_pb2.StringMatcher(exact=spiffe.workload_id(trust_domain, service))
+def upstream(index: MeshIndex, service: str, alpn: str = "") -> base_pb2.TransportSocket:
+    """Client side of a call to `service`: present our SVID, accept only `service`'s (its
+    namespace and service account: `MeshIndex.account`); ask for `alpn` ("h2": HTTP/2) when given."""
+    expected = string_pb2.StringMatcher(exact=workload_id(index, service))
     context = tls_pb2.UpstreamTlsContext(common_tls_context=_common(expected), sni=service)
     if alpn:
         context.common_tls_context.alpn_protocols.append(alpn)
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(context))
+
+
+def workload_id(index: MeshIndex, service: str) -> str:
+    """The SPIFFE ID `service`'s side-cars carry: spiffe://<td>/ns/<namespace>/sa/<account>."""
+    namespace, account = index.account(service)
+    return spiffe.workload_id(index.mesh.trust_domain, account, namespace)
 
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

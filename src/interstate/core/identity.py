@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING
 from interstate.ca import spiffe
 from interstate.ca.authority import Authority, Issued, utcnow
 from interstate.ca.store import CertStore, write_private
-from interstate.compile import Credentials, Proxy, Role
+from interstate.compile import Credentials, Proxy, Role, tls
 from interstate.compile.bootstrap import XdsTls, xds_client_secret
 from interstate.core.status import CaStatus, CertStatus, IdentityStatus
+from interstate.model.index import MeshIndex
 
 if TYPE_CHECKING:
     import grpc
@@ -71,9 +72,13 @@ class MeshIdentity:
         self.server_identity = spiffe.control_plane_id(trust_domain)
         self._server_cert = self.authority.issue(self.server_identity, SERVER_TTL, now, dns_names=(XDS_SERVER_NAME,))
 
-    def identity_of(self, proxy: Proxy) -> str:
+    def identity_of(self, proxy: Proxy, index: MeshIndex | None = None) -> str:
+        """The SPIFFE ID `proxy`'s certificate names: its workload's namespace and service
+        account as the mesh says (`MeshIndex.account`; without an index, the default namespace)."""
         if proxy.role is Role.INGRESS:
             return spiffe.system_id(self.trust_domain, "ingress")
+        if index is not None:
+            return tls.workload_id(index, proxy.service)
         return spiffe.workload_id(self.trust_domain, proxy.service)
 
     def server_credentials(self, client_auth: bool = True) -> grpc.ServerCredentials:
@@ -152,9 +157,10 @@ class MeshIdentity:
             return f"the client certificate for {node_id!r} was not issued by this run of the mesh; restart that Envoy"
         return None
 
-    def credentials(self, proxy: Proxy, now: datetime) -> Credentials:
-        """The proxy's workload certificate now: issued on first use and again at half life."""
-        cert = self.certs.current(proxy.node_id, self.identity_of(proxy), now)
+    def credentials(self, proxy: Proxy, now: datetime, index: MeshIndex | None = None) -> Credentials:
+        """The proxy's workload certificate now: issued on first use, again at half life, and
+        at once when its identity changed (a Workload moved to another service account)."""
+        cert = self.certs.current(proxy.node_id, self.identity_of(proxy, index), now)
         return Credentials(cert.identity, cert.chain_pem, cert.key_pem, self.authority.bundle_pem)
 
     def status(self, now: datetime) -> IdentityStatus:

@@ -64,11 +64,12 @@ class ControlPlane:
     async def stop(self) -> None:
         await self.ads.stop()
 
-    def credentials(self, proxy: Proxy, now: datetime | None = None) -> Credentials:
-        """The proxy's workload certificate in force (issued on first use, again at half life)."""
+    def credentials(self, proxy: Proxy, now: datetime | None = None, index: MeshIndex | None = None) -> Credentials:
+        """The proxy's workload certificate in force (issued on first use, again at half life),
+        naming the identity `index` gives its workload."""
         if self.identity is None:
             raise PermanentError("the control plane has not started: no CA yet")
-        return self.identity.credentials(proxy, now or utcnow())
+        return self.identity.credentials(proxy, now or utcnow(), index)
 
     def check_trust_domain(self, index: MeshIndex) -> None:
         """A running mesh's certificates name its trust domain: refuse a config that changes it."""
@@ -87,7 +88,7 @@ class ControlPlane:
         re-issued on the way (that is rotation). Returns how many snapshots changed."""
         self.check_trust_domain(index)
         now = utcnow()
-        snapshots = self.builder.build(index, proxies, lambda p: self.credentials(p, now))
+        snapshots = self.builder.build(index, proxies, lambda p: self.credentials(p, now, index))
         assert self.identity is not None
         self.identity.certs.keep_only(set(snapshots))
         self.builder.forget(snapshots)

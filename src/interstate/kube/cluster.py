@@ -31,9 +31,10 @@ Pure (dicts in, model out); called by `kube/controller.py` with what `kube/watch
   webhook and a controller configured with different ports still agree; the inbound port is how
   other pods reach this one (EndpointSlices), so it stays `ProxyPorts.inbound` for every pod.
 - **Who may carry a workload's identity.** A label is not a proof: any pod can say `app: results`.
-  Workload `results`' certificate belongs to one service account, `results` in the namespace of
-  the Workload object (`PodClaim.entitled`), whose Kubernetes identity is
-  `spiffe://<td>/ns/<namespace>/sa/results`, what the injector writes in the node metadata. A
+  Workload `results`' certificate belongs to one service account, `results` (or its
+  `spec.serviceAccount`) in the namespace of the Workload object (`PodClaim.entitled`), whose
+  identity is `spiffe://<td>/ns/<namespace>/sa/results`: the SPIFFE ID its certificate names
+  and its callers check (`MeshIndex.account`), and what the injector writes in the node metadata. A
   pod running as any other service account, or in another namespace, or labelled as a service
   that has no Workload, gets no Proxy (so no configuration and no certificate), and
   `kube/controller.py` refuses its side-car's ADS stream when its token proves another account.
@@ -66,7 +67,7 @@ from interstate.xds.sync import NodeSync
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PORT_NAME = "http"  # the slice / container port preferred when there are several
-_METADATA_KEYS = ("name", "labels", "annotations")
+_METADATA_KEYS = ("name", "namespace", "labels", "annotations")
 DEFAULT_PORTS = ProxyPorts()  # frozen
 
 
@@ -194,15 +195,15 @@ class PodClaim:
 
 
 def entitled(config: MeshConfig | None, service: str) -> Account | None:
-    """Who may carry `service`'s identity: the service account named like its Workload, in the
-    Workload object's namespace; None when there is no such Workload (or it has no namespace)."""
+    """Who may carry `service`'s identity: its Workload's service account (`spec.serviceAccount`,
+    else the Workload's name) in the Workload object's namespace (`Workload.account`); None when
+    there is no such Workload (or it has no namespace)."""
     if config is None:
         return None
     workload = next((w for w in config.of_kind(Workload) if w.name == service), None)
-    if workload is None:
+    if workload is None or workload.metadata.namespace is None:
         return None
-    namespace, slash, _ = config.origin(workload)[0].partition("/")  # the source is `namespace/name`
-    return (namespace, workload.name) if slash and namespace else None
+    return workload.account
 
 
 def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> PodClaim | None:

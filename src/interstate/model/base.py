@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "mesh.codifyhq.io"
+DEFAULT_NAMESPACE = "default"  # of a workload's identity when nothing names one (standalone mode)
 API_VERSION = f"{API_GROUP}/v1"
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -153,6 +154,9 @@ class Strict(BaseModel):
 
 class Metadata(Strict):
     name: Name
+    # Kubernetes: the object's namespace (a Workload's names its identity: ns/<namespace>/sa/...);
+    # in mesh files it may be given for the same purpose, and is "default" otherwise.
+    namespace: Name | None = None
     annotations: dict[str, str] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
 

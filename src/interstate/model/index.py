@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from interstate.model.access_policy import AccessPolicy
-from interstate.model.base import MtlsMode, Resource
+from interstate.model.base import DEFAULT_NAMESPACE, MtlsMode, Resource
 from interstate.model.external_service import ExternalService
 from interstate.model.gateway import Gateway
 from interstate.model.mesh import HTTP_HEADERS, Mesh, MeshSpec
@@ -100,6 +100,12 @@ class MeshIndex:
     @cached_property
     def externals(self) -> Mapping[str, ExternalService]:
         return MappingProxyType({e.name: e for e in self.config.of_kind(ExternalService)})
+
+    def account(self, service: str) -> tuple[str, str]:
+        """(namespace, service account) of `service`'s identity (`Workload.account`); a name with
+        no Workload (the ingress's callers, an ExternalService) keeps the default namespace."""
+        workload = self.workloads.get(service)
+        return workload.account if workload is not None else (DEFAULT_NAMESPACE, service)
 
     def policy_spec(self, service: str) -> TrafficPolicySpec | None:
         """How callers treat `service`: its TrafficPolicy, or an ExternalService's own settings."""

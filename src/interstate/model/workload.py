@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, mo
 
 from interstate.model.base import (
     API_GROUP,
+    DEFAULT_NAMESPACE,
     Duration,
     Metadata,
     Mtls,
@@ -200,6 +201,9 @@ class WorkloadSpec(Strict):
     mtls: Mtls | None = None  # overrides the Mesh's mode for this service's side-cars
     require_policy: bool = False  # fail closed: requests without one known policy ID get 403
     resources: Resources = Field(default_factory=Resources)  # requests.cpu: what CPU utilization is relative to
+    # The account whose identity the workload's side-cars carry (spiffe://<td>/ns/<namespace>/sa/<it>);
+    # in Kubernetes its pods must run as this ServiceAccount. Default: the workload's name.
+    service_account: Name | None = None
 
     @model_validator(mode="after")
     def _local_ports(self) -> WorkloadSpec:
@@ -240,6 +244,12 @@ class Workload(Resource):
     KIND: ClassVar[str] = "Workload"
 
     spec: WorkloadSpec
+
+    @property
+    def account(self) -> tuple[str, str]:
+        """(namespace, service account) whose identity its side-cars carry: the object's
+        namespace ("default" in mesh files without one) and `spec.serviceAccount` or its name."""
+        return (self.metadata.namespace or DEFAULT_NAMESPACE, self.spec.service_account or self.name)
 
     @field_validator("metadata")
     @classmethod
