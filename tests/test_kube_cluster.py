@@ -23,6 +23,7 @@ from interstate.kube import cluster
 from interstate.kube.bootstrap import ProxyPorts
 from interstate.model import Workload
 from interstate.model.index import Endpoint, MeshIndex
+from interstate.simulate import simulate
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kube"
 EXAMPLE = Path(__file__).parent.parent / "examples" / "election-night"
@@ -349,3 +350,33 @@ def test_callers_check_the_callees_namespaced_identity_and_a_workload_may_name_i
     )
     assert san.matcher.exact == f"spiffe://{index.mesh.trust_domain}/ns/elections/sa/stats-reader"
     assert cluster.entitled(index.config, "stats") == ("elections", "stats-reader")
+
+
+def test_a_service_of_the_same_name_in_another_namespace_is_not_the_workloads() -> None:
+    """An EndpointSlice `stats` in namespace `staging` does not join `elections/stats` (whose
+    Workload is in `elections`): its pods are another service, not mTLS endpoints of this one."""
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    slices = copy.deepcopy(fixture("endpointslices.json"))
+    staging = copy.deepcopy(
+        next(s for s in slices if s["metadata"]["labels"].get(cluster.SERVICE_NAME_LABEL) == "stats")
+    )
+    staging["metadata"]["namespace"] = "staging"
+    staging["endpoints"] = [{"addresses": ["127.0.0.99"], "conditions": {"ready": True}}]
+    found = cluster.endpoints([*slices, staging], config, PORTS)
+    assert "127.0.0.99" not in {ep.address for ep in found["stats"]}
+    assert found["stats"] == cluster.endpoints(slices, config, PORTS)["stats"]
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["stats", "stats:8080", "stats.elections", "stats.elections.svc:8080", "stats.elections.svc.cluster.local:8080"],
+)
+def test_apps_reach_a_service_by_every_name_kubernetes_gives_it(host: str) -> None:
+    index = MeshIndex(
+        cluster.mesh_config(fixture("mesh-crs.json")), {"stats": (Endpoint("stats", 0, "127.0.0.11", 15006),)}
+    )
+    results = Proxy.sidecar("results", 0, inbound_port=1, outbound_port=2, app_port=3)
+    outcome = simulate(compile_proxy(index, results), "outbound", host, "/tallies")
+    assert outcome.cluster == "outbound|stats" and outcome.endpoints == ("127.0.0.11:15006",), outcome.describe()
+    other = simulate(compile_proxy(index, results), "outbound", "stats.staging.svc.cluster.local", "/tallies")
+    assert other.cluster != "outbound|stats"  # another namespace's stats is not this one

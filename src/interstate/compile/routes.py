@@ -63,6 +63,18 @@ def prefix_match(prefix: str) -> rc.RouteMatch:
     return rc.RouteMatch(path_separated_prefix=prefix)
 
 
+def host_names(index: MeshIndex, service: str) -> list[str]:
+    """The names an app may call `service` by: its own, and in a cluster (a Workload with a
+    namespace) the Service's DNS names too: `stats.elections`, `stats.elections.svc` and
+    `stats.elections.svc.cluster.local`."""
+    workload = index.workloads.get(service)
+    namespace = workload.metadata.namespace if workload is not None else None
+    if namespace is None:
+        return [service]
+    stem = f"{service}.{namespace}"
+    return [service, stem, f"{stem}.svc", f"{stem}.svc.cluster.local"]
+
+
 def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
     workload = index.workloads.get(proxy.service)
     headers = policy_header(index, index.policy_for(workload))
@@ -75,7 +87,7 @@ def outbound(index: MeshIndex, proxy: Proxy) -> route_pb2.RouteConfiguration:
         routes = [] if external is not None else [tunnel(index, service)]
         vhost = rc.VirtualHost(
             name=service,
-            domains=[service, f"{service}:{port}"],
+            domains=[d for host in host_names(index, service) for d in (host, f"{host}:{port}")],
             routes=routes + resilience.routes_to(index, service, rc.RouteMatch(prefix="/"), service),
             request_headers_to_add=headers,
             response_headers_to_remove=resilience.MARKER_HEADERS,  # once retries were decided

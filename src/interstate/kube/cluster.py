@@ -15,7 +15,8 @@ Pure (dicts in, model out); called by `kube/controller.py` with what `kube/watch
   ignored). `spec.port` is the Service's port (what callers write), `spec.calls`, policies,
   mTLS and the annotations mean what they mean in standalone mode; `spec.replicas` is the
   Deployment's business (or its HPA's) and is not read here.
-- **EndpointSlices** (`discovery.k8s.io/v1`, label `kubernetes.io/service-name`) -> `Endpoint`s
+- **EndpointSlices** (`discovery.k8s.io/v1`, label `kubernetes.io/service-name`, in the namespace
+  of the service's Workload: a `stats` Service elsewhere is another service) -> `Endpoint`s
   of that service: endpoints whose `conditions.ready` is not false (the API defines a missing
   `ready` as unknown, to be taken as ready), first address of each, deduplicated across slices.
   Callers reach an injected workload's pods through their side-cars (`pod IP : ProxyPorts.inbound`,
@@ -124,10 +125,13 @@ def endpoints(
     workloads = {w.name: w for w in config.of_kind(Workload)} if config is not None else {}
     found: dict[str, set[tuple[str, int]]] = {}
     for item in slices:
-        service = ((item.get("metadata") or {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+        metadata = item.get("metadata") or {}
+        service = (metadata.get("labels") or {}).get(SERVICE_NAME_LABEL)
         if not service or item.get("addressType") not in ("IPv4", "IPv6"):
             continue
         workload = workloads.get(service)
+        if workload is not None and metadata.get("namespace") != workload.account[0]:
+            continue  # a Service of the same name in another namespace: not this workload's pods
         port = ports.inbound if workload is not None and workload.injected else slice_port(item)
         if port is None:
             continue
