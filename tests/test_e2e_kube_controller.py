@@ -402,3 +402,34 @@ def test_the_xds_server_waits_for_a_valid_config_with_a_mesh_and_retries_a_busy_
                 await controller.stop()
 
     run(body(), timeout=30)
+
+
+@pytest.mark.slow
+def test_a_side_car_that_gets_no_configuration_never_turns_ready(tmp_path: Path) -> None:
+    """Defect of issue 24: without `initial_fetch_timeout: 0s` Envoy gave up waiting for xDS
+    after 15 s for clusters and 15 s more for listeners, went LIVE with none, and `/ready` said
+    200 at about 30 s, so the pod turned Ready and callers were sent to a dead port. Here nothing
+    answers at the xDS address: past those 30 s the side-car is still initializing, not ready."""
+
+    async def body() -> None:
+        authority = Authority.load_or_create(tmp_path / "ca", TRUST_DOMAIN, utcnow())
+        ports = ProxyPorts(admin=free_port(), outbound=free_port(), inbound=free_port(), ready=free_port())
+        settings = InjectSettings(
+            ca_bundle_pem=authority.bundle_pem,
+            trust_domain=TRUST_DOMAIN,
+            xds_address=f"127.0.0.1:{free_port()}",  # nobody listens there
+            policy_header=POLICY_HEADER,
+            ports=ports,
+        )
+        pod = injected_pod(STATS_POD, "stats", free_port(), STATS_IP, settings)
+        token = tmp_path / "token"
+        token.write_text("stats-pod-token")
+        async with injected_envoy(tmp_path, pod, token) as envoy, httpx.AsyncClient(timeout=2) as admin:
+            deadline = asyncio.get_running_loop().time() + 33  # Envoy's defaults: ready at ~30 s
+            while asyncio.get_running_loop().time() < deadline:
+                assert not await is_ready(envoy), "a side-car without configuration said it was ready"
+                await asyncio.sleep(0.5)
+            state = (await admin.get(f"{envoy.admin}/server_info")).json()["state"]
+            assert state in ("PRE_INITIALIZING", "INITIALIZING"), state
+
+    run(body(), timeout=90)

@@ -66,7 +66,10 @@ def build(
     `joined_headers`: request headers Envoy keeps as one comma-joined value when a request
     repeats them, so every matcher sees all values at once (the policy header: two values must
     not pass a check because one of them is valid)."""
-    ads = {"ads": {}, "resource_api_version": "V3"}
+    # No initial fetch timeout (Envoy's default is 15 s, after which it goes LIVE without its
+    # listeners): an Envoy is ready (`/ready` 200) only once it holds its configuration, so a
+    # side-car the control plane refuses or cannot reach never turns its pod or replica ready.
+    ads = {"ads": {}, "resource_api_version": "V3", "initial_fetch_timeout": "0s"}
     if isinstance(admin, str):  # a Unix socket only its owner may open (standalone: `telemetry.envoy_admin`)
         admin_address: dict[str, Any] = {"pipe": {"path": admin, "mode": ADMIN_SOCKET_MODE}}
     else:  # a port on 127.0.0.1 (a Kubernetes pod: only the pod's own processes share its loopback)
