@@ -22,6 +22,8 @@ import pytest
 from mesh_runner import ROOT, MeshRun, cli, running_mesh, wait_for
 from netns import other_host
 
+from interstate.standalone.ports import host_addresses
+
 pytestmark = pytest.mark.e2e
 
 APPS = ROOT / "tests" / "apps"
@@ -248,6 +250,14 @@ def test_undeclared_hosts_are_refused_and_counted_then_passed_through_with_allow
             # refused at the address it resolves to, or not even a name Envoy's resolver reads
             refused = answer.status_code == 403 and "this host's own addresses" in answer.text
             assert refused or "DNS resolution failure" in answer.text, (spelling, answer.text)
+        # nor the host's own network addresses (its interfaces as the mesh read them at start)
+        for address in host_addresses():
+            if ":" in address:  # IPv6: passthrough resolves IPv4 only, and Envoy refuses the literal (400)
+                answer = side_car.get(f"http://[{address}]:{outside}/anything")
+                assert answer.status_code in (400, 403), (address, answer.text)
+                continue
+            answer = side_car.get(f"http://{address}:{outside}/anything")
+            assert answer.status_code == 403 and "this host's own addresses" in answer.text, (address, answer.text)
     assert Outside.seen == []  # never contacted
     wait_for(lambda: undeclared_counts().get("refused") == 2, timeout=5, what="the guarded call to be counted refused")
 

@@ -5,6 +5,7 @@ Pods become the side-car Proxies to compile for."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from google.protobuf import json_format
 from helpers_xds import make_credentials
 
 from interstate.compile import compile_proxy
@@ -205,6 +207,7 @@ def test_injected_running_pods_become_side_car_proxies() -> None:
             inbound_port=15006,
             outbound_port=15001,
             app_port=8081,  # the container port named http
+            host_addresses=("127.0.0.21",),  # its pod IP (the fixture names no node IP)
         ),
         Proxy(
             node_id="sidecar~stats-6d9f7c-abcde.elections",
@@ -214,6 +217,7 @@ def test_injected_running_pods_become_side_car_proxies() -> None:
             inbound_port=15006,
             outbound_port=15001,
             app_port=8080,  # no app container port: the Workload's spec.port
+            host_addresses=("127.0.0.11",),
         ),
     ]
 
@@ -380,3 +384,24 @@ def test_apps_reach_a_service_by_every_name_kubernetes_gives_it(host: str) -> No
     assert outcome.cluster == "outbound|stats" and outcome.endpoints == ("127.0.0.11:15006",), outcome.describe()
     other = simulate(compile_proxy(index, results), "outbound", "stats.staging.svc.cluster.local", "/tallies")
     assert other.cluster != "outbound|stats"  # another namespace's stats is not this one
+
+
+def test_a_side_car_never_forwards_to_its_pods_or_its_nodes_address() -> None:
+    """Issue 25 in a cluster: the egress guard refuses the pod's own IPs and its node's, as it
+    refuses loopback (the side-car's passthrough and ExternalService clusters carry them)."""
+    pods = copy.deepcopy(fixture("pods.json"))
+    results = next(p for p in pods if p["metadata"]["name"] == "results-5f7d8-x2x9q")
+    results["status"] |= {"hostIP": "198.18.7.1", "hostIPs": [{"ip": "198.18.7.1"}, {"ip": "fd00::7"}]}
+    config = cluster.mesh_config(fixture("mesh-crs.json"))
+    proxy = cluster.proxy_of(results, config, PORTS)
+    assert isinstance(proxy, Proxy)
+    assert proxy.host_addresses == ("127.0.0.21", "198.18.7.1", "fd00::7")
+    passthrough_mesh = copy.deepcopy(fixture("mesh-crs.json"))
+    mesh = next(o for o in passthrough_mesh if o["kind"] == "Mesh")
+    mesh["spec"]["outboundTrafficPolicy"] = {"mode": "ALLOW_ANY"}
+    resources = compile_proxy(MeshIndex(cluster.mesh_config(passthrough_mesh)), proxy)
+    [passthrough] = [c for c in resources.clusters if c.name == "outbound|passthrough"]
+    guarded = json_format.MessageToJson(passthrough)  # the nested typed configs, unpacked
+    mapped = str(ipaddress.ip_address("::ffff:198.18.7.1"))  # as Envoy's CIDR is written: ::ffff:c612:701
+    for network in ("198.18.7.1", "fd00::7", mapped, "127.0.0.0"):
+        assert f'"addressPrefix": "{network}"' in guarded, network

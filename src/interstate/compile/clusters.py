@@ -30,7 +30,8 @@ CONNECT_TIMEOUT_S = 1.0
 
 
 def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None) -> list[cluster_pb2.Cluster]:
-    clusters = [outbound(index, service, secure=credentials is not None) for service in callees(index, proxy)]
+    secure = credentials is not None
+    clusters = [outbound(index, service, secure, proxy.host_addresses) for service in callees(index, proxy)]
     if proxy.role is Role.SIDECAR:
         workload = index.workloads.get(proxy.service)
         speaks = workload.spec.protocol if workload is not None else Protocol.HTTP
@@ -39,7 +40,7 @@ def build(index: MeshIndex, proxy: Proxy, credentials: Credentials | None = None
             clusters.append(local_app(proxy, names.inbound_h2_cluster(proxy.service), http2=True))
         clusters.append(tunnel())
         if passthrough.allowed(index):
-            clusters.append(passthrough.cluster())
+            clusters.append(passthrough.cluster(proxy.host_addresses))
     return clusters
 
 
@@ -53,9 +54,12 @@ def callees(index: MeshIndex, proxy: Proxy) -> list[str]:
     return index.callees(proxy.caller)
 
 
-def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb2.Cluster:
+def outbound(
+    index: MeshIndex, service: str, secure: bool = False, host_addresses: tuple[str, ...] = ()
+) -> cluster_pb2.Cluster:
     """How callers reach `service`: EDS endpoints, its TrafficPolicy, and mutual TLS when this
-    proxy has credentials and `service` runs with a side-car."""
+    proxy has credentials and `service` runs with a side-car; an ExternalService refuses the
+    host's own addresses (`egress.guard`, with the proxy's `host_addresses`)."""
     cluster = cluster_pb2.Cluster(
         name=names.outbound_cluster(service),
         type=cluster_pb2.Cluster.EDS,
@@ -85,7 +89,7 @@ def outbound(index: MeshIndex, service: str, secure: bool = False) -> cluster_pb
         if options is None:
             options = http_options_pb2.HttpProtocolOptions()
             options.explicit_http_config.http_protocol_options.SetInParent()
-        options = egress.guard(options)
+        options = egress.guard(options, host_addresses)
     if options is not None:
         cluster.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(options))
     cluster.circuit_breakers.thresholds.append(

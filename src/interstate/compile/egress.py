@@ -1,4 +1,5 @@
-"""What no side-car forwards a call to: this host's own addresses (loopback, unspecified, link-local).
+"""What no side-car forwards a call to: this host's own addresses (loopback, unspecified,
+link-local, and the addresses of the host, pod or node the proxy runs on: `Proxy.host_addresses`).
 
 A workload's outbound listener passes calls to hosts no resource declares under `ALLOW_ANY`
 (`passthrough`), and to each `ExternalService`. Left alone, `http://127.0.0.1:<port>/` (or
@@ -56,14 +57,29 @@ def _upstream_in(network: str) -> rbac.Permission:
     )
 
 
-def guard(options: http_options_pb2.HttpProtocolOptions) -> http_options_pb2.HttpProtocolOptions:
+def _networks(host_addresses: tuple[str, ...]) -> list[str]:
+    """`FORBIDDEN`, then each of the host's own addresses as a network of one (IPv4-mapped too)."""
+    out = list(FORBIDDEN)
+    for text in host_addresses:
+        address = ipaddress.ip_address(text)
+        out.append(f"{address}/{address.max_prefixlen}")
+        if address.version == 4:
+            out.append(f"::ffff:{address}/128")
+    return out
+
+
+def guard(
+    options: http_options_pb2.HttpProtocolOptions, host_addresses: tuple[str, ...] = ()
+) -> http_options_pb2.HttpProtocolOptions:
     """`options` (a cluster's HTTP options) with the upstream filters that refuse the host's own
-    addresses, then the codec every upstream filter chain ends with."""
+    addresses (`FORBIDDEN` and `host_addresses`, the proxy's `Proxy.host_addresses`), then the
+    codec every upstream filter chain ends with."""
+    networks = _networks(host_addresses)
     rules = rbac.RBAC(
         action=rbac.RBAC.DENY,
         policies={
             POLICY: rbac.Policy(
-                permissions=[rbac.Permission(or_rules=rbac.Permission.Set(rules=[_upstream_in(n) for n in FORBIDDEN]))],
+                permissions=[rbac.Permission(or_rules=rbac.Permission.Set(rules=[_upstream_in(n) for n in networks]))],
                 principals=[rbac.Principal(any=True)],
             )
         },
@@ -86,7 +102,7 @@ def refused_reply() -> hcm_pb2.ResponseMapper:
     """The outbound listener's answer when the guard refused a call, in words."""
     text = (
         "interstate: a side-car forwards nothing to this host's own addresses (loopback, link-local, "
-        "unspecified): %REQ(:AUTHORITY)% is one; call the service by its mesh name "
+        "unspecified, its interfaces): %REQ(:AUTHORITY)% is one; call the service by its mesh name "
         "(%RESPONSE_CODE_DETAILS%)\n"
     )
     details = f"response.code_details == 'rbac_access_denied_matched_policy[{POLICY}]'"

@@ -40,7 +40,7 @@ def _dns_cache() -> dns_cache_pb2.DnsCacheConfig:
     return dns_cache_pb2.DnsCacheConfig(name="passthrough", dns_lookup_family=cluster_pb2.Cluster.V4_ONLY)
 
 
-def cluster() -> cluster_pb2.Cluster:
+def cluster(host_addresses: tuple[str, ...] = ()) -> cluster_pb2.Cluster:
     """Envoy's dynamic forward proxy, refusing the host's own addresses (`egress`)."""
     config = dfp_cluster_pb2.ClusterConfig(dns_cache_config=_dns_cache())
     out = cluster_pb2.Cluster(
@@ -56,7 +56,7 @@ def cluster() -> cluster_pb2.Cluster:
         upstream_http_protocol_options=protocol_pb2.UpstreamHttpProtocolOptions(auto_sni=True, auto_san_validation=True)
     )
     options.explicit_http_config.http_protocol_options.SetInParent()
-    out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(egress.guard(options)))
+    out.typed_extension_protocol_options[HTTP_OPTIONS].CopyFrom(pack(egress.guard(options, host_addresses)))
     return out
 
 

@@ -37,6 +37,9 @@ class Proxy:
     app_port: int = 0  # side-car: where the app itself listens (127.0.0.1 only)
     ingress_port: int = 0  # ingress: where clients of the mesh connect
     access_log: str = ""  # a file for the access log (Envoy reopens it on /reopen_logs); "" = stdout
+    # This host's addresses besides loopback (standalone: its interfaces; a pod: its IP and its
+    # node's): no call leaves through `passthrough` or an ExternalService to them (`egress`).
+    host_addresses: tuple[str, ...] = ()
 
     @property
     def caller(self) -> str | None:

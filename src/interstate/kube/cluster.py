@@ -259,7 +259,17 @@ def proxy_of(pod: Mapping[str, Any], config: MeshConfig | None, ports: ProxyPort
         inbound_port=ports.inbound,
         outbound_port=_outbound_port(pod) or ports.outbound,
         app_port=app_port,
+        host_addresses=_own_addresses(status),
     )
+
+
+def _own_addresses(status: Mapping[str, Any]) -> tuple[str, ...]:
+    """The pod's IPs and its node's (`hostIP`, `hostIPs`): what its side-car never forwards to."""
+    found = {str(status["podIP"])}
+    found.update(str(p["ip"]) for key in ("podIPs", "hostIPs") for p in status.get(key) or [] if p.get("ip"))
+    if status.get("hostIP"):
+        found.add(str(status["hostIP"]))
+    return tuple(sorted(found))
 
 
 def proxies(

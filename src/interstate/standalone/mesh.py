@@ -45,7 +45,7 @@ from interstate.settings import Settings
 from interstate.standalone import budget, changes, preflight, state
 from interstate.standalone.autoscaler import Autoscaler, keep_autoscaled
 from interstate.standalone.logs import ACCESS_LOG_SUFFIX, LogKeeper
-from interstate.standalone.ports import PortAllocator, mesh_ports
+from interstate.standalone.ports import PortAllocator, host_addresses, mesh_ports
 from interstate.standalone.protocol import AppSpec, EnvoySpec, UnitSpec, UnitStatus
 from interstate.standalone.units import app_command, app_environment, endpoint_of, replica_status, template_digest
 from interstate.telemetry import envoy_admin
@@ -80,6 +80,7 @@ class StandaloneMesh:
         self.audit = core.audit
         self.registry = core.registry
         self.ports = PortAllocator(settings.host)
+        self._host_addresses = host_addresses()  # read once: what a side-car never forwards to
         self.ports.take_all(mesh_ports(settings))
         self.ports.declare(config)
         self.max_replicas = settings.max_replicas or budget.derived()  # replicas of the mesh at most
@@ -547,10 +548,11 @@ class StandaloneMesh:
         return UnitSpec(name, workload.name, index, workload.spec.version, template_digest(workload), proxy, app, envoy)
 
     def _logged(self, proxy: Proxy) -> Proxy:
-        """`proxy` writing its access log to a file of the run folder (rotated by `LogKeeper`)."""
+        """`proxy` as it runs on this host: writing its access log to a file of the run folder
+        (rotated by `LogKeeper`), and refusing to forward to this host's addresses (`egress`)."""
         stem = proxy.node_id.replace("~", "-")
         path = self.settings.run_dir / "logs" / f"{stem}{ACCESS_LOG_SUFFIX}"
-        return dataclasses.replace(proxy, access_log=str(path))
+        return dataclasses.replace(proxy, access_log=str(path), host_addresses=self._host_addresses)
 
     def _envoy_spec(self, proxy: Proxy) -> EnvoySpec:
         """An Envoy for `proxy`: its admin socket, bootstrap certificate and bootstrap file."""

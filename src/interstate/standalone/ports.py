@@ -10,8 +10,11 @@ both, so `preflight` refuses them before anything binds (Envoy binds without SO_
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import Mapping
+
+import psutil
 
 from interstate.errors import TemporaryError
 from interstate.model.index import MeshConfig
@@ -78,3 +81,21 @@ class PortAllocator:
     def declared(self) -> dict[int, str]:
         """The local ports of the config in force, with their owners."""
         return dict(self._declared)
+
+
+def host_addresses() -> tuple[str, ...]:
+    """This host's interface addresses that loopback and link-local do not cover (sorted): what
+    the egress guard refuses besides them (`compile.egress`), so that an app cannot reach the
+    host's own services through a side-car by the host's network address either."""
+    found = set()
+    for addresses in psutil.net_if_addrs().values():
+        for entry in addresses:
+            if entry.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            try:
+                address = ipaddress.ip_address(entry.address.split("%", 1)[0])
+            except ValueError:
+                continue
+            if not (address.is_loopback or address.is_link_local or address.is_unspecified):
+                found.add(str(address))
+    return tuple(sorted(found))

@@ -87,7 +87,11 @@ class UnitSpec:
             index=int(data["index"]),
             version=data["version"],
             template=data["template"],
-            proxy=None if proxy is None else Proxy(**(proxy | {"role": Role(proxy["role"])})),
+            proxy=None
+            if proxy is None
+            else Proxy(
+                **(proxy | {"role": Role(proxy["role"]), "host_addresses": tuple(proxy.get("host_addresses", ()))})
+            ),
             app=None if app is None else AppSpec(**(app | {"argv": tuple(app["argv"])})),
             envoy=None if envoy is None else EnvoySpec(**_current_envoy(envoy)),
         )
