@@ -36,6 +36,7 @@ from interstate.kube.controller import Controller, ControllerSettings, mesh_reso
 from interstate.kube.inject import INJECTED_ANNOTATION
 from interstate.kube.watch import ApiSettings
 from interstate.model.base import API_GROUP
+from interstate.model.index import MeshIndex
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]  # a first build of the binaries
 
@@ -91,6 +92,26 @@ def controller_for(cluster: ControlPlane, tmp: Path, account: str) -> tuple[Cont
     core = Core(IdentitySettings(tmp / "certs", tmp / "ca"), tmp / "audit.jsonl")
     settings = ControllerSettings(api, xds_host="127.0.0.1", xds_port=free_port())
     return Controller(settings, core), core
+
+
+WORKLOADS = f"/apis/{API_GROUP}/v1/namespaces/{NAMESPACE}/workloads"
+POLICIES = f"/apis/{API_GROUP}/v1/namespaces/{NAMESPACE}/trafficpolicies"
+
+
+def policy(name: str, service: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{API_GROUP}/v1",
+        "kind": "TrafficPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"destination": {"service": service}},
+    }
+
+
+def accepted(api: httpx.Client, path: str) -> tuple[str, str]:
+    """The object's `Accepted` condition: (status, message), ("", "") while it has none."""
+    conditions = api.get(path).json().get("status", {}).get("conditions", [])
+    found = next((c for c in conditions if c["type"] == "Accepted"), None)
+    return ("", "") if found is None else (found["status"], found["message"])
 
 
 def stats_pod() -> dict[str, Any]:
@@ -188,6 +209,57 @@ def test_the_controller_reads_a_real_cluster_with_the_rbac_of_its_own_manifests(
                 assert core.identity is not None and core.identity.trust_domain == "fec.gov.local"
                 [replica] = controller.status().services["stats"].replicas
                 assert (replica.name, replica.state) == (POD, ReplicaState.READY)
+
+                # every mesh resource says it is in force, through its status subresource
+                for path in (f"/apis/{API_GROUP}/v1/meshes/fec", f"{WORKLOADS}/stats"):
+                    await until(f"{path} Accepted", lambda p=path: accepted(api, p) == ("True", "in force"))
+                # a TrafficPolicy the schema lets in but the mesh refuses (no such workload):
+                # Invalid with the loader's words, and it holds back nothing else
+                ghost = {**policy("ghost-breaker", "ghost"), "spec": {"destination": {"service": "ghost"}}}
+                create(api, ghost)
+                why = await until(
+                    "Invalid", lambda: (a := accepted(api, f"{POLICIES}/ghost-breaker"))[0] == "False" and a[1]
+                )
+                assert "ghost" in why and "spec.destination" in why, why
+                create(
+                    api, {**workload, "metadata": {"name": "archive", "namespace": NAMESPACE}, "spec": {"port": 8080}}
+                )
+                await until(
+                    "archive in force",
+                    lambda: controller.config and "archive" in MeshIndex(controller.config).workloads,
+                )
+                assert "TrafficPolicy ghost-breaker" not in {r.ref for r in controller.config.resources}
+                # a valid one made invalid: its previous version stays in force, and it says so
+                create(
+                    api,
+                    {
+                        **policy("stats-breaker", "stats"),
+                        "spec": {"destination": {"service": "stats"}, "timeout": "3s"},
+                    },
+                )
+                await until("stats-breaker Accepted", lambda: accepted(api, f"{POLICIES}/stats-breaker")[0] == "True")
+                patched = api.patch(
+                    f"{POLICIES}/stats-breaker",
+                    json={"spec": {"destination": {"service": "ghost"}}},
+                    headers={"content-type": "application/merge-patch+json"},
+                )
+                assert patched.status_code == 200, patched.text
+                why = await until(
+                    "kept", lambda: (a := accepted(api, f"{POLICIES}/stats-breaker"))[0] == "False" and a[1]
+                )
+                assert "the previous version stays in force" in why, why
+                in_force = MeshIndex(controller.config).traffic_policies["stats"]
+                assert in_force.spec.timeout is not None and in_force.spec.timeout.total_seconds() == 3
+                # fixed: Accepted again, at the new generation
+                fixed = api.patch(
+                    f"{POLICIES}/ghost-breaker",
+                    json={"spec": {"destination": {"service": "archive"}}},
+                    headers={"content-type": "application/merge-patch+json"},
+                )
+                assert fixed.status_code == 200 and fixed.json()["metadata"]["generation"] == 2, fixed.text
+                await until("fixed", lambda: accepted(api, f"{POLICIES}/ghost-breaker") == ("True", "in force"))
+                status = api.get(f"{POLICIES}/ghost-breaker").json()["status"]
+                assert status["observedGeneration"] == 2 and status["conditions"][0]["observedGeneration"] == 2
             finally:
                 await controller.stop()
 
@@ -196,7 +268,7 @@ def test_the_controller_reads_a_real_cluster_with_the_rbac_of_its_own_manifests(
             for obj in limited:
                 obj["metadata"]["name"] = "interstate-limited"
             limited[1]["rules"].append({"apiGroups": [API_GROUP], "resources": ["trafficpolicies"], "verbs": ["watch"]})
-            limited[1]["rules"][2]["resources"].remove("trafficpolicies")
+            limited[1]["rules"][2]["resources"].remove("trafficpolicies")  # (rule 2: list and watch)
             limited[2]["roleRef"]["name"] = "interstate-limited"
             limited[2]["subjects"][0]["name"] = "interstate-limited"
             for obj in limited:

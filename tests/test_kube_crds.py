@@ -279,7 +279,13 @@ def test_printer_columns_point_at_fields_of_their_type() -> None:
         version = crd["spec"]["versions"][0]
         columns = version["additionalPrinterColumns"]
         assert columns[-1] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-        for column in columns[:-1]:
+        accepted = {
+            "name": "Accepted",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Accepted")].status',
+        }
+        assert columns[-2] == accepted  # what the controller writes (kube.accept)
+        for column in columns[:-2]:
             node = version["schema"]["openAPIV3Schema"]
             for part in column["jsonPath"].lstrip(".").split("."):
                 node = node["properties"][part]

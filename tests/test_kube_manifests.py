@@ -337,7 +337,8 @@ def test_the_command_refuses_a_bad_namespace_and_notes_an_empty_mesh(tmp_path: P
 
 def test_the_install_manifests_are_valid_kubernetes_objects_with_least_privilege_rbac() -> None:
     """`interstate manifests install`: every object passes Kubernetes' own schemas (strict); the
-    controller's ClusterRole grants reads and TokenReview creation only, never a wildcard. (The
+    controller's ClusterRole grants reads, status patches and TokenReview creation only, never a
+    wildcard. (The
     real API server accepts them whole: tests/test_e2e_kube_real.py.)"""
     objects = install.manifests("interstate-system")
     for obj in objects:
@@ -345,7 +346,9 @@ def test_the_install_manifests_are_valid_kubernetes_objects_with_least_privilege
             kubernetes_validate.validate(obj, KUBERNETES, strict=True)
     [role] = [o for o in objects if o["kind"] == "ClusterRole"]
     verbs = {verb for rule in role["rules"] for verb in rule["verbs"]}
-    assert verbs == {"list", "watch", "create"}
+    assert verbs == {"list", "watch", "patch", "create"}
+    [patches] = [rule for rule in role["rules"] if "patch" in rule["verbs"]]
+    assert patches["verbs"] == ["patch"] and all(r.endswith("/status") for r in patches["resources"])
     assert all("*" not in rule["resources"] and "*" not in rule["apiGroups"] for rule in role["rules"])
     [creates] = [rule for rule in role["rules"] if "create" in rule["verbs"]]
     assert creates == {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}

@@ -46,6 +46,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from prometheus_client import Counter
@@ -56,7 +57,7 @@ from interstate.core import observe
 from interstate.core.plane import ControlPlane
 from interstate.core.status import ControlPlaneInfo, MeshStatus, Resilience, XdsSummary
 from interstate.errors import ConfigError, InterstateError, Issue, PermanentError, TemporaryError
-from interstate.kube import cluster, crds
+from interstate.kube import accept, cluster, crds
 from interstate.kube.bootstrap import ProxyPorts
 from interstate.kube.tokenreview import PodIdentity, ReviewSettings, TokenReviewer
 from interstate.kube.watch import ApiSettings, ResourceType, Watcher
@@ -109,6 +110,8 @@ class Controller:
         self._pods: list[dict[str, object]] = []  # the pods of the last push
         self._since = ""
         self._awaiting_mesh = False  # no Mesh resource yet (logged once)
+        self._last_good: dict[accept.Key, dict[str, Any]] = {}  # each mesh resource's last version in force
+        self._outcome: accept.Accepted | None = None  # what the last look at the mesh resources found
         self._http: httpx.AsyncClient | None = None  # reads side-cars' metrics for status
         self.serving = asyncio.Event()  # set once the core's ADS server listens (`core.port`)
         self._mesh_types = mesh_resource_types()
@@ -178,6 +181,7 @@ class Controller:
                 )
             if self.serving.is_set() or await self._serve():
                 self.push()
+            await self._write_statuses()
 
     async def _serve(self) -> bool:
         """Start the core's ADS server once a valid config names the trust domain; True when it
@@ -214,7 +218,7 @@ class Controller:
         self._tasks.append(asyncio.create_task(self.core.rotation(self._wake.set), name="certificate rotation"))
         return True
 
-    def _objects(self, resource: ResourceType) -> list[dict[str, object]]:
+    def _objects(self, resource: ResourceType) -> list[dict[str, Any]]:
         return self._watchers[resource].objects()
 
     def _refresh_config(self) -> None:
@@ -223,19 +227,66 @@ class Controller:
             self._update_config()
 
     def _update_config(self) -> None:
+        """The mesh resources in force (`kube.accept`): every valid one, the last good version of
+        one made invalid, none of one never valid nor of what depends on it. Their statuses are
+        due to be written."""
         objects = [obj for resource in self._mesh_types for obj in self._objects(resource)]
+        outcome = accept.accept(objects, self._last_good)
+        issues = [i for found in outcome.refused.values() for i in found] + outcome.unplaced
         try:
-            config = cluster.mesh_config(objects)
-            self._check_trust_domain(config, objects)
+            if outcome.config is None:
+                raise ConfigError(issues)
+            self._check_trust_domain(outcome.config, objects)
         except ConfigError as exc:
             self.rejected = exc.issues
             for issue in exc.issues:
                 log.error("invalid mesh resource, the last good config stays: %s", issue)
+            self._outcome = accept.Accepted(None, {k: list(exc.issues) for k in map(accept.key_of, objects)})
             return
-        self.rejected = []
+        self.rejected = issues
+        for issue in issues:
+            log.error("invalid mesh resource, held back (with what depends on it): %s", issue)
+        self._outcome = outcome
+        self._last_good = {key: obj for obj in objects if (key := accept.key_of(obj)) not in outcome.refused} | {
+            key: self._last_good[key] for key in outcome.kept
+        }
+        config = outcome.config
         if config != self.config:  # keep the same object otherwise: the builder reuses its work
             self.config = config
             log.info("mesh config from the cluster: %d resources", len(config.resources))
+
+    async def _write_statuses(self) -> None:
+        """Each mesh resource's `status` (`Accepted`, or not with why), through its status
+        subresource, where it differs from what the object carries. Failures are logged and
+        tried again at the next change."""
+        if self._client is None or self._outcome is None:
+            return
+        now = utcnow().replace(microsecond=0).isoformat().replace("+00:00", "Z")
+        for resource in self._mesh_types:
+            for obj in self._objects(resource):
+                key = accept.key_of(obj)
+                status = accept.status_of(obj, self._outcome.refused.get(key, []), key in self._outcome.kept, now)
+                if accept.unchanged(obj, status):
+                    continue
+                metadata = obj.get("metadata") or {}
+                scope = f"/namespaces/{metadata['namespace']}" if metadata.get("namespace") else ""
+                root = resource.path.removesuffix(f"/{resource.plural}")
+                path = f"{root}{scope}/{resource.plural}/{metadata.get('name')}/status"
+                try:
+                    response = await self._client.patch(
+                        path, json={"status": status}, headers={"content-type": "application/merge-patch+json"}
+                    )
+                except httpx.HTTPError as exc:
+                    log.warning("cannot write the status of %s %s: %s", key[1], key[0], exc)
+                    continue
+                if response.status_code >= 400:
+                    log.warning(
+                        "cannot write the status of %s %s: %d %s",
+                        key[1],
+                        key[0],
+                        response.status_code,
+                        response.text[:300],
+                    )
 
     def _check_trust_domain(self, config: MeshConfig, objects: list[dict[str, object]]) -> None:
         """ConfigError naming the Mesh object when `config` would change the running trust domain."""

@@ -140,7 +140,8 @@ def crd(cls: type[Resource]) -> dict[str, Any]:
     kind = cls.KIND
     plural = plural_of(kind)
     columns = [{"name": name, "type": type_, "jsonPath": path} for name, type_, path in _COLUMNS.get(kind, [])] + [
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+        {"name": "Accepted", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Accepted")].status'},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -162,11 +163,38 @@ def crd(cls: type[Resource]) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "schema": {"openAPIV3Schema": resource_schema(cls)},
+                    "subresources": {"status": {}},  # written by the controller (`kube.accept`)
                     "additionalPrinterColumns": columns,
                 }
             ],
         },
     }
+
+
+# What the controller writes (`kube.accept.status_of`): metav1.Condition's shape.
+STATUS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "observedGeneration": {"type": "integer", "format": "int64"},
+        "conditions": {
+            "type": "array",
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+            "items": {
+                "type": "object",
+                "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+                "properties": {
+                    "type": {"type": "string", "maxLength": 316},
+                    "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                    "observedGeneration": {"type": "integer", "format": "int64"},
+                    "lastTransitionTime": {"type": "string", "format": "date-time"},
+                    "reason": {"type": "string", "maxLength": 1024},
+                    "message": {"type": "string", "maxLength": 32768},
+                },
+            },
+        },
+    },
+}
 
 
 def plural_of(kind: str) -> str:
@@ -194,6 +222,7 @@ def resource_schema(cls: type[Resource]) -> dict[str, Any]:
         # Only name (and generateName) may be restricted under metadata.
         "metadata": {"type": "object", "properties": {"name": dict(_NAME)}},
         "spec": spec_schema(spec_model),
+        "status": STATUS_SCHEMA,
     }
     if spec_field.is_required():
         schema["required"] = ["spec"]

@@ -3,8 +3,8 @@
 Pure: settings in, a list of JSON-able objects out, in the order they may be applied (CRDs and
 the namespace first). Today: the namespace, the CustomResourceDefinitions (`kube.crds`), and
 the controller's ServiceAccount with least-privilege RBAC: exactly the verbs `kube.controller`
-uses (list and watch of pods, EndpointSlices and every mesh kind; create of TokenReviews, to
-check side-cars' tokens). The controller Deployment, its Services, the webhooks and the ingress
+uses (list and watch of pods, EndpointSlices and every mesh kind; patch of the mesh kinds'
+status subresources; create of TokenReviews, to check side-cars' tokens). The controller Deployment, its Services, the webhooks and the ingress
 are to join them (issue 24).
 """
 
@@ -29,6 +29,11 @@ def controller_rules() -> list[dict[str, Any]]:
             "apiGroups": [API_GROUP],
             "resources": [crds.plural_of(cls.KIND) for cls in crds.mesh_kinds()],
             "verbs": ["list", "watch"],
+        },
+        {  # each mesh resource's status: Accepted, or Invalid with why (`kube.accept`)
+            "apiGroups": [API_GROUP],
+            "resources": [f"{crds.plural_of(cls.KIND)}/status" for cls in crds.mesh_kinds()],
+            "verbs": ["patch"],
         },
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     ]
