@@ -34,6 +34,7 @@ from interstate.core.status import ReplicaState
 from interstate.kube import crds, install
 from interstate.kube.controller import Controller, ControllerSettings, mesh_resource_types
 from interstate.kube.inject import INJECTED_ANNOTATION
+from interstate.kube.lease import LeaseSettings
 from interstate.kube.watch import ApiSettings
 from interstate.model.base import API_GROUP
 from interstate.model.index import MeshIndex
@@ -86,12 +87,20 @@ def established(api: httpx.Client, name: str) -> bool:
     return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
 
-def controller_for(cluster: ControlPlane, tmp: Path, account: str) -> tuple[Controller, Core]:
+def controller_for(
+    cluster: ControlPlane, tmp: Path, account: str, lease: LeaseSettings | None = None, identity: str = "one"
+) -> tuple[Controller, Core]:
     token = cluster.token_for(SYSTEM, account)
     api = ApiSettings(cluster.url, token=token, ca_file=Path(cluster.ca_file), backoff_s=0.2, max_backoff_s=1.0)
     core = Core(IdentitySettings(tmp / "certs", tmp / "ca"), tmp / "audit.jsonl")
-    settings = ControllerSettings(api, xds_host="127.0.0.1", xds_port=free_port())
+    settings = ControllerSettings(api, xds_host="127.0.0.1", xds_port=free_port(), lease=lease, identity=identity)
     return Controller(settings, core), core
+
+
+def ensure(api: httpx.Client, obj: dict[str, Any]) -> None:
+    """Create `obj` unless it exists (tests of this module may run alone or in any order)."""
+    response = api.post(collection(obj), json=obj)
+    assert response.status_code in (201, 409), response.text
 
 
 WORKLOADS = f"/apis/{API_GROUP}/v1/namespaces/{NAMESPACE}/workloads"
@@ -264,7 +273,7 @@ def test_the_controller_reads_a_real_cluster_with_the_rbac_of_its_own_manifests(
                 await controller.stop()
 
             # a ClusterRole without `list` on one mesh kind: named, and nothing pushed
-            limited = install.controller_rbac(SYSTEM)
+            limited = install.controller_rbac(SYSTEM)[:3]  # its ServiceAccount, ClusterRole and binding
             for obj in limited:
                 obj["metadata"]["name"] = "interstate-limited"
             limited[1]["rules"].append({"apiGroups": [API_GROUP], "resources": ["trafficpolicies"], "verbs": ["watch"]})
@@ -286,3 +295,81 @@ def test_the_controller_reads_a_real_cluster_with_the_rbac_of_its_own_manifests(
                 await controller.stop()
 
     run(body(), timeout=180)
+
+
+def test_two_controllers_elect_one_to_write_status_and_the_other_takes_over_from_a_dead_one(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """Both replicas serve xDS; the Lease holder alone writes status. Stopped as a killed
+    replica would be (no release), its Lease is taken over within the lease duration, and the
+    survivor writes the next status; its own xDS server never stopped serving."""
+    lease = LeaseSettings(SYSTEM, duration_s=3, renew_s=1.0, retry_s=0.25)
+
+    async def body() -> None:
+        with cluster.client() as api:
+            for obj in install.manifests(SYSTEM):
+                ensure(api, obj)
+            for obj in install.manifests(SYSTEM):
+                if obj["kind"] == "CustomResourceDefinition":
+                    await until("established", lambda o=obj: established(api, o["metadata"]["name"]))
+            ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+            ensure(
+                api,
+                {
+                    "apiVersion": f"{API_GROUP}/v1",
+                    "kind": "Mesh",
+                    "metadata": {"name": "fec"},
+                    "spec": {"trustDomain": "fec.gov.local"},
+                },
+            )
+            workload = {"apiVersion": f"{API_GROUP}/v1", "kind": "Workload"}
+            ensure(api, {**workload, "metadata": {"name": "ledger", "namespace": NAMESPACE}, "spec": {"port": 8080}})
+            replicas = [
+                controller_for(cluster, tmp_path / name, install.CONTROLLER, lease, identity=name)
+                for name in ("a", "b")
+            ]
+            for controller, _ in replicas:
+                await controller.start()
+            stopped: list[Controller] = []
+            try:
+                leaders = await until(
+                    "one leader", lambda: (found := [c for c, _ in replicas if c.leading]) and len(found) == 1 and found
+                )
+                [leader] = leaders
+                [survivor] = [c for c, _ in replicas if c is not leader]
+                holder = api.get(f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM}/leases/{lease.name}").json()
+                assert holder["spec"]["holderIdentity"] == leader.settings.identity
+                await until("both serving", lambda: all(c.serving.is_set() for c, _ in replicas))
+                port = survivor.core.port
+
+                create(api, policy("ledger-breaker", "nobody"))
+                await until("Invalid, by the leader", lambda: accepted(api, f"{POLICIES}/ledger-breaker")[0] == "False")
+
+                await leader.stop(release=False)  # as a killed replica: its Lease just stops being renewed
+                stopped.append(leader)
+                killed = time.monotonic()
+                await until("a new leader", lambda: survivor.leading, timeout=lease.duration_s + 5)
+                took = time.monotonic() - killed
+                assert took <= lease.duration_s + 1.5, took
+                fixed = api.patch(
+                    f"{POLICIES}/ledger-breaker",
+                    json={"spec": {"destination": {"service": "ledger"}}},
+                    headers={"content-type": "application/merge-patch+json"},
+                )
+                assert fixed.status_code == 200, fixed.text
+                await until(
+                    "Accepted, by the survivor", lambda: accepted(api, f"{POLICIES}/ledger-breaker")[0] == "True"
+                )
+                assert survivor.serving.is_set() and survivor.core.port == port  # never stopped serving
+                holder = api.get(f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM}/leases/{lease.name}").json()
+                assert holder["spec"]["holderIdentity"] == survivor.settings.identity
+                assert holder["spec"]["leaseTransitions"] >= 1
+                print(
+                    f"the survivor took the Lease over {took:.1f}s after the leader died (duration {lease.duration_s}s)"
+                )
+            finally:
+                for controller, _ in replicas:
+                    if controller not in stopped:
+                        await controller.stop()
+
+    run(body(), timeout=120)

@@ -352,6 +352,11 @@ def test_the_install_manifests_are_valid_kubernetes_objects_with_least_privilege
     assert all("*" not in rule["resources"] and "*" not in rule["apiGroups"] for rule in role["rules"])
     [creates] = [rule for rule in role["rules"] if "create" in rule["verbs"]]
     assert creates == {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    [lease_role] = [o for o in objects if o["kind"] == "Role"]  # namespaced: its own Lease only
+    assert lease_role["metadata"]["namespace"] == "interstate-system"
+    assert lease_role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
     kinds = [o["kind"] for o in objects]
     assert kinds.index("Namespace") < kinds.index("ServiceAccount")  # in the order to apply
 

@@ -33,6 +33,9 @@ between side-cars is mutual TLS.
   last good config stays in force (endpoints and pods still update under it). Fixing the object
   (or deleting it) makes the next push take the new config.
 - A snapshot that fails its consistency check is logged and not pushed.
+- **Several replicas.** Each serves xDS from the same cluster state; the one holding the Lease
+  of `ControllerSettings.lease` (`kube.lease`) writes the custom resources' status. A replica
+  that takes the Lease over writes what changed meanwhile.
 - **Status** (`status()`, `resilience()`) is the core's (`core.observe`), fed with what the
   cluster says: each labelled pod is a replica (ready when its Ready condition is), its
   side-car's xDS sync from the ADS server, and what callers saw read from each injected pod's
@@ -45,6 +48,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +63,7 @@ from interstate.core.status import ControlPlaneInfo, MeshStatus, Resilience, Xds
 from interstate.errors import ConfigError, InterstateError, Issue, PermanentError, TemporaryError
 from interstate.kube import accept, cluster, crds
 from interstate.kube.bootstrap import ProxyPorts
+from interstate.kube.lease import LeaseElector, LeaseSettings
 from interstate.kube.tokenreview import PodIdentity, ReviewSettings, TokenReviewer
 from interstate.kube.watch import ApiSettings, ResourceType, Watcher
 from interstate.model.index import MeshConfig, MeshIndex
@@ -87,6 +92,10 @@ class ControllerSettings:
     review: ReviewSettings = field(default_factory=ReviewSettings)  # how side-cars' tokens are checked
     retry_s: float = 1.0  # after the ADS port could not be bound, try again this much later (doubling)
     max_retry_s: float = 30.0
+    # Several replicas: the one holding this Lease writes the custom resources' status (None: a
+    # single controller, which always does). `identity` names this replica in the Lease.
+    lease: LeaseSettings | None = None
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
 class Controller:
@@ -112,6 +121,7 @@ class Controller:
         self._awaiting_mesh = False  # no Mesh resource yet (logged once)
         self._last_good: dict[accept.Key, dict[str, Any]] = {}  # each mesh resource's last version in force
         self._outcome: accept.Accepted | None = None  # what the last look at the mesh resources found
+        self._elector: LeaseElector | None = None
         self._http: httpx.AsyncClient | None = None  # reads side-cars' metrics for status
         self.serving = asyncio.Event()  # set once the core's ADS server listens (`core.port`)
         self._mesh_types = mesh_resource_types()
@@ -124,8 +134,19 @@ class Controller:
         self._unentitled: dict[str, str] = {}  # node ID -> why its pod gets nothing (logged once)
 
     # ---- lifecycle -------------------------------------------------------------------------
+    @property
+    def leading(self) -> bool:
+        """Whether this replica does what must happen once (writing status): it holds the Lease,
+        or there is no Lease to hold (a single controller)."""
+        return self._elector is None or self._elector.leading
+
     async def start(self) -> None:
         self._client = self.settings.api.client()
+        if self.settings.lease is not None:
+            self._elector = LeaseElector(
+                self._client, self.settings.lease, self.settings.identity, lambda leading: self._wake.set()
+            )
+            self._tasks.append(asyncio.create_task(self._elector.run(), name="lease"))
         self._http = httpx.AsyncClient(trust_env=False)
         self._since = utcnow().isoformat()
         for resource in (PODS, ENDPOINT_SLICES, *self._mesh_types):
@@ -134,13 +155,17 @@ class Controller:
             self._tasks.append(asyncio.create_task(watcher.run(), name=f"watch {resource.plural}"))
         self._tasks.append(asyncio.create_task(self._loop(), name="kube controller"))
 
-    async def stop(self) -> None:
+    async def stop(self, release: bool = True) -> None:
+        """Stop watching and serving; hand the Lease back unless `release` is False (tests use
+        that to stop as a killed replica would)."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self._elector is not None and release:
+            await self._elector.release()
         await self.core.stop()
         self.serving.clear()
         await self.reviewer.aclose()
@@ -259,7 +284,7 @@ class Controller:
         """Each mesh resource's `status` (`Accepted`, or not with why), through its status
         subresource, where it differs from what the object carries. Failures are logged and
         tried again at the next change."""
-        if self._client is None or self._outcome is None:
+        if self._client is None or self._outcome is None or not self.leading:
             return
         now = utcnow().replace(microsecond=0).isoformat().replace("+00:00", "Z")
         for resource in self._mesh_types:

@@ -4,7 +4,8 @@ Pure: settings in, a list of JSON-able objects out, in the order they may be app
 the namespace first). Today: the namespace, the CustomResourceDefinitions (`kube.crds`), and
 the controller's ServiceAccount with least-privilege RBAC: exactly the verbs `kube.controller`
 uses (list and watch of pods, EndpointSlices and every mesh kind; patch of the mesh kinds'
-status subresources; create of TokenReviews, to check side-cars' tokens). The controller Deployment, its Services, the webhooks and the ingress
+status subresources; create of TokenReviews, to check side-cars' tokens; and, in its own
+namespace only, get/create/update of the Lease its replicas elect a leader with). The controller Deployment, its Services, the webhooks and the ingress
 are to join them (issue 24).
 """
 
@@ -55,6 +56,21 @@ def controller_rbac(namespace: str = SYSTEM_NAMESPACE) -> list[dict[str, Any]]:
             "kind": "ClusterRoleBinding",
             "metadata": metadata,
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROLLER},
+            "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": namespace}],
+        },
+        {  # its replicas' Lease (`kube.lease`), in its own namespace only
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {**metadata, "namespace": namespace},
+            "rules": [
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {**metadata, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
             "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": namespace}],
         },
     ]
