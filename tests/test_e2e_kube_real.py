@@ -18,6 +18,11 @@ Nothing connects to the pod's address (198.18.0.10): no network namespace is nee
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +30,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from helpers_xds import free_port, run
 from kube_control_plane import ControlPlane, running_control_plane
 
@@ -373,3 +379,71 @@ def test_two_controllers_elect_one_to_write_status_and_the_other_takes_over_from
                         await controller.stop()
 
     run(body(), timeout=120)
+
+
+def test_interstate_controller_runs_as_its_service_account_from_a_kubeconfig(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """The `interstate controller` command, a process of its own: from a kubeconfig holding its
+    ServiceAccount's token it watches the cluster, serves xDS over TLS, takes the Lease and
+    writes status; SIGTERM stops it at once and hands the Lease back."""
+    with cluster.client() as api:
+        for obj in install.manifests(SYSTEM):
+            ensure(api, obj)
+        ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+        ensure(
+            api,
+            {
+                "apiVersion": f"{API_GROUP}/v1",
+                "kind": "Mesh",
+                "metadata": {"name": "fec"},
+                "spec": {"trustDomain": "fec.gov.local"},
+            },
+        )
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "test",
+                            "cluster": {"server": cluster.url, "certificate-authority": str(cluster.ca_file)},
+                        }
+                    ],
+                    "users": [{"name": "controller", "user": {"token": cluster.token_for(SYSTEM, install.CONTROLLER)}}],
+                    "contexts": [{"name": "test", "context": {"cluster": "test", "user": "controller"}}],
+                    "current-context": "test",
+                }
+            )
+        )
+        port = free_port()
+        argv = [str(Path(sys.executable).parent / "interstate"), "controller", "--kubeconfig", str(kubeconfig)]
+        argv += ["--xds-host", "127.0.0.1", "--xds-port", str(port), "--state-dir", str(tmp_path / "state")]
+        argv += ["--identity", "from-the-command"]
+        log = (tmp_path / "controller.log").open("wb")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{SYSTEM}/leases/interstate-controller"
+        try:
+            create(api, policy("command-probe", "nobody"))
+
+            def holder() -> str:
+                found = api.get(lease_path)
+                return str(found.json()["spec"].get("holderIdentity") or "") if found.status_code == 200 else ""
+
+            run(until("the Lease", lambda: holder() == "from-the-command", timeout=40), timeout=60)
+            run(until("status written", lambda: accepted(api, f"{POLICIES}/command-probe")[0] == "False"), timeout=60)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # xDS: TLS, the mesh CA's
+                context = ssl.create_default_context(cafile=str(tmp_path / "state" / "ca" / "ca.pem"))
+                context.check_hostname = False
+                with context.wrap_socket(raw, server_hostname="xds.interstate") as tls:
+                    assert tls.version() == "TLSv1.3"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0, (tmp_path / "controller.log").read_text()[-2000:]
+            assert holder() == ""  # handed back: another replica need not wait for it to expire
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            log.close()

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers_kube import TOKEN, FakeApiServer, fake_apiserver
 from helpers_xds import run, wait_until
 
@@ -157,3 +158,48 @@ def test_resource_paths() -> None:
     assert SLICES.path == "/apis/discovery.k8s.io/v1/endpointslices"
     tp = ResourceType("mesh.codifyhq.io/v1", "TrafficPolicy", "trafficpolicies", namespace="elections")
     assert tp.path == "/apis/mesh.codifyhq.io/v1/namespaces/elections/trafficpolicies"
+
+
+def test_a_kubeconfig_gives_server_ca_and_user_inline_or_as_files(tmp_path: Path) -> None:
+    """`interstate controller --kubeconfig`: the current (or named) context's server, CA and
+    user; `*-data` fields become 0600 files; a missing entry is named."""
+    import base64
+    import stat
+
+    import yaml
+
+    config = {
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {
+                    "server": "https://127.0.0.1:6443/",
+                    "certificate-authority-data": base64.b64encode(b"CA").decode(),
+                },
+            }
+        ],
+        "users": [
+            {
+                "name": "cert",
+                "user": {"client-certificate-data": base64.b64encode(b"CERT").decode(), "client-key": "key.pem"},
+            },
+            {"name": "token", "user": {"tokenFile": "token"}},
+        ],
+        "contexts": [
+            {"name": "a", "context": {"cluster": "c", "user": "cert"}},
+            {"name": "b", "context": {"cluster": "c", "user": "token"}},
+        ],
+        "current-context": "a",
+    }
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    settings = ApiSettings.from_kubeconfig(path, tmp_path / "files")
+    assert settings.server == "https://127.0.0.1:6443"
+    assert settings.ca_file is not None and settings.ca_file.read_bytes() == b"CA"
+    assert settings.client_cert is not None and settings.client_cert.read_bytes() == b"CERT"
+    assert stat.S_IMODE(settings.client_cert.stat().st_mode) == 0o600
+    assert settings.client_key == tmp_path / "key.pem"  # relative to the kubeconfig
+    by_token = ApiSettings.from_kubeconfig(path, tmp_path / "files", context="b")
+    assert by_token.token_file == tmp_path / "token" and by_token.client_cert is None
+    with pytest.raises(ValueError, match="contexts: no entry named 'z'"):
+        ApiSettings.from_kubeconfig(path, tmp_path / "files", context="z")

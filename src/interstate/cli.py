@@ -641,6 +641,71 @@ def manifests_webhook(ca_bundle: str, namespace: str, service: str) -> None:
     click.echo(yaml.safe_dump_all([config], sort_keys=False), nl=False)
 
 
+@main.command("controller")
+@click.option(
+    "--kubeconfig",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Reach the API server as this kubeconfig says (default: in a pod, its service account).",
+)
+@click.option("--context", default=None, help="The kubeconfig context (default: its current one).")
+@click.option("--xds-host", default="0.0.0.0", show_default=True, help="Where side-cars reach the xDS server.")
+@click.option("--xds-port", type=click.IntRange(0, 65535), default=15012, show_default=True)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=".interstate/controller",
+    show_default=True,
+    help="The mesh CA (created on first start), kept certificates and the audit trail.",
+)
+@click.option(
+    "--lease-namespace",
+    default="interstate-system",
+    show_default=True,
+    help="Where the replicas' Lease lives (the one holding it writes status); '' for a single replica.",
+)
+@click.option("--identity", default=None, help="This replica's name in the Lease (default: host name and pid).")
+def controller_command(
+    kubeconfig: str | None,
+    context: str | None,
+    xds_host: str,
+    xds_port: int,
+    state_dir: str,
+    lease_namespace: str,
+    identity: str | None,
+) -> None:
+    """Run the control plane for a Kubernetes cluster: watch its pods, EndpointSlices and mesh
+    resources, serve xDS to injected side-cars, write the resources' status."""
+    import asyncio
+    import dataclasses
+    import os
+
+    from interstate.core.identity import IdentitySettings
+    from interstate.kube.controller import ControllerSettings
+    from interstate.kube.lease import LeaseSettings
+    from interstate.kube.run import serve
+    from interstate.kube.watch import ApiSettings
+
+    state = Path(state_dir)
+    try:
+        if kubeconfig is not None:
+            api = ApiSettings.from_kubeconfig(Path(kubeconfig), state / "kubeconfig", context)
+        else:
+            api = ApiSettings.in_cluster(os.environ)
+    except (ValueError, InterstateError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    settings = ControllerSettings(
+        api,
+        xds_host=xds_host,
+        xds_port=xds_port,
+        lease=LeaseSettings(lease_namespace) if lease_namespace else None,
+    )
+    if identity:
+        settings = dataclasses.replace(settings, identity=identity)
+    identity_settings = IdentitySettings(state / "certs", state / "ca")
+    asyncio.run(serve(settings, identity_settings, state / "audit.jsonl"))
+
+
 @main.command("webhook")
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)

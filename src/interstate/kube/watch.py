@@ -28,8 +28,10 @@ is verified against a CA file: in a pod both come from the service-account mount
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
+import os
 import ssl
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from interstate.errors import TemporaryError
 
@@ -54,6 +57,8 @@ class ApiSettings:
     token: str | None = None
     token_file: Path | None = None  # read before every request; wins over `token`
     ca_file: Path | None = None  # None: the system's CAs
+    client_cert: Path | None = None  # a client certificate instead of a token (a kubeconfig's user)
+    client_key: Path | None = None
     watch_timeout_s: int = 300  # the server ends each watch after this; we resume it
     page_size: int = 500
     backoff_s: float = 0.5  # first retry delay after a failure, doubled up to `max_backoff_s`
@@ -68,11 +73,54 @@ class ApiSettings:
         host = f"[{host}]" if ":" in host else host
         return cls(f"https://{host}:{port}", token_file=root / "token", ca_file=root / "ca.crt")
 
+    @classmethod
+    def from_kubeconfig(cls, path: Path, folder: Path, context: str | None = None) -> ApiSettings:
+        """From a kubeconfig file (development, or a controller outside the cluster): its current
+        (or named) context's server, CA and user (token, token file, or client certificate).
+        Inline `*-data` fields are written to 0600 files in `folder`. ValueError naming the field
+        that is missing or wrong."""
+        try:
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read the kubeconfig: {exc}") from None
+        name = context or config.get("current-context")
+
+        def named(section: str, wanted: str | None) -> dict[str, Any]:
+            found = next((e for e in config.get(section) or [] if e.get("name") == wanted), None)
+            if found is None:
+                raise ValueError(f"{path}: {section}: no entry named {wanted!r}")
+            return dict(found.get(section.rstrip("s")) or {})
+
+        ctx = named("contexts", name)
+        server_entry, user = named("clusters", ctx.get("cluster")), named("users", ctx.get("user"))
+        if not server_entry.get("server"):
+            raise ValueError(f"{path}: clusters[{ctx.get('cluster')}].cluster.server is missing")
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+        def file_of(entry: dict[str, Any], field: str, stem: str) -> Path | None:
+            if entry.get(f"{field}-data"):
+                target = folder / stem
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(base64.b64decode(entry[f"{field}-data"]))
+                return target
+            value = entry.get(field)
+            return (path.parent / value) if value else None
+
+        return cls(
+            str(server_entry["server"]).rstrip("/"),
+            token=user.get("token"),
+            token_file=(path.parent / user["tokenFile"]) if user.get("tokenFile") else None,
+            ca_file=file_of(server_entry, "certificate-authority", "ca.crt"),
+            client_cert=file_of(user, "client-certificate", "client.crt"),
+            client_key=file_of(user, "client-key", "client.key"),
+        )
+
     def client(self) -> httpx.AsyncClient:
         """An httpx client for the API server (the caller closes it)."""
-        verify: ssl.SSLContext | bool = True
-        if self.ca_file is not None:
-            verify = ssl.create_default_context(cafile=str(self.ca_file))
+        verify = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file is not None else None)
+        if self.client_cert is not None:
+            verify.load_cert_chain(str(self.client_cert), str(self.client_key) if self.client_key else None)
         return httpx.AsyncClient(base_url=self.server, auth=_Bearer(self), verify=verify, timeout=10.0)
 
 
