@@ -23,8 +23,10 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,12 +36,13 @@ import yaml
 from helpers_xds import free_port, run
 from kube_control_plane import ControlPlane, running_control_plane
 
+from interstate.ca.authority import Authority, utcnow
 from interstate.core.identity import IdentitySettings
 from interstate.core.plane import ControlPlane as Core
 from interstate.core.status import ReplicaState
-from interstate.kube import crds, install
+from interstate.kube import crds, install, webhook
 from interstate.kube.controller import Controller, ControllerSettings, mesh_resource_types
-from interstate.kube.inject import INJECTED_ANNOTATION
+from interstate.kube.inject import INJECTED_ANNOTATION, InjectSettings
 from interstate.kube.lease import LeaseSettings
 from interstate.kube.watch import ApiSettings
 from interstate.model.base import API_GROUP
@@ -51,7 +54,15 @@ SYSTEM = "interstate-system"
 NAMESPACE = "elections"
 POD = "stats-6d9f7c-abcde"
 NODE = f"sidecar~{POD}.{NAMESPACE}"
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", *crds.CLUSTER_SCOPED}
+CLUSTER_SCOPED = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    *crds.CLUSTER_SCOPED,
+}
 T = TypeVar("T")
 
 
@@ -181,7 +192,7 @@ def test_the_controller_reads_a_real_cluster_with_the_rbac_of_its_own_manifests(
             await controller.start()
             try:
                 # no CRDs yet: every mesh collection named as not served, nothing else
-                problems = await until("404s", lambda: mesh_paths <= (p := controller.problems()).keys() and p)
+                problems = await until("404s", lambda: set(p := controller.problems()) == {*mesh_paths, "mesh"} and p)
                 assert all("404" in problems[path] for path in mesh_paths), problems
                 assert set(problems) == {*mesh_paths, "mesh"}, problems  # and no Mesh: no xDS yet
                 assert not controller.serving.is_set()
@@ -447,3 +458,64 @@ def test_interstate_controller_runs_as_its_service_account_from_a_kubeconfig(
                 process.kill()
                 process.wait()
             log.close()
+
+
+def test_the_api_server_refuses_an_invalid_mesh_resource_through_our_validating_webhook(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """kube-apiserver itself calls the webhook (TLS, our CA in `caBundle`) on every creation and
+    update of a mesh resource: one the loader refuses on its own is refused at `kubectl apply`
+    with the loader's words; a valid one, or one naming a service that may come later, is let in."""
+    authority = Authority.create("fec.gov.local", utcnow())
+    issued = authority.issue(
+        "spiffe://fec.gov.local/interstate/webhook", timedelta(hours=1), utcnow(), dns_names=("localhost",)
+    )
+    cert_file, key_file = webhook.write_serving_files(issued, tmp_path / "tls")
+    settings = InjectSettings(ca_bundle_pem=authority.bundle_pem, trust_domain="fec.gov.local")
+    server = webhook.server(settings, cert_file=cert_file, key_file=key_file, host="127.0.0.1", port=0)
+    sock = webhook.bound_socket()
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="webhook", daemon=True)
+    thread.start()
+    configuration = webhook.validating_webhook_configuration(
+        authority.bundle_pem, url=f"https://localhost:{port}{webhook.VALIDATE_PATH}"
+    )
+    with cluster.client() as api:
+        try:
+            deadline = time.monotonic() + 10
+            while not server.started:
+                assert time.monotonic() < deadline, "the webhook did not start"
+                time.sleep(0.02)
+            for obj in install.manifests(SYSTEM):
+                ensure(api, obj)
+            for obj in install.manifests(SYSTEM):
+                if obj["kind"] == "CustomResourceDefinition":
+                    run(until("established", lambda o=obj: established(api, o["metadata"]["name"])), timeout=60)
+            ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+            create(api, configuration)
+            unbounded = policy("unbounded-retries", "stats")
+            unbounded["spec"]["retries"] = {"attempts": 3}  # valid to the CRD schema, not to the mesh
+
+            def refused() -> str | None:  # the configuration takes a moment to reach the API server
+                answer = api.post(collection(unbounded), json=unbounded)
+                if answer.status_code == 201:
+                    api.delete(f"{POLICIES}/unbounded-retries")
+                    return None
+                assert answer.status_code == 400, answer.text
+                message: str = answer.json()["message"]
+                return message
+
+            why = run(until("the webhook to refuse", refused), timeout=60)
+            assert 'admission webhook "validate.mesh.codifyhq.io" denied the request' in why, why
+            assert "spec.retries.perTryTimeout" in why and "retries need a bound" in why, why
+            create(api, policy("later-service", "not-yet-created"))  # a reference: the controller's to judge
+            good = policy("bounded-retries", "stats")
+            good["spec"]["retries"] = {"attempts": 3, "perTryTimeout": "2s"}
+            create(api, good)
+        finally:
+            api.delete(
+                f"/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations/{configuration['metadata']['name']}"
+            )
+            server.should_exit = True
+            thread.join(10)
+            sock.close()

@@ -252,8 +252,15 @@ def test_the_mutating_webhook_configuration(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["manifests", "webhook", "--ca-bundle", str(tmp_path / "ca.pem")])
 
     assert result.exit_code == 0, result.output
-    (config,) = yaml.safe_load_all(result.stdout)
+    (config, validating) = yaml.safe_load_all(result.stdout)
     kubernetes_validate.validate(config, KUBERNETES, strict=True)
+    kubernetes_validate.validate(validating, KUBERNETES, strict=True)
+    (check,) = validating["webhooks"]
+    assert check["failurePolicy"] == "Fail" and check["clientConfig"]["service"]["path"] == "/validate"
+    assert check["rules"][0]["apiGroups"] == ["mesh.codifyhq.io"] and check["rules"][0]["operations"] == [
+        "CREATE",
+        "UPDATE",
+    ]
     (hook,) = config["webhooks"]
     assert hook["admissionReviewVersions"] == ["v1"]
     assert (hook["sideEffects"], hook["failurePolicy"]) == ("None", "Fail")

@@ -632,13 +632,18 @@ def manifests_install(namespace: str) -> None:
 @click.option("--service", default="interstate-webhook", show_default=True, help="Name of the webhook Service.")
 def manifests_webhook(ca_bundle: str, namespace: str, service: str) -> None:
     """The MutatingWebhookConfiguration that sends pods of namespaces labelled
-    mesh.codifyhq.io/inject=enabled to `interstate webhook`."""
+    mesh.codifyhq.io/inject=enabled to `interstate webhook`, and the ValidatingWebhookConfiguration
+    that sends it every creation and update of a mesh resource."""
     from interstate.kube import webhook
 
     if not Path(ca_bundle).is_file():
         _fail(f"--ca-bundle: no file {ca_bundle}; `interstate up` creates the CA (or give your ca.pem)", EXIT_USAGE)
-    config = webhook.mutating_webhook_configuration(Path(ca_bundle).read_text(), service=service, namespace=namespace)
-    click.echo(yaml.safe_dump_all([config], sort_keys=False), nl=False)
+    bundle = Path(ca_bundle).read_text()
+    configs = [
+        webhook.mutating_webhook_configuration(bundle, service=service, namespace=namespace),
+        webhook.validating_webhook_configuration(bundle, service=service, namespace=namespace),
+    ]
+    click.echo(yaml.safe_dump_all(configs, sort_keys=False), nl=False)
 
 
 @main.command("controller")

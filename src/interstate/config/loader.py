@@ -195,6 +195,16 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else limits.show(value)
 
 
+def check_document(file: str, document: Any, *, kubernetes: bool = False) -> list[Issue]:
+    """The issues of one document on its own: its kind, shape and every rule of its own fields,
+    as `decode_sources` reports them, but not what it says of other resources (references,
+    duplicates), which only the whole mesh can tell. What a validating admission webhook checks:
+    in a cluster an object may name one that is created a moment later."""
+    issues: list[Issue] = []
+    _decode_document(file, 1, document, issues, {"base_dir": None, "kubernetes": kubernetes})
+    return _reported(issues)
+
+
 def _mesh_rules(located: Sequence[Located]) -> list[Issue]:
     """Issues from `model.MESH_RULES`, the rules that need two kinds at once."""
     where = {id(item.resource): item for item in located}

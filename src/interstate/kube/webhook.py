@@ -40,13 +40,18 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from interstate.ca.authority import ROOT_CERT_FILE, ROOT_KEY_FILE, Authority, Issued
+from interstate.config.loader import check_document
+from interstate.kube import cluster
 from interstate.kube.inject import InjectionRefused, InjectSettings, inject
+from interstate.model.base import API_GROUP
 from interstate.model.workload import INJECT_ANNOTATION
 
 log = logging.getLogger(__name__)
 
 ADMISSION_API_VERSION = "admission.k8s.io/v1"
 INJECT_PATH = "/inject"
+VALIDATE_PATH = "/validate"  # mesh resources, checked as `interstate validate` checks a document
+VALIDATING_NAME = "interstate-validate"
 WEBHOOK_NAME = "inject.mesh.codifyhq.io"
 CONFIGURATION_NAME = "interstate-inject"
 SERVICE = "interstate-webhook"
@@ -128,6 +133,25 @@ def admit(request: Mapping[str, Any], settings: InjectSettings, namespace_labels
     return response(uid, patch=patch, warnings=report.warnings)
 
 
+def validate(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The AdmissionReview answering the creation or update of a mesh resource: denied with the
+    words `interstate validate` would use when the object is invalid on its own (its kind, shape
+    and field rules; references to other resources are the controller's to report, in the
+    object's status, since those may be created a moment later); allowed otherwise."""
+    uid = str(request["uid"])
+    obj = request.get("object")
+    if request.get("operation") not in ("CREATE", "UPDATE") or not isinstance(obj, Mapping):
+        return response(uid)
+    if not str(obj.get("apiVersion", "")).startswith(f"{API_GROUP}/"):
+        return response(uid)
+    issues = check_document(cluster.object_name(obj), cluster.mesh_document(obj), kubernetes=True)
+    if not issues:
+        return response(uid)
+    message = "; ".join(str(issue) for issue in issues)
+    log.info("denied %s %s: %s", obj.get("kind"), cluster.object_name(obj), message)
+    return response(uid, denied=f"interstate: {message}")
+
+
 def _pod_name(request: Mapping[str, Any]) -> str:
     metadata = request["object"].get("metadata") or {}
     return str(request.get("name") or metadata.get("name") or metadata.get("generateName", "") + "*")
@@ -150,12 +174,23 @@ def create_app(settings: InjectSettings) -> Starlette:
             log.warning("bad admission request: %s", exc)
             return PlainTextResponse(f"bad AdmissionReview: {exc}\n", status_code=400)
 
+    async def validate_endpoint(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return PlainTextResponse(f"the body is larger than {MAX_BODY} bytes\n", status_code=413)
+        try:
+            return JSONResponse(validate(parse_review(body)))
+        except BadReview as exc:
+            log.warning("bad admission request: %s", exc)
+            return PlainTextResponse(f"bad AdmissionReview: {exc}\n", status_code=400)
+
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")
 
     return Starlette(
         routes=[
             Route(INJECT_PATH, inject_endpoint, methods=["POST"]),
+            Route(VALIDATE_PATH, validate_endpoint, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
         ]
     )
@@ -277,6 +312,51 @@ def mutating_webhook_configuration(
                 "namespaceSelector": {"matchLabels": {INJECT_ANNOTATION: "enabled"}},
                 # Pods carrying our status annotation were injected already; labels cannot say so,
                 # so `inject` checks `mesh.codifyhq.io/injected` itself.
+            }
+        ],
+    }
+
+
+def validating_webhook_configuration(
+    ca_bundle_pem: str,
+    *,
+    service: str = SERVICE,
+    namespace: str = SYSTEM_NAMESPACE,
+    port: int = 443,
+    url: str | None = None,
+    timeout_s: int = 10,
+) -> dict[str, Any]:
+    """The admissionregistration.k8s.io/v1 ValidatingWebhookConfiguration that sends every
+    creation and update of a mesh resource to the webhook (`validate`); `url` instead of the
+    Service for a webhook outside the cluster (tests). `failurePolicy: Fail`: with the webhook
+    down, mesh resources cannot change (pods are not affected)."""
+    client: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle_pem.encode()).decode()}
+    if url is not None:
+        client["url"] = url
+    else:
+        client["service"] = {"name": service, "namespace": namespace, "path": VALIDATE_PATH, "port": port}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": VALIDATING_NAME, "labels": {"app.kubernetes.io/part-of": "interstate"}},
+        "webhooks": [
+            {
+                "name": f"validate.{API_GROUP}",
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": "Fail",
+                "matchPolicy": "Equivalent",
+                "timeoutSeconds": timeout_s,
+                "clientConfig": client,
+                "rules": [
+                    {
+                        "operations": ["CREATE", "UPDATE"],
+                        "apiGroups": [API_GROUP],
+                        "apiVersions": ["*"],
+                        "resources": ["*"],
+                        "scope": "*",
+                    }
+                ],
             }
         ],
     }
