@@ -646,6 +646,48 @@ def manifests_webhook(ca_bundle: str, namespace: str, service: str) -> None:
     click.echo(yaml.safe_dump_all(configs, sort_keys=False), nl=False)
 
 
+@main.command("inject")
+@click.option(
+    "-f", "--filename", "source", required=True, help="The manifests (YAML, several documents), or - for stdin."
+)
+@click.option(
+    "--ca-bundle",
+    type=click.Path(dir_okay=False),
+    default=".interstate/ca/ca.pem",
+    show_default=True,
+    help="The mesh CA's certificate(s), which injected side-cars check the control plane against.",
+)
+@click.option("--trust-domain", default="interstate.local", show_default=True)
+@click.option("--xds-address", default="interstate-xds.interstate-system.svc:15012", show_default=True)
+@click.option("--policy-header", default="x-policy-ctx", show_default=True)
+def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: str, policy_header: str) -> None:
+    """Print the manifests with a side-car injected into every pod (template) that asks for the
+    mesh, exactly as the webhook would (like `istioctl kube-inject`); what was done goes to stderr."""
+    from interstate.kube.inject import InjectionRefused, InjectSettings
+    from interstate.kube.workloads import inject_documents
+
+    if not Path(ca_bundle).is_file():
+        _fail(f"--ca-bundle: no file {ca_bundle}; `interstate up` creates the CA (or give your ca.pem)", EXIT_USAGE)
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        _fail(f"{source}: cannot read the manifests: {exc}", EXIT_INVALID)
+    try:
+        settings = InjectSettings(
+            ca_bundle_pem=Path(ca_bundle).read_text(),
+            trust_domain=trust_domain,
+            xds_address=xds_address,
+            policy_header=policy_header,
+        )
+        injected, said = inject_documents(documents, settings)
+    except (InjectionRefused, ValueError) as exc:
+        _fail(f"{source}: {exc}", EXIT_INVALID)
+    for line in said:
+        click.echo(line, err=True)
+    click.echo(yaml.safe_dump_all(injected, sort_keys=False), nl=False)
+
+
 @main.command("controller")
 @click.option(
     "--kubeconfig",
