@@ -122,7 +122,11 @@ def test_the_side_car_container(settings: InjectSettings) -> None:
     ready = {"path": "/ready", "port": 15021, "scheme": "HTTP"}
     assert proxy["readinessProbe"]["httpGet"] == ready
     assert proxy["startupProbe"]["httpGet"] == ready
-    assert proxy["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}}
+    # limits too: a namespace with a `limits.*` ResourceQuota refuses a container without them
+    assert proxy["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
     assert proxy["securityContext"]["runAsNonRoot"] and proxy["securityContext"]["readOnlyRootFilesystem"]
     assert {(p["name"], p["containerPort"]) for p in proxy["ports"]} == {("mesh-inbound", 15006), ("mesh-ready", 15021)}
     args = proxy["args"]
@@ -196,7 +200,8 @@ def test_containers_keep_their_order(settings: InjectSettings, native: bool) -> 
     names = [c["name"] for c in result["spec"]["containers"]]
     inits = [c["name"] for c in result["spec"]["initContainers"]]
     if native:
-        assert (names, inits) == (["stats", "log-shipper"], ["migrate", "interstate-proxy"])
+        # the side-car first, as Istio's: the pod's own init containers then run in the mesh
+        assert (names, inits) == (["stats", "log-shipper"], ["interstate-proxy", "migrate"])
     else:
         assert (names, inits) == (["stats", "log-shipper", "interstate-proxy"], ["migrate"])
         assert "startupProbe" not in proxy_of(result) and "restartPolicy" not in proxy_of(result)
@@ -215,8 +220,10 @@ def test_env_is_merged_not_duplicated(settings: InjectSettings) -> None:
         ("no_proxy", "localhost,127.0.0.1"),
     ]
     assert [n for n, _ in env_of(shipper)] == ["HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"]
-    assert "migrate" in [c["name"] for c in result["spec"]["initContainers"]]
-    assert "env" not in result["spec"]["initContainers"][0]  # init containers run before the side-car
+    side_car, migrate = result["spec"]["initContainers"]
+    assert (side_car["name"], migrate["name"]) == ("interstate-proxy", "migrate")
+    # the pod's init containers start after the native side-car, so they reach the mesh through it too
+    assert ("HTTP_PROXY", "http://127.0.0.1:15001") in env_of(migrate)
     assert report.warnings == (
         "interstate: container stats set HTTP_PROXY=http://proxy.agency.internal:3128; "
         "the mesh replaces it with its side-car (http://127.0.0.1:15001)",

@@ -90,7 +90,10 @@ class InjectSettings:
     token_ttl_s: int = 3600  # the kubelet renews the token at 80% of this
     cpu_request: str = "100m"
     memory_request: str = "128Mi"
-    memory_limit: str | None = None
+    # Limits too: a namespace whose ResourceQuota counts `limits.*` refuses a container without
+    # them. Generous for an Envoy side-car (measured 17-18 MB private memory); None: no limit.
+    cpu_limit: str | None = "1"
+    memory_limit: str | None = "512Mi"
     concurrency: int = 2  # Envoy worker threads
     log_level: str = "warning"
     native_sidecar: bool = True
@@ -188,10 +191,16 @@ def inject(
         patch.append(_add("/metadata/annotations", {INJECTED_ANNOTATION: settings.version}))
     patch.extend(_append(spec, "/spec", "volumes", _token_volume(settings)))
     proxy = proxy_container(service, settings, node_metadata)
-    patch.extend(_append(spec, "/spec", "initContainers" if settings.native_sidecar else "containers", proxy))
+    if settings.native_sidecar:  # first: the pod's own init containers then run inside the mesh (as Istio's)
+        patch.extend(_prepend(spec, "/spec", "initContainers", proxy))
+    else:
+        patch.extend(_append(spec, "/spec", "containers", proxy))
     warnings: list[str] = []
     for index, container in enumerate(containers):
         patch.extend(_env_patch(container, f"/spec/containers/{index}", settings.ports.outbound, warnings))
+    if settings.native_sidecar:  # they start after the side-car (now first), so they reach the mesh too
+        for index, container in enumerate(spec.get("initContainers") or []):
+            patch.extend(_env_patch(container, f"/spec/initContainers/{index + 1}", settings.ports.outbound, warnings))
 
     where = "init container (native side-car)" if settings.native_sidecar else "container"
     reasons = [
@@ -262,8 +271,9 @@ def proxy_container(service: str, settings: InjectSettings, node_metadata: dict[
         "volumeMounts": [{"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if settings.memory_limit is not None:
-        container["resources"]["limits"] = {"memory": settings.memory_limit}
+    limits = {k: v for k, v in (("cpu", settings.cpu_limit), ("memory", settings.memory_limit)) if v is not None}
+    if limits:
+        container["resources"]["limits"] = limits
     if settings.native_sidecar:
         # The apps start once Envoy is ready (it has its first config from the control plane).
         container["startupProbe"] = ready(periodSeconds=1, failureThreshold=120)
@@ -370,6 +380,13 @@ def _merge_no_proxy(existing: str) -> str:
         if item and item not in entries:
             entries.append(item)
     return ",".join(entries)
+
+
+def _prepend(parent: Mapping[str, Any], path: str, key: str, item: dict[str, Any]) -> Patch:
+    """Insert `item` first in the list `key` of `parent`, creating the list when it is absent."""
+    if parent.get(key):
+        return [_add(f"{path}/{key}/0", item)]
+    return [_add(f"{path}/{key}", [item])]
 
 
 def _append(parent: Mapping[str, Any], path: str, key: str, item: dict[str, Any]) -> Patch:
