@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -360,3 +361,29 @@ def test_impostor_side_cars_get_no_certificate_from_the_controller_and_the_hones
             assert {int(svid["serial_number"], 16) for svid in svids} == {issued[HONEST.node].serial}
 
     run(body(), timeout=90)
+
+
+def test_a_token_of_an_earlier_pod_of_the_same_name_is_refused(tmp_path: Path) -> None:
+    """Defect of issue 24: the TokenReview's `pod-uid` extra was never compared with the watched
+    pod, so the token of a deleted pod served a new pod that took its name (a StatefulSet's).
+    The pod object now carries another uid than the token is bound to: refused, naming both."""
+
+    async def body() -> None:
+        async with cluster(tmp_path, (HONEST,)) as c:
+            async with stream(c, HONEST) as honest:  # the token's pod uid is the pod's: served
+                await honest.send(rt.SECRET, names=["default", "ROOTCA"])
+                assert svid_uri(await honest.recv(5)) == RESULTS_SVID
+            reborn = copy.deepcopy(c.pods[HONEST.name])
+            reborn["metadata"]["uid"] = f"uid-of-{HONEST.name}-2"  # deleted and created again
+            pushes = c.controller.pushes
+            c.api.emit(PODS.path, "MODIFIED", reborn)
+            assert await wait_until(lambda: c.controller.pushes > pushes, 5)
+            async with stream(c, HONEST) as stale:
+                await stale.send(rt.SECRET, names=["default"])
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stale.recv(5)
+            details = str(refused.value.details())
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, details
+            assert f"uid-of-{HONEST.name}" in details and "an earlier pod of that name" in details, details
+
+    run(body(), timeout=60)

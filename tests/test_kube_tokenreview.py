@@ -123,7 +123,7 @@ def test_the_binding_decides_what_a_proven_pod_may_have_every_time(tmp_path: Pat
             with_tokens(api)
             api.tokens["later-token"] = ServiceAccountToken("elections", "results", "later")
             assert await reviewer(bearer(GOOD), NODE) is None
-            assert asked == [(NODE, PodIdentity("elections", "results", POD))]
+            assert asked == [(NODE, PodIdentity("elections", "results", POD, f"uid-of-{POD}"))]  # the pod-uid extra too
             assert PodIdentity("elections", "results", POD).spiffe_id("fec.gov.local") == (
                 "spiffe://fec.gov.local/ns/elections/sa/results"
             )

@@ -178,6 +178,7 @@ class PodClaim:
     service: str
     account: Account
     entitled: Account | None  # None: no Workload of that name, so nobody
+    uid: str = ""  # the pod's metadata.uid: a token bound to an earlier pod of the same name is not its
 
     @property
     def refusal(self) -> str | None:
@@ -220,7 +221,7 @@ def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> PodClaim | No
     if service is None:
         return None
     account = (str(metadata.get("namespace") or ""), service_account(pod.get("spec") or {}))
-    return PodClaim(service, account, entitled(config, service))
+    return PodClaim(service, account, entitled(config, service), str(metadata.get("uid") or ""))
 
 
 def claims(pods: Iterable[Mapping[str, Any]], config: MeshConfig | None) -> dict[str, PodClaim]:

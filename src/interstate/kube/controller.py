@@ -381,6 +381,14 @@ class Controller:
         claim = self.claims.get(node_id)
         if claim is None or self.core.identity is None:
             raise TemporaryError(f"node {node_id!r} is not known yet: no injected pod of that name has been seen")
+        if pod.uid and claim.uid and pod.uid != claim.uid:
+            self.identity_refusals.inc()
+            refusal = (
+                f"node {node_id!r}: the token is bound to pod uid {pod.uid}, but pod {pod.pod!r} now is uid "
+                f"{claim.uid} (a token of an earlier pod of that name)"
+            )
+            log.error("refused a side-car: %s", refusal)
+            return refusal
         if claim.entitled != (pod.namespace, pod.service_account):
             trust_domain = self.core.identity.trust_domain
             owner = f"service {claim.service!r}, which has no Workload, so nobody may have its identity"

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 AUDIENCE = "interstate-xds"  # what the injector asks the kubelet to put in the projected token
 REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 MAX_TOKEN_CHARS = 16 * 1024  # service-account JWTs are ~1 KiB; anything far bigger is not one
@@ -67,6 +68,7 @@ class PodIdentity:
     namespace: str
     service_account: str
     pod: str
+    uid: str = ""  # the pod's uid the token is bound to (the API server's `pod-uid` extra)
 
     @property
     def node_id(self) -> str:
@@ -220,7 +222,9 @@ def pod_identity(status: dict[str, Any], audiences: tuple[str, ...]) -> PodIdent
             f"the token of service account {namespace}/{account} is not bound to a pod "
             f"(no {POD_NAME_EXTRA}): use the projected token the injector mounts"
         )
-    return PodIdentity(namespace, account, pods[0])
+    uids = (user.get("extra") or {}).get(POD_UID_EXTRA) or []
+    uid = uids[0] if len(uids) == 1 and isinstance(uids[0], str) else ""
+    return PodIdentity(namespace, account, pods[0], uid)
 
 
 def _without(status: dict[str, Any], token: str) -> dict[str, Any]:
