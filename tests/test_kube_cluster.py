@@ -294,8 +294,8 @@ def test_only_the_workloads_own_service_account_gets_its_side_car_and_certificat
     # the claims the controller binds tokens to: every injected, labelled pod, refused or not
     claims = cluster.claims([honest, *refused.values(), *fixture("pods.json")[4:]], config)
     assert claims["sidecar~results-5f7d8-x2x9q.elections"] == cluster.PodClaim(
-        "results", ("elections", "results"), ("elections", "results")
-    )
+        "results", ("elections", "results"), ("elections", "results"), "3c4d5e6f-0000-4000-8000-000000000021"
+    )  # with the pod's uid, which a TokenReview's pod-uid must match
     assert claims["sidecar~results-impostor.intruders"].refusal == reasons["another namespace"]
     assert "sidecar~redis-0.elections" not in claims  # not injected
     assert "sidecar~unlabelled-1.elections" not in claims  # no service label
