@@ -65,3 +65,17 @@ def test_a_pod_the_webhook_would_refuse_is_refused_naming_the_annotation(tmp_pat
     (tmp_path / "bad.yaml").write_text(bad)
     result = CliRunner().invoke(main, ["inject", "-f", str(tmp_path / "bad.yaml"), *ARGS])
     assert result.exit_code == 1 and "metadata.annotations.mesh.codifyhq.io/policy" in result.stderr, result.output
+
+
+def test_the_chapters_own_deployment_is_told_its_service_account_gets_nothing() -> None:
+    """Defect of issue 24: the chapter's pod runs as service account `default`, so the controller
+    gives its side-car nothing; injection (webhook warning, or here on stderr) says so at once."""
+    chapter = Path(__file__).parent / "fixtures" / "chapter" / "listings.yaml"
+    printed, said = inject(chapter)
+    assert "document 1 (Deployment results): injected" in said
+    assert "runs as service account 'default'" in said and "serviceAccountName: results" in said
+    assert [d["kind"] for d in yaml.safe_load_all(printed)] == [
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "TrafficPolicy",
+    ]

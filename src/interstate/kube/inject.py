@@ -201,6 +201,13 @@ def inject(
     if settings.native_sidecar:  # they start after the side-car (now first), so they reach the mesh too
         for index, container in enumerate(spec.get("initContainers") or []):
             patch.extend(_env_patch(container, f"/spec/initContainers/{index + 1}", settings.ports.outbound, warnings))
+    account = service_account(spec)
+    if account == "default":  # the chapter's own Deployment names none
+        warnings.append(
+            f"interstate: the pod runs as service account 'default', but workload {service!r}'s identity belongs "
+            f"to service account {service!r} (or its Workload's spec.serviceAccount): create it and set "
+            f"serviceAccountName: {service}, or this side-car gets no configuration and no certificate"
+        )
 
     where = "init container (native side-car)" if settings.native_sidecar else "container"
     reasons = [

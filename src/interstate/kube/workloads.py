@@ -72,5 +72,6 @@ def inject_documents(
             else:
                 template["metadata"], template["spec"] = patched.get("metadata", {}), patched["spec"]
         said.append(f"document {number} ({name}): {report}")
+        said.extend(f"  warning: {warning}" for warning in report.warnings)
         out.append(result)
     return out, said
