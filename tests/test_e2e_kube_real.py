@@ -105,12 +105,19 @@ def established(api: httpx.Client, name: str) -> bool:
 
 
 def controller_for(
-    cluster: ControlPlane, tmp: Path, account: str, lease: LeaseSettings | None = None, identity: str = "one"
+    cluster: ControlPlane,
+    tmp: Path,
+    account: str,
+    lease: LeaseSettings | None = None,
+    identity: str = "one",
+    namespaces: tuple[str, ...] = (),
 ) -> tuple[Controller, Core]:
     token = cluster.token_for(SYSTEM, account)
     api = ApiSettings(cluster.url, token=token, ca_file=Path(cluster.ca_file), backoff_s=0.2, max_backoff_s=1.0)
     core = Core(IdentitySettings(tmp / "certs", tmp / "ca"), tmp / "audit.jsonl")
-    settings = ControllerSettings(api, xds_host="127.0.0.1", xds_port=free_port(), lease=lease, identity=identity)
+    settings = ControllerSettings(
+        api, xds_host="127.0.0.1", xds_port=free_port(), lease=lease, identity=identity, namespaces=namespaces
+    )
     return Controller(settings, core), core
 
 
@@ -519,3 +526,43 @@ def test_the_api_server_refuses_an_invalid_mesh_resource_through_our_validating_
             server.should_exit = True
             thread.join(10)
             sock.close()
+
+
+def test_a_controller_limited_to_namespaces_reads_only_theirs(cluster: ControlPlane, tmp_path: Path) -> None:
+    """`interstate controller --namespace elections`: one list/watch per namespace for namespaced
+    kinds (the Mesh stays cluster-wide); a TrafficPolicy in another namespace is not read."""
+
+    async def body() -> None:
+        with cluster.client() as api:
+            for obj in install.manifests(SYSTEM):
+                ensure(api, obj)
+            for obj in install.manifests(SYSTEM):
+                if obj["kind"] == "CustomResourceDefinition":
+                    await until("established", lambda o=obj: established(api, o["metadata"]["name"]))
+            for namespace in (NAMESPACE, "staging"):
+                ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            ensure(
+                api,
+                {
+                    "apiVersion": f"{API_GROUP}/v1",
+                    "kind": "Mesh",
+                    "metadata": {"name": "fec"},
+                    "spec": {"trustDomain": "fec.gov.local"},
+                },
+            )
+            workload = {"apiVersion": f"{API_GROUP}/v1", "kind": "Workload"}
+            ensure(api, {**workload, "metadata": {"name": "tally", "namespace": NAMESPACE}, "spec": {"port": 8080}})
+            ensure(api, {**workload, "metadata": {"name": "draft", "namespace": "staging"}, "spec": {"port": 8080}})
+            controller, _ = controller_for(cluster, tmp_path, install.CONTROLLER, namespaces=(NAMESPACE,))
+            await controller.start()
+            try:
+                config = await until("the config", lambda: controller.config)
+                workloads = MeshIndex(config).workloads
+                assert "tally" in workloads and "draft" not in workloads, sorted(workloads)
+                watched = set(controller.collections())
+                assert f"/api/v1/namespaces/{NAMESPACE}/pods" in watched and "/api/v1/pods" not in watched
+                assert f"/apis/{API_GROUP}/v1/meshes" in watched  # cluster-scoped: all of it
+            finally:
+                await controller.stop()
+
+    run(body(), timeout=120)

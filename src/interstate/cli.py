@@ -712,6 +712,12 @@ def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: 
     help="Where the replicas' Lease lives (the one holding it writes status); '' for a single replica.",
 )
 @click.option("--identity", default=None, help="This replica's name in the Lease (default: host name and pid).")
+@click.option(
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Only this namespace's pods, EndpointSlices and mesh resources (repeat for several; default: all).",
+)
 def controller_command(
     kubeconfig: str | None,
     context: str | None,
@@ -720,6 +726,7 @@ def controller_command(
     state_dir: str,
     lease_namespace: str,
     identity: str | None,
+    namespaces: tuple[str, ...],
 ) -> None:
     """Run the control plane for a Kubernetes cluster: watch its pods, EndpointSlices and mesh
     resources, serve xDS to injected side-cars, write the resources' status."""
@@ -746,6 +753,7 @@ def controller_command(
         xds_host=xds_host,
         xds_port=xds_port,
         lease=LeaseSettings(lease_namespace) if lease_namespace else None,
+        namespaces=namespaces,
     )
     if identity:
         settings = dataclasses.replace(settings, identity=identity)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -95,6 +96,9 @@ class ControllerSettings:
     # Several replicas: the one holding this Lease writes the custom resources' status (None: a
     # single controller, which always does). `identity` names this replica in the Lease.
     lease: LeaseSettings | None = None
+    # Only these namespaces' pods, EndpointSlices and namespaced mesh resources (the Mesh itself is
+    # cluster-scoped); empty: all namespaces.
+    namespaces: tuple[str, ...] = ()
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -124,7 +128,7 @@ class Controller:
         self._elector: LeaseElector | None = None
         self._http: httpx.AsyncClient | None = None  # reads side-cars' metrics for status
         self.serving = asyncio.Event()  # set once the core's ADS server listens (`core.port`)
-        self._mesh_types = mesh_resource_types()
+        self._mesh_types = [c for base in mesh_resource_types() for c in self._collections(base)]
         self._config_dirty = True
         self._wake = asyncio.Event()
         self._retry_s = settings.retry_s
@@ -149,7 +153,7 @@ class Controller:
             self._tasks.append(asyncio.create_task(self._elector.run(), name="lease"))
         self._http = httpx.AsyncClient(trust_env=False)
         self._since = utcnow().isoformat()
-        for resource in (PODS, ENDPOINT_SLICES, *self._mesh_types):
+        for resource in (*self._collections(PODS), *self._collections(ENDPOINT_SLICES), *self._mesh_types):
             watcher = Watcher(self._client, resource, self._changed, self.settings.api)
             self._watchers[resource] = watcher
             self._tasks.append(asyncio.create_task(watcher.run(), name=f"watch {resource.plural}"))
@@ -181,6 +185,10 @@ class Controller:
         if resource in self._mesh_types:
             self._config_dirty = True
         self._wake.set()
+
+    def collections(self) -> list[str]:
+        """The REST paths this controller lists and watches."""
+        return [r.path for r in self._watchers]
 
     def problems(self) -> dict[str, str]:
         """{collection: why it cannot be read now}: not listed yet (RBAC, the API server down) or
@@ -243,8 +251,21 @@ class Controller:
         self._tasks.append(asyncio.create_task(self.core.rotation(self._wake.set), name="certificate rotation"))
         return True
 
+    def _collections(self, base: ResourceType) -> list[ResourceType]:
+        """The collections watched for `base`: one per namespace of `settings.namespaces` for a
+        namespaced kind, else all namespaces at once."""
+        if not self.settings.namespaces or base.kind in crds.CLUSTER_SCOPED:
+            return [base]
+        return [dataclasses.replace(base, namespace=ns) for ns in self.settings.namespaces]
+
     def _objects(self, resource: ResourceType) -> list[dict[str, Any]]:
-        return self._watchers[resource].objects()
+        """The objects of `resource`'s kind, from each collection watched for it."""
+        return [
+            obj
+            for watched, watcher in self._watchers.items()
+            if (watched.api_version, watched.plural) == (resource.api_version, resource.plural)
+            for obj in watcher.objects()
+        ]
 
     def _refresh_config(self) -> None:
         if self._config_dirty:
@@ -255,7 +276,7 @@ class Controller:
         """The mesh resources in force (`kube.accept`): every valid one, the last good version of
         one made invalid, none of one never valid nor of what depends on it. Their statuses are
         due to be written."""
-        objects = [obj for resource in self._mesh_types for obj in self._objects(resource)]
+        objects = [obj for resource in mesh_resource_types() for obj in self._objects(resource)]
         outcome = accept.accept(objects, self._last_good)
         issues = [i for found in outcome.refused.values() for i in found] + outcome.unplaced
         try:
@@ -287,7 +308,7 @@ class Controller:
         if self._client is None or self._outcome is None or not self.leading:
             return
         now = utcnow().replace(microsecond=0).isoformat().replace("+00:00", "Z")
-        for resource in self._mesh_types:
+        for resource in mesh_resource_types():
             for obj in self._objects(resource):
                 key = accept.key_of(obj)
                 status = accept.status_of(obj, self._outcome.refused.get(key, []), key in self._outcome.kept, now)
@@ -295,7 +316,7 @@ class Controller:
                     continue
                 metadata = obj.get("metadata") or {}
                 scope = f"/namespaces/{metadata['namespace']}" if metadata.get("namespace") else ""
-                root = resource.path.removesuffix(f"/{resource.plural}")
+                root = "/api/v1" if resource.api_version == "v1" else f"/apis/{resource.api_version}"
                 path = f"{root}{scope}/{resource.plural}/{metadata.get('name')}/status"
                 try:
                     response = await self._client.patch(
