@@ -127,6 +127,20 @@ def ensure(api: httpx.Client, obj: dict[str, Any]) -> None:
     assert response.status_code in (201, 409), response.text
 
 
+async def installed(api: httpx.Client, *namespaces: str) -> None:
+    """`interstate manifests install` applied (its CRDs established), `namespaces`, and the Mesh `fec`."""
+    objects = install.manifests(SYSTEM)
+    for obj in objects:
+        ensure(api, obj)
+    for obj in objects:
+        if obj["kind"] == "CustomResourceDefinition":
+            await until("established", lambda o=obj: established(api, o["metadata"]["name"]))
+    for namespace in namespaces:
+        ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    mesh = {"apiVersion": f"{API_GROUP}/v1", "kind": "Mesh", "metadata": {"name": "fec"}}
+    ensure(api, {**mesh, "spec": {"trustDomain": "fec.gov.local"}})
+
+
 WORKLOADS = f"/apis/{API_GROUP}/v1/namespaces/{NAMESPACE}/workloads"
 POLICIES = f"/apis/{API_GROUP}/v1/namespaces/{NAMESPACE}/trafficpolicies"
 
@@ -331,21 +345,7 @@ def test_two_controllers_elect_one_to_write_status_and_the_other_takes_over_from
 
     async def body() -> None:
         with cluster.client() as api:
-            for obj in install.manifests(SYSTEM):
-                ensure(api, obj)
-            for obj in install.manifests(SYSTEM):
-                if obj["kind"] == "CustomResourceDefinition":
-                    await until("established", lambda o=obj: established(api, o["metadata"]["name"]))
-            ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-            ensure(
-                api,
-                {
-                    "apiVersion": f"{API_GROUP}/v1",
-                    "kind": "Mesh",
-                    "metadata": {"name": "fec"},
-                    "spec": {"trustDomain": "fec.gov.local"},
-                },
-            )
+            await installed(api, NAMESPACE)
             workload = {"apiVersion": f"{API_GROUP}/v1", "kind": "Workload"}
             ensure(api, {**workload, "metadata": {"name": "ledger", "namespace": NAMESPACE}, "spec": {"port": 8080}})
             replicas = [
@@ -406,18 +406,7 @@ def test_interstate_controller_runs_as_its_service_account_from_a_kubeconfig(
     ServiceAccount's token it watches the cluster, serves xDS over TLS, takes the Lease and
     writes status; SIGTERM stops it at once and hands the Lease back."""
     with cluster.client() as api:
-        for obj in install.manifests(SYSTEM):
-            ensure(api, obj)
-        ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
-        ensure(
-            api,
-            {
-                "apiVersion": f"{API_GROUP}/v1",
-                "kind": "Mesh",
-                "metadata": {"name": "fec"},
-                "spec": {"trustDomain": "fec.gov.local"},
-            },
-        )
+        run(installed(api, NAMESPACE), timeout=60)
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(
             yaml.safe_dump(
@@ -493,12 +482,7 @@ def test_the_api_server_refuses_an_invalid_mesh_resource_through_our_validating_
             while not server.started:
                 assert time.monotonic() < deadline, "the webhook did not start"
                 time.sleep(0.02)
-            for obj in install.manifests(SYSTEM):
-                ensure(api, obj)
-            for obj in install.manifests(SYSTEM):
-                if obj["kind"] == "CustomResourceDefinition":
-                    run(until("established", lambda o=obj: established(api, o["metadata"]["name"])), timeout=60)
-            ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+            run(installed(api, NAMESPACE), timeout=60)
             create(api, configuration)
             unbounded = policy("unbounded-retries", "stats")
             unbounded["spec"]["retries"] = {"attempts": 3}  # valid to the CRD schema, not to the mesh
@@ -534,22 +518,7 @@ def test_a_controller_limited_to_namespaces_reads_only_theirs(cluster: ControlPl
 
     async def body() -> None:
         with cluster.client() as api:
-            for obj in install.manifests(SYSTEM):
-                ensure(api, obj)
-            for obj in install.manifests(SYSTEM):
-                if obj["kind"] == "CustomResourceDefinition":
-                    await until("established", lambda o=obj: established(api, o["metadata"]["name"]))
-            for namespace in (NAMESPACE, "staging"):
-                ensure(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-            ensure(
-                api,
-                {
-                    "apiVersion": f"{API_GROUP}/v1",
-                    "kind": "Mesh",
-                    "metadata": {"name": "fec"},
-                    "spec": {"trustDomain": "fec.gov.local"},
-                },
-            )
+            await installed(api, NAMESPACE, "staging")
             workload = {"apiVersion": f"{API_GROUP}/v1", "kind": "Workload"}
             ensure(api, {**workload, "metadata": {"name": "tally", "namespace": NAMESPACE}, "spec": {"port": 8080}})
             ensure(api, {**workload, "metadata": {"name": "draft", "namespace": "staging"}, "spec": {"port": 8080}})

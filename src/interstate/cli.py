@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -610,6 +611,17 @@ def manifests_crds() -> None:
     click.echo(yaml.safe_dump_all(crds.crds(), sort_keys=False), nl=False)
 
 
+def _injection_options(command: Callable[..., None]) -> Callable[..., None]:
+    """What injected side-cars are told, shared by `interstate webhook` and `interstate inject`."""
+    for option in (
+        click.option("--policy-header", default="x-policy-ctx", show_default=True),
+        click.option("--trust-domain", default="interstate.local", show_default=True),
+        click.option("--xds-address", default="interstate-xds.interstate-system.svc:15012", show_default=True),
+    ):
+        command = option(command)
+    return command
+
+
 @manifests.command("install")
 @click.option("--namespace", default="interstate-system", show_default=True, help="Namespace of the control plane.")
 def manifests_install(namespace: str) -> None:
@@ -657,9 +669,7 @@ def manifests_webhook(ca_bundle: str, namespace: str, service: str) -> None:
     show_default=True,
     help="The mesh CA's certificate(s), which injected side-cars check the control plane against.",
 )
-@click.option("--trust-domain", default="interstate.local", show_default=True)
-@click.option("--xds-address", default="interstate-xds.interstate-system.svc:15012", show_default=True)
-@click.option("--policy-header", default="x-policy-ctx", show_default=True)
+@_injection_options
 def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: str, policy_header: str) -> None:
     """Print the manifests with a side-car injected into every pod (template) that asks for the
     mesh, exactly as the webhook would (like `istioctl kube-inject`); what was done goes to stderr."""
@@ -773,10 +783,8 @@ def controller_command(
     show_default=True,
     help="The mesh CA: its ca.pem is what side-cars trust; without --cert/--key it issues the webhook's certificate.",
 )
-@click.option("--xds-address", default="interstate-xds.interstate-system.svc:15012", show_default=True)
+@_injection_options
 @click.option("--proxy-image", default="docker.io/envoyproxy/envoy:v1.40.0", show_default=True)
-@click.option("--trust-domain", default="interstate.local", show_default=True)
-@click.option("--policy-header", default="x-policy-ctx", show_default=True)
 @click.option("--legacy-sidecar", is_flag=True, help="Append the side-car to containers (Kubernetes < 1.29).")
 def webhook_command(
     host: str,
