@@ -611,6 +611,13 @@ def manifests_crds() -> None:
     click.echo(yaml.safe_dump_all(crds.crds(), sort_keys=False), nl=False)
 
 
+def _ca_bundle(path: str) -> str:
+    """The mesh CA's certificates a `--ca-bundle` names; exit 2 saying where they come from."""
+    if not Path(path).is_file():
+        _fail(f"--ca-bundle: no file {path}; `interstate up` creates the CA (or give your ca.pem)", EXIT_USAGE)
+    return Path(path).read_text()
+
+
 def _injection_options(command: Callable[..., None]) -> Callable[..., None]:
     """What injected side-cars are told, shared by `interstate webhook` and `interstate inject`."""
     for option in (
@@ -648,9 +655,7 @@ def manifests_webhook(ca_bundle: str, namespace: str, service: str) -> None:
     that sends it every creation and update of a mesh resource."""
     from interstate.kube import webhook
 
-    if not Path(ca_bundle).is_file():
-        _fail(f"--ca-bundle: no file {ca_bundle}; `interstate up` creates the CA (or give your ca.pem)", EXIT_USAGE)
-    bundle = Path(ca_bundle).read_text()
+    bundle = _ca_bundle(ca_bundle)
     configs = [
         webhook.mutating_webhook_configuration(bundle, service=service, namespace=namespace),
         webhook.validating_webhook_configuration(bundle, service=service, namespace=namespace),
@@ -676,8 +681,7 @@ def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: 
     from interstate.kube.inject import InjectionRefused, InjectSettings
     from interstate.kube.workloads import inject_documents
 
-    if not Path(ca_bundle).is_file():
-        _fail(f"--ca-bundle: no file {ca_bundle}; `interstate up` creates the CA (or give your ca.pem)", EXIT_USAGE)
+    bundle = _ca_bundle(ca_bundle)
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -685,7 +689,7 @@ def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: 
         _fail(f"{source}: cannot read the manifests: {exc}", EXIT_INVALID)
     try:
         settings = InjectSettings(
-            ca_bundle_pem=Path(ca_bundle).read_text(),
+            ca_bundle_pem=bundle,
             trust_domain=trust_domain,
             xds_address=xds_address,
             policy_header=policy_header,
