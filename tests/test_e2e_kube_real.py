@@ -18,6 +18,7 @@ Nothing connects to the pod's address (198.18.0.10): no network namespace is nee
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 import socket
 import ssl
@@ -111,12 +112,19 @@ def controller_for(
     lease: LeaseSettings | None = None,
     identity: str = "one",
     namespaces: tuple[str, ...] = (),
+    ca_secret: tuple[str, str] | None = None,
 ) -> tuple[Controller, Core]:
     token = cluster.token_for(SYSTEM, account)
     api = ApiSettings(cluster.url, token=token, ca_file=Path(cluster.ca_file), backoff_s=0.2, max_backoff_s=1.0)
     core = Core(IdentitySettings(tmp / "certs", tmp / "ca"), tmp / "audit.jsonl")
     settings = ControllerSettings(
-        api, xds_host="127.0.0.1", xds_port=free_port(), lease=lease, identity=identity, namespaces=namespaces
+        api,
+        xds_host="127.0.0.1",
+        xds_port=free_port(),
+        lease=lease,
+        identity=identity,
+        namespaces=namespaces,
+        ca_secret=ca_secret,
     )
     return Controller(settings, core), core
 
@@ -441,8 +449,11 @@ def test_interstate_controller_runs_as_its_service_account_from_a_kubeconfig(
 
             run(until("the Lease", lambda: holder() == "from-the-command", timeout=40), timeout=60)
             run(until("status written", lambda: accepted(api, f"{POLICIES}/command-probe")[0] == "False"), timeout=60)
+            secret = api.get(f"/api/v1/namespaces/{SYSTEM}/secrets/interstate-ca")  # the mesh CA, shared
+            assert secret.status_code == 200 and secret.json()["type"] == "kubernetes.io/tls", secret.text
+            bundle = base64.b64decode(secret.json()["data"]["ca.crt"]).decode()
             with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # xDS: TLS, the mesh CA's
-                context = ssl.create_default_context(cafile=str(tmp_path / "state" / "ca" / "ca.pem"))
+                context = ssl.create_default_context(cadata=bundle)
                 context.check_hostname = False
                 with context.wrap_socket(raw, server_hostname="xds.interstate") as tls:
                     assert tls.version() == "TLSv1.3"
@@ -533,5 +544,48 @@ def test_a_controller_limited_to_namespaces_reads_only_theirs(cluster: ControlPl
                 assert f"/apis/{API_GROUP}/v1/meshes" in watched  # cluster-scoped: all of it
             finally:
                 await controller.stop()
+
+    run(body(), timeout=120)
+
+
+def test_every_replica_signs_with_the_one_ca_of_a_secret_the_operators_own_if_given(
+    cluster: ControlPlane, tmp_path: Path
+) -> None:
+    """Two replicas with separate state folders sign with the CA of one Secret, so side-cars on
+    either trust each other; an operator's own CA Secret (cert-manager's layout) is used as given."""
+    secret = ("interstate-system", "mesh-ca-test")
+    operator = ("interstate-system", "operator-ca")
+
+    async def body() -> None:
+        with cluster.client() as api:
+            await installed(api, NAMESPACE)
+            own = Authority.create("fec.gov.local", utcnow())
+            data = {"tls.crt": own.signing_pem, "tls.key": own.key_pem, "ca.crt": own.bundle_pem}
+            ensure(
+                api,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "kubernetes.io/tls",
+                    "metadata": {"name": operator[1], "namespace": operator[0]},
+                    "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+                },
+            )
+            fingerprints = {}
+            for name, which in (("a", secret), ("b", secret), ("c", operator)):
+                controller, core = controller_for(
+                    cluster, tmp_path / name, install.CONTROLLER, identity=name, ca_secret=which
+                )
+                await controller.start()
+                try:
+                    await until(f"{name} serving", lambda c=controller: c.serving.is_set())
+                    assert core.identity is not None
+                    fingerprints[name] = core.identity.authority.fingerprint
+                finally:
+                    await controller.stop()
+            assert fingerprints["a"] == fingerprints["b"]  # the second replica read the first one's
+            assert fingerprints["c"] == own.fingerprint != fingerprints["a"]
+            created = api.get(f"/api/v1/namespaces/{secret[0]}/secrets/{secret[1]}").json()
+            assert created["type"] == "kubernetes.io/tls" and set(created["data"]) == {"tls.crt", "tls.key", "ca.crt"}
 
     run(body(), timeout=120)

@@ -355,7 +355,8 @@ def test_the_install_manifests_are_valid_kubernetes_objects_with_least_privilege
     [lease_role] = [o for o in objects if o["kind"] == "Role"]  # namespaced: its own Lease only
     assert lease_role["metadata"]["namespace"] == "interstate-system"
     assert lease_role["rules"] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},  # the mesh CA's, there only
     ]
     kinds = [o["kind"] for o in objects]
     assert kinds.index("Namespace") < kinds.index("ServiceAccount")  # in the order to apply

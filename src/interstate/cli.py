@@ -732,6 +732,13 @@ def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: 
     multiple=True,
     help="Only this namespace's pods, EndpointSlices and mesh resources (repeat for several; default: all).",
 )
+@click.option(
+    "--ca-secret",
+    default="interstate-ca",
+    show_default=True,
+    help="The Secret (in --lease-namespace; cert-manager's tls.crt/tls.key/ca.crt) holding the mesh CA "
+    "every replica signs with; created at first start. '' for the CA of --state-dir.",
+)
 def controller_command(
     kubeconfig: str | None,
     context: str | None,
@@ -741,6 +748,7 @@ def controller_command(
     lease_namespace: str,
     identity: str | None,
     namespaces: tuple[str, ...],
+    ca_secret: str,
 ) -> None:
     """Run the control plane for a Kubernetes cluster: watch its pods, EndpointSlices and mesh
     resources, serve xDS to injected side-cars, write the resources' status."""
@@ -768,6 +776,7 @@ def controller_command(
         xds_port=xds_port,
         lease=LeaseSettings(lease_namespace) if lease_namespace else None,
         namespaces=namespaces,
+        ca_secret=(lease_namespace, ca_secret) if ca_secret and lease_namespace else None,
     )
     if identity:
         settings = dataclasses.replace(settings, identity=identity)

@@ -169,6 +169,16 @@ class Authority:
         return "".join(_pem(c) for c in self.roots)
 
     @property
+    def signing_pem(self) -> str:
+        """The signing certificate, then its intermediates (what `from_files` reads as `cert_path`)."""
+        return _pem(self.cert) + self._chain_suffix
+
+    @property
+    def key_pem(self) -> str:
+        """The signing key, PEM: only for storing the CA where its owner keeps it (a Secret)."""
+        return _key_pem(self.key)
+
+    @property
     def fingerprint(self) -> str:
         return self.roots[0].fingerprint(hashes.SHA256()).hex(":")
 

@@ -62,7 +62,7 @@ from interstate.core import observe
 from interstate.core.plane import ControlPlane
 from interstate.core.status import ControlPlaneInfo, MeshStatus, Resilience, XdsSummary
 from interstate.errors import ConfigError, InterstateError, Issue, PermanentError, TemporaryError
-from interstate.kube import accept, cluster, crds
+from interstate.kube import accept, ca_secret, cluster, crds
 from interstate.kube.bootstrap import ProxyPorts
 from interstate.kube.lease import LeaseElector, LeaseSettings
 from interstate.kube.tokenreview import PodIdentity, ReviewSettings, TokenReviewer
@@ -99,6 +99,9 @@ class ControllerSettings:
     # Only these namespaces' pods, EndpointSlices and namespaced mesh resources (the Mesh itself is
     # cluster-scoped); empty: all namespaces.
     namespaces: tuple[str, ...] = ()
+    # (namespace, name) of the Secret holding the mesh CA, shared by every replica (`kube.ca_secret`);
+    # None: the CA of the core's own folder (a single controller, development).
+    ca_secret: tuple[str, str] | None = None
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -234,8 +237,14 @@ class Controller:
         trust_domain = MeshIndex(self.config).mesh.trust_domain
         settings = self.settings
         try:
+            if settings.ca_secret is not None and self._client is not None:
+                namespace, name = settings.ca_secret
+                identity = self.core.identity_settings
+                self.core.identity_settings = await ca_secret.load_or_create(
+                    self._client, namespace, name, trust_domain, identity.certs_dir / "ca-secret", identity, utcnow()
+                )
             port = await self.core.start(settings.xds_host, settings.xds_port, trust_domain, self.reviewer)
-        except (OSError, RuntimeError, InterstateError) as exc:  # a port in use, an unreadable CA
+        except (OSError, RuntimeError, InterstateError, httpx.HTTPError) as exc:  # a port in use, no CA yet
             log.error(
                 "cannot serve xDS on %s:%d (%s); retrying in %.1fs",
                 settings.xds_host,

@@ -5,7 +5,8 @@ the namespace first). Today: the namespace, the CustomResourceDefinitions (`kube
 the controller's ServiceAccount with least-privilege RBAC: exactly the verbs `kube.controller`
 uses (list and watch of pods, EndpointSlices and every mesh kind; patch of the mesh kinds'
 status subresources; create of TokenReviews, to check side-cars' tokens; and, in its own
-namespace only, get/create/update of the Lease its replicas elect a leader with). The controller Deployment, its Services, the webhooks and the ingress
+namespace only, get/create/update of the Lease its replicas elect a leader with and get/create of
+the Secret holding the mesh CA). The controller Deployment, its Services, the webhooks and the ingress
 are to join them (issue 24).
 """
 
@@ -58,12 +59,13 @@ def controller_rbac(namespace: str = SYSTEM_NAMESPACE) -> list[dict[str, Any]]:
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CONTROLLER},
             "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": namespace}],
         },
-        {  # its replicas' Lease (`kube.lease`), in its own namespace only
+        {  # its replicas' Lease (`kube.lease`) and the mesh CA's Secret (`kube.ca_secret`), its namespace only
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": {**metadata, "namespace": namespace},
             "rules": [
-                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+                {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create"]},  # the mesh CA's
             ],
         },
         {
