@@ -717,7 +717,7 @@ def inject_command(source: str, ca_bundle: str, trust_domain: str, xds_address: 
     type=click.Path(file_okay=False),
     default=".interstate/controller",
     show_default=True,
-    help="The mesh CA (created on first start), kept certificates and the audit trail.",
+    help="Kept certificates and the audit trail (and the mesh CA, with --ca-secret '').",
 )
 @click.option(
     "--lease-namespace",
