@@ -211,13 +211,18 @@ def entitled(config: MeshConfig | None, service: str) -> Account | None:
     return workload.account
 
 
+def service_of(pod: Mapping[str, Any]) -> str | None:
+    """The service a pod says it serves: its `app` label, else `app.kubernetes.io/name`."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return next((str(labels[key]) for key in SERVICE_LABELS if labels.get(key)), None)
+
+
 def claim_of(pod: Mapping[str, Any], config: MeshConfig | None) -> PodClaim | None:
     """The claim of an injected pod with a service label; None for any other pod."""
     metadata = pod.get("metadata") or {}
-    labels = metadata.get("labels") or {}
     if INJECTED_ANNOTATION not in (metadata.get("annotations") or {}):
         return None
-    service = next((str(labels[key]) for key in SERVICE_LABELS if labels.get(key)), None)
+    service = service_of(pod)
     if service is None:
         return None
     account = (str(metadata.get("namespace") or ""), service_account(pod.get("spec") or {}))
@@ -355,7 +360,7 @@ def replicas(
     for pod in pods:
         metadata = pod.get("metadata") or {}
         labels = metadata.get("labels") or {}
-        service = next((str(labels[key]) for key in SERVICE_LABELS if labels.get(key)), None)
+        service = service_of(pod)
         if service is None:
             continue
         sidecar = None
